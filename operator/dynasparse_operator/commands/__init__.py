@@ -1,0 +1,1 @@
+"""Subcommands of `dynasparse` that belong to the operator (see dynasparse/cli.py)."""
