@@ -1,0 +1,109 @@
+"""The worker's budget state machine for operator updates: target, bounds, mode, (epoch, sequence).
+
+Pure: `apply_update(state, update)` returns the next state and whether the update was applied.
+An update is applied only if its (epoch, sequence) pair is greater than the last applied pair, so
+the operator may resend freely. Bounds are sanitised so the quality floor is never crossed: every
+budget this module hands out lies in [floor, ceiling] and floor >= the calibration's min_budget.
+Called by control/service.py (the gRPC Session) and control/supervisor.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class Mode(str, Enum):
+    NORMAL = "normal"
+    DRAIN = "drain"
+
+
+@dataclass(frozen=True)
+class OperatorUpdate:
+    """One ControlMessage, as plain data. Zero means "not given" for every number (proto3)."""
+
+    epoch: int
+    sequence: int
+    target_budget: float = 0.0
+    floor: float = 0.0
+    ceiling: float = 0.0
+    mode: Mode = Mode.NORMAL
+    reason: str = ""
+    sender: str = ""
+    report_interval_s: float = 0.0
+    drain_grace_s: float = 0.0
+    ttft_p95_ms: float = 0.0
+    inter_token_p95_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """What the operator last told this worker (or the defaults before it said anything)."""
+
+    target: float = 1.0  # the budget the operator wants (the fast loop may go lower)
+    floor: float = 0.0  # the quality floor: no budget below it, ever
+    ceiling: float = 1.0
+    mode: Mode = Mode.NORMAL
+    epoch: int = 0
+    sequence: int = 0
+    reason: str = ""
+    sender: str = ""
+    report_interval_s: float = 0.0  # 0: the worker's configured default
+    drain_grace_s: float = 0.0  # 0: the worker's configured default
+    ttft_p95_ms: float = 0.0
+    inter_token_p95_ms: float = 0.0
+
+    def clamp(self, budget: float) -> float:
+        """`budget` moved into [floor, ceiling]."""
+        return min(self.ceiling, max(self.floor, budget))
+
+
+def initial_state(min_budget: float, budget: float = 1.0) -> ControlState:
+    """Before any operator update: bounds [min_budget, 1], target `budget` clamped into them."""
+    floor = _valid_budget(min_budget, 0.0)
+    state = ControlState(target=1.0, floor=floor, ceiling=1.0)
+    return replace(state, target=state.clamp(_valid_budget(budget, 1.0)))
+
+
+def is_newer(update: OperatorUpdate, state: ControlState) -> bool:
+    """True iff the update's (epoch, sequence) is greater than the last applied pair."""
+    return (update.epoch, update.sequence) > (state.epoch, state.sequence)
+
+
+def apply_update(state: ControlState, update: OperatorUpdate, min_budget: float
+                 ) -> tuple[ControlState, bool]:
+    """Return (next state, applied). Stale or duplicate updates leave the state as it was."""
+    if not is_newer(update, state):
+        return state, False
+    floor = max(_valid_budget(min_budget, 0.0), _valid_budget(update.floor, state.floor))
+    ceiling = _valid_budget(update.ceiling, state.ceiling)
+    ceiling = max(ceiling, floor)  # an inverted pair keeps the floor: quality wins over speed
+    target = _valid_budget(update.target_budget, state.target)
+    nxt = replace(
+        state,
+        floor=floor,
+        ceiling=ceiling,
+        target=min(ceiling, max(floor, target)),
+        mode=update.mode if state.mode is Mode.NORMAL else Mode.DRAIN,  # drain is one-way
+        epoch=update.epoch,
+        sequence=update.sequence,
+        reason=update.reason,
+        sender=update.sender,
+        report_interval_s=max(0.0, update.report_interval_s) or state.report_interval_s,
+        drain_grace_s=max(0.0, update.drain_grace_s) or state.drain_grace_s,
+        ttft_p95_ms=max(0.0, update.ttft_p95_ms),
+        inter_token_p95_ms=max(0.0, update.inter_token_p95_ms),
+    )
+    return nxt, True
+
+
+def start_drain(state: ControlState) -> ControlState:
+    """Drain requested locally (SIGTERM): same effect as an operator drain, without a new pair."""
+    return replace(state, mode=Mode.DRAIN)
+
+
+def _valid_budget(value: float, fallback: float) -> float:
+    """`value` if it is a budget in (0, 1], 1 if above, else `fallback` (0 / NaN / negative = unset)."""
+    if value != value or value <= 0.0:  # NaN or unset
+        return fallback
+    return min(1.0, float(value))

@@ -1,0 +1,239 @@
+"""The worker's control hub: operator state, the fast loop, the applied budget, report snapshots.
+
+One `Supervisor` per worker process, shared by three callers on two threads:
+* the engine thread calls `on_step(stats)` between engine steps (the fast loop runs here, so a
+  spike tightens the budget within one step) and records latency samples;
+* the gRPC service (asyncio thread) calls `apply_update`, `stream_opened/closed` and `snapshot`;
+* the HTTP app reads `ready`/`draining` and counts requests.
+A lock guards the state; the budget itself is applied through a `BudgetActuator` (the engine
+adapter in server/engine_adapter.py), which writes it into the model's device tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from dynasparse_worker.control import bounds as B
+from dynasparse_worker.control.fast_loop import (
+    Decision, FastLoopConfig, LoopState, Signals, decide, follow_operator,
+)
+from dynasparse_worker.control.memory import MemoryProbe, MemoryReading
+from dynasparse_worker.control.window import LatencyWindows, Summary
+from dynasparse_worker.engine.types import EngineStats
+
+
+class BudgetActuator(Protocol):
+    """What the supervisor needs from the model side."""
+
+    def set_budget(self, budget: float) -> float:
+        """Apply `budget`; return the expected quality loss at it."""
+
+    def min_budget(self) -> float:
+        """The sparsest budget calibration offers."""
+
+    def quality_curve(self) -> list[tuple[float, float]]:
+        """(budget, expected loss) points, ascending budget."""
+
+
+@dataclass(frozen=True)
+class TimedDecision:
+    decision: Decision
+    at_unix_ms: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a Report carries, as plain data (control/service.py turns it into protobuf)."""
+
+    pod_name: str
+    model: str
+    sent_at_unix_ms: int
+    ttft: Summary
+    inter_token: Summary
+    queue_depth: int
+    running: int
+    tokens_per_s: float
+    applied_budget: float
+    expected_loss: float
+    control: B.ControlState
+    ready: bool
+    memory: MemoryReading
+    kv_usage: float
+    last_decision: TimedDecision | None
+    min_budget: float
+    quality_curve: list[tuple[float, float]] = field(default_factory=list)
+    requests_total: int = 0
+    requests_failed: int = 0
+
+
+class Supervisor:
+    def __init__(self, actuator: BudgetActuator, *, pod_name: str, model_name: str,
+                 config: FastLoopConfig | None = None, memory: MemoryProbe | None = None,
+                 initial_budget: float = 1.0, report_interval_s: float = 0.5,
+                 drain_grace_s: float = 30.0, window_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.actuator = actuator
+        self.pod_name = pod_name
+        self.model_name = model_name
+        self.config = config or FastLoopConfig()
+        self.memory = memory or MemoryProbe()
+        self.default_report_interval_s = report_interval_s
+        self.default_drain_grace_s = drain_grace_s
+        self.windows = LatencyWindows(window_s)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._min_budget = actuator.min_budget()
+        self._control = B.initial_state(self._min_budget, initial_budget)
+        self._loop = LoopState(budget=self._control.target)
+        self._expected_loss = actuator.set_budget(self._loop.budget)
+        self._last_decision: TimedDecision | None = None
+        self._streams = 0
+        self._last_contact: float | None = None
+        self._stats = EngineStats()
+        self._memory = self.memory.read()
+        self._memory_at = clock()
+        self.model_loaded = False
+        self.requests_total = 0
+        self.requests_failed = 0
+        self.drain_listeners: list[Callable[[float], None]] = []
+        self.decision_listeners: list[Callable[[TimedDecision], None]] = []
+
+    # ---- read side -------------------------------------------------------------------------------
+    @property
+    def budget(self) -> float:
+        return self._loop.budget
+
+    @property
+    def expected_loss(self) -> float:
+        return self._expected_loss
+
+    @property
+    def control(self) -> B.ControlState:
+        return self._control
+
+    @property
+    def draining(self) -> bool:
+        return self._control.mode is B.Mode.DRAIN
+
+    @property
+    def ready(self) -> bool:
+        return self.model_loaded and not self.draining
+
+    @property
+    def report_interval_s(self) -> float:
+        return self._control.report_interval_s or self.default_report_interval_s
+
+    @property
+    def drain_grace_s(self) -> float:
+        return self._control.drain_grace_s or self.default_drain_grace_s
+
+    # ---- operator side ---------------------------------------------------------------------------
+    def apply_update(self, update: B.OperatorUpdate) -> bool:
+        """Apply an operator update if newer than the last; a drain update starts the drain."""
+        with self._lock:
+            was_draining = self.draining
+            control, applied = B.apply_update(self._control, update, self._min_budget)
+            self._last_contact = self.clock()
+            if not applied:
+                return False
+            self._control = control
+            self._loop, decision = follow_operator(self._loop, control)
+            self._apply(decision)
+            newly_draining = self.draining and not was_draining
+        if newly_draining:
+            self._notify_drain()
+        return True
+
+    def request_drain(self, reason: str = "SIGTERM") -> bool:
+        """Local drain (SIGTERM). Returns False if already draining."""
+        with self._lock:
+            if self.draining:
+                return False
+            self._control = B.start_drain(self._control)
+            self._loop, decision = follow_operator(self._loop, self._control)
+            if decision is not None:
+                decision = Decision(decision.from_budget, decision.to_budget,
+                                    f"{reason}: draining at the floor {decision.to_budget:.2f}",
+                                    "drain")
+            self._apply(decision)
+        self._notify_drain()
+        return True
+
+    def stream_opened(self) -> None:
+        with self._lock:
+            self._streams += 1
+            self._last_contact = self.clock()
+
+    def stream_closed(self) -> None:
+        with self._lock:
+            self._streams = max(0, self._streams - 1)
+            self._last_contact = self.clock()
+
+    # ---- engine side -----------------------------------------------------------------------------
+    def on_step(self, stats: EngineStats) -> None:
+        """Called by the engine thread between steps: run the fast loop, apply any change."""
+        now = self.clock()
+        if now - self._memory_at >= 0.05:
+            self._memory, self._memory_at = self.memory.read(), now
+        with self._lock:
+            self._stats = stats
+            signals = Signals(
+                now=now, queue_depth=stats.queue_depth, running=stats.running,
+                kv_usage=stats.kv_usage, memory_used_bytes=self._memory.used_bytes,
+                memory_total_bytes=self._memory.total_bytes,
+                operator_connected=self._streams > 0, last_operator_contact=self._last_contact,
+            )
+            self._loop, decision = decide(signals, self._control, self._loop, self.config)
+            self._apply(decision)
+
+    def record_first_token(self, ttft_s: float) -> None:
+        with self._lock:
+            self.windows.ttft.add(self.clock(), ttft_s)
+
+    def record_tokens(self, count: int, inter_token_s: float | None) -> None:
+        with self._lock:
+            now = self.clock()
+            self.windows.tokens.add(now, float(count))
+            if inter_token_s is not None and count > 0:
+                self.windows.inter_token.add(now, inter_token_s / count)
+
+    def count_request(self, ok: bool) -> None:
+        with self._lock:
+            self.requests_total += 1
+            self.requests_failed += 0 if ok else 1
+
+    # ---- reports ---------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        now = self.clock()
+        with self._lock:
+            return Snapshot(
+                pod_name=self.pod_name, model=self.model_name,
+                sent_at_unix_ms=int(time.time() * 1000),
+                ttft=self.windows.ttft.summary_ms(now),
+                inter_token=self.windows.inter_token.summary_ms(now),
+                queue_depth=self._stats.queue_depth, running=self._stats.running,
+                tokens_per_s=self.windows.tokens.rate(now),
+                applied_budget=self._loop.budget, expected_loss=self._expected_loss,
+                control=self._control, ready=self.ready, memory=self._memory,
+                kv_usage=self._stats.kv_usage, last_decision=self._last_decision,
+                min_budget=self._min_budget, quality_curve=list(self.actuator.quality_curve()),
+                requests_total=self.requests_total, requests_failed=self.requests_failed,
+            )
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _apply(self, decision: Decision | None) -> None:
+        """With the lock held: push a changed budget to the model and remember why."""
+        if decision is None:
+            return
+        self._expected_loss = self.actuator.set_budget(decision.to_budget)
+        timed = TimedDecision(decision, int(time.time() * 1000))
+        self._last_decision = timed
+        for listener in self.decision_listeners:
+            listener(timed)
+
+    def _notify_drain(self) -> None:
+        for listener in self.drain_listeners:
+            listener(self.drain_grace_s)
