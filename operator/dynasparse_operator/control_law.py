@@ -1,0 +1,265 @@
+"""The control law: reports + pod facts + parameters + previous state -> per-pod commands.
+
+Pure (no kopf, kubernetes, grpc, clock): the operator's daemon calls `decide` every control
+interval and at once when `violates_slo` says a fresh report broke the SLO; the local demo and the
+simulation tests (tests/operator/) call it the same way. Types live in law_types.py.
+
+The loop, in small steps:
+1. `quality_floor`: spec.quality (minBudget, or maxLoss mapped through the workers' quality curve).
+2. Feed-forward: pods on a disrupted/cordoned node drain; survivors' budget drops in proportion to
+   the capacity lost, at once, before their latency rises. Node pressure lowers that pod's ceiling.
+3. Feedback: integral control in log space on the worst fresh pod's p95/SLO, steered to
+   `setpoint_ratio` with a deadband; cuts fast, relaxes slowly (asymmetric steps and hold-offs);
+   clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
+4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Mapping, Sequence
+
+from dynasparse_operator.law_types import (MODE_DRAIN, MODE_NORMAL, Decision, LawParams, LawState,
+                                           PodCommand, PodFacts, PodReport)
+
+
+def quality_floor(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, str]:
+    """Lowest budget the spec allows, and how it was found."""
+    reports = list(reports)
+    worker_min = max((r.min_budget for r in reports), default=0.0)
+    if params.min_budget is not None:
+        floor = max(params.min_budget, worker_min)
+        return min(floor, params.max_budget), f"minBudget {params.min_budget:.2f}"
+    curve = next((r.quality_curve for r in reports if r.quality_curve), ())
+    if params.max_loss is None or not curve:
+        return params.max_budget, "no quality curve reported yet: holding the ceiling"
+    floor = max(budget_for_loss(curve, params.max_loss), worker_min)
+    return min(floor, params.max_budget), f"maxLoss {params.max_loss:g} -> budget {floor:.2f}"
+
+
+def budget_for_loss(curve: Sequence[tuple[float, float]], max_loss: float) -> float:
+    """Smallest budget whose expected loss is <= max_loss (linear between curve points)."""
+    points = sorted(curve)  # by budget; loss falls as budget rises
+    if points[0][1] <= max_loss:
+        return points[0][0]
+    for (b0, l0), (b1, l1) in zip(points, points[1:]):
+        if l1 <= max_loss < l0:
+            return b0 + (b1 - b0) * (l0 - max_loss) / (l0 - l1)
+    return 1.0  # no point meets the loss: stay dense
+
+
+def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = None) -> float | None:
+    """Worst of p95/SLO over the axes with a target; None when the report has too few samples."""
+    if report.samples < (params.min_samples if min_samples is None else min_samples):
+        return None
+    ratios = []
+    if params.ttft_slo_ms > 0:
+        ratios.append(report.ttft_p95_ms / params.ttft_slo_ms)
+    if params.inter_token_slo_ms > 0:
+        ratios.append(report.inter_token_p95_ms / params.inter_token_slo_ms)
+    return max(ratios, default=0.0)
+
+
+def violates_slo(report: PodReport, params: LawParams) -> bool:
+    """True when this report alone warrants running the law now instead of at the next tick."""
+    ratio = slo_ratio(report, params)
+    return ratio is not None and ratio > 1.0
+
+
+def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: LawParams,
+           state: LawState, now: float) -> Decision:
+    """One control decision. `pods` are the ready worker pods; `reports` their latest reports."""
+    floor, floor_why = quality_floor(params, reports.values())
+    draining = [p for p in pods if p.disruption]
+    survivors = [p for p in pods if not p.disruption]
+    budget = min(max(state.budget, floor), params.max_budget)
+    events: list[str] = []
+
+    budget, ff_reason, new_drains = _feed_forward_disruption(budget, floor, draining, survivors, state)
+    if ff_reason:
+        events.append(ff_reason)
+    fb = _feedback(budget, floor, survivors, reports, params, state, now)
+    if ff_reason and fb.kind in ("hold", "relax", "no-data"):
+        fb = dataclasses.replace(fb, budget=budget, kind="disruption", reason=ff_reason,
+                                 error=state.last_error)
+    elif ff_reason:
+        fb = dataclasses.replace(fb, reason=f"{ff_reason}; {fb.reason}")
+    budget = fb.budget
+
+    commands, pressure_events = _commands(pods, budget, floor, params, fb.reason)
+    events.extend(pressure_events)
+    changed = abs(budget - state.budget) > 1e-9
+    live = {p.name for p in pods}
+    new_state = LawState(
+        budget=budget,
+        last_change_at=now if changed else state.last_change_at,
+        last_error=fb.error,
+        draining=frozenset((state.draining | new_drains) & live),
+    )
+    return Decision(
+        at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
+        reason=fb.reason if fb.kind != "hold" or not changed else f"{fb.reason} ({floor_why})",
+        kind=fb.kind, floor=floor, ceiling=params.max_budget, worst_ratio=fb.worst_ratio,
+        ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms,
+        surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
+        events=tuple(events),
+    )
+
+
+def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],
+                             survivors: Sequence[PodFacts], state: LawState
+                             ) -> tuple[float, str, frozenset[str]]:
+    """Survivors absorb the newly draining pods' load: budget × survivors / (survivors + new)."""
+    new = [p for p in draining if p.name not in state.draining]
+    if not new:
+        return budget, "", frozenset()
+    names = frozenset(p.name for p in new)
+    by_reason: dict[str, list[PodFacts]] = {}
+    for p in new:
+        by_reason.setdefault(p.disruption[0], []).append(p)
+    notices = "; ".join(_notice(reason, group) for reason, group in sorted(by_reason.items()))
+    if not survivors:
+        return budget, f"{notices}; no surviving pods to absorb the load", names
+    lost = len(new) / (len(new) + len(survivors))
+    target = max(floor, budget * (1.0 - lost))
+    reason = (f"{notices}: survivors' budget {budget:.2f} → {target:.2f} "
+              f"to absorb {lost:.0%} lost capacity")
+    return target, reason, names
+
+
+def _notice(reason: str, pods: Sequence[PodFacts]) -> str:
+    """'node n3 has aws-node-termination-handler/spot-itn: draining 2 pods'."""
+    nodes = sorted({p.node or "?" for p in pods})
+    where = f"node {nodes[0]} has" if len(nodes) == 1 else f"nodes {', '.join(nodes)} have"
+    return f"{where} {reason}: draining {len(pods)} pod{'s' if len(pods) != 1 else ''}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Feedback:
+    budget: float
+    kind: str
+    reason: str
+    error: float
+    worst_ratio: float | None = None
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+
+
+def _worst(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,
+           now: float) -> tuple[PodReport | None, float | None, list[str], int]:
+    """Worst fresh report among survivors, its ratio, stale pod names, fresh report count."""
+    worst, worst_ratio, stale, fresh = None, None, [], 0
+    for pod in survivors:
+        report = reports.get(pod.name)
+        if report is None or now - report.received_at > params.stale_after_s:
+            stale.append(pod.name)
+            continue
+        fresh += 1
+        ratio = slo_ratio(report, params)
+        if ratio is not None and (worst_ratio is None or ratio > worst_ratio):
+            worst, worst_ratio = report, ratio
+    return worst, worst_ratio, stale, fresh
+
+
+def _describe(report: PodReport, params: LawParams) -> str:
+    """'p95 TTFT 812 ms' on whichever axis is worst against its SLO."""
+    axes = []
+    if params.ttft_slo_ms > 0:
+        axes.append((report.ttft_p95_ms / params.ttft_slo_ms, "TTFT", report.ttft_p95_ms,
+                     params.ttft_slo_ms))
+    if params.inter_token_slo_ms > 0:
+        axes.append((report.inter_token_p95_ms / params.inter_token_slo_ms, "inter-token",
+                     report.inter_token_p95_ms, params.inter_token_slo_ms))
+    _, name, value, slo = max(axes)
+    sign = ">" if value > slo else "≤"
+    return f"p95 {name} {value:.0f} ms {sign} SLO {slo:.0f} ms"
+
+
+def _feedback(budget: float, floor: float, survivors: Sequence[PodFacts],
+              reports: Mapping[str, PodReport], params: LawParams, state: LawState,
+              now: float) -> _Feedback:
+    fb = _feedback_core(budget, floor, survivors, reports, params, state, now)
+    stale = _stale(survivors, reports, params, now)
+    if stale and fb.kind != "no-data" and "no report from" not in fb.reason:
+        fb = dataclasses.replace(fb, reason=f"{fb.reason}; no report from {', '.join(stale)}")
+    return fb
+
+
+def _stale(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,
+           now: float) -> list[str]:
+    return sorted(p.name for p in survivors if p.name not in reports
+                  or now - reports[p.name].received_at > params.stale_after_s)
+
+
+def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
+                   reports: Mapping[str, PodReport], params: LawParams, state: LawState,
+                   now: float) -> _Feedback:
+    worst, ratio, stale, fresh = _worst(survivors, reports, params, now)
+    since_change = now - state.last_change_at
+    if fresh == 0:
+        why = "no fresh reports" if survivors else "no serving pods"
+        return _Feedback(budget, "no-data", f"{why}: holding budget {budget:.2f}", 0.0)
+    ttft = worst.ttft_p95_ms if worst else None
+    itl = worst.inter_token_p95_ms if worst else None
+    if ratio is None or ratio <= 0:
+        # Idle pods: nothing to protect, relax towards the ceiling.
+        error, what = params.max_step_up / params.gain * 2, "idle (too few samples)"
+    else:
+        error, what = math.log(params.setpoint_ratio / ratio), _describe(worst, params)
+    if ratio is not None and ratio <= 1.0 and abs(error) <= params.deadband:
+        return _Feedback(budget, "hold", f"{what}: within band, budget {budget:.2f}", 0.0,
+                         ratio, ttft, itl)
+    # Integral action in log space, gentler upwards; while the SLO is violated a one-sided
+    # proportional kick speeds the cut (it never reverses a correction).
+    tighten = error < 0
+    step = params.gain * error if tighten else params.relax_gain * error
+    if ratio is not None and ratio > 1.0:
+        step = min(step, step + 0.5 * params.gain * (error - state.last_error))
+    if tighten:
+        step = max(step, -params.max_step_down)
+        if since_change < params.tighten_holdoff_s and ratio is not None and ratio <= 1.0:
+            return _Feedback(budget, "hold", f"{what}: waiting for the last cut to show",
+                             state.last_error, ratio, ttft, itl)
+        if since_change < params.tighten_holdoff_s and state.last_error < 0:
+            return _Feedback(budget, "hold", f"{what}: last cut not yet visible",
+                             state.last_error, ratio, ttft, itl)
+    else:
+        step = min(step, params.max_step_up)
+        if stale:
+            return _Feedback(budget, "hold", f"{what}; no report from {', '.join(sorted(stale))}: "
+                             f"not relaxing, budget {budget:.2f}", 0.0, ratio, ttft, itl)
+        if since_change < params.relax_holdoff_s:
+            return _Feedback(budget, "hold", f"{what}: budget {budget:.2f}, relaxing later",
+                             0.0, ratio, ttft, itl)
+    target = min(max(budget * math.exp(step), floor), params.max_budget)
+    if abs(target - budget) < 0.005:
+        bound = "floor" if tighten else "ceiling"
+        return _Feedback(budget, "hold", f"{what}: budget {budget:.2f} at its {bound}",
+                         error, ratio, ttft, itl)
+    kind = "slo-violation" if ratio is not None and ratio > 1.0 else ("tighten" if tighten else "relax")
+    return _Feedback(target, kind, f"{what}: budget {budget:.2f} → {target:.2f}", error,
+                     ratio, ttft, itl)
+
+
+def _commands(pods: Sequence[PodFacts], budget: float, floor: float, params: LawParams,
+              reason: str) -> tuple[dict[str, PodCommand], list[str]]:
+    """Per-pod command: drain for disrupted pods, pressure-lowered ceilings for the rest."""
+    commands, events = {}, []
+    for pod in pods:
+        if pod.disruption:
+            commands[pod.name] = PodCommand(
+                pod.name, floor, floor, max(floor, min(budget, params.max_budget)), MODE_DRAIN,
+                f"node {pod.node or '?'} has {pod.disruption[0]}: draining")
+            continue
+        ceiling = params.max_budget
+        pod_reason = reason
+        if pod.pressure:
+            lowered = max(floor, params.max_budget * params.pressure_ceiling_factor)
+            pod_reason = (f"node {pod.node or '?'} has {', '.join(pod.pressure)}: "
+                          f"ceiling {ceiling:.2f} → {lowered:.2f}")
+            events.append(pod_reason + f" for pod {pod.name}")
+            ceiling = lowered
+        commands[pod.name] = PodCommand(pod.name, min(budget, ceiling), floor, ceiling,
+                                        MODE_NORMAL, pod_reason)
+    return commands, events

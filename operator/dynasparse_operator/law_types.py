@@ -1,0 +1,137 @@
+"""Plain data the control law reads and writes: reports, pod facts, parameters, state, decisions.
+
+No kopf, kubernetes or grpc here: the daemon converts protobuf Reports and Node/Pod objects into
+these, and the local demo and the simulation tests build them by hand. Times are seconds on one
+monotonic clock chosen by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+MODE_NORMAL = "normal"
+MODE_DRAIN = "drain"
+
+
+@dataclasses.dataclass(frozen=True)
+class PodReport:
+    """The latest report of one worker, as the law needs it."""
+
+    name: str
+    received_at: float
+    ttft_p95_ms: float = 0.0
+    inter_token_p95_ms: float = 0.0
+    samples: int = 0  # latency samples in the worker's window
+    queue_depth: int = 0
+    applied_budget: float = 1.0
+    expected_loss: float = 0.0
+    min_budget: float = 0.0  # sparsest budget the worker's calibration offers
+    quality_curve: tuple[tuple[float, float], ...] = ()  # (budget, expected loss)
+    mode: str = MODE_NORMAL
+
+
+@dataclasses.dataclass(frozen=True)
+class PodFacts:
+    """What the cluster says about one ready worker pod (signals.py builds these)."""
+
+    name: str
+    node: str = ""
+    pressure: tuple[str, ...] = ()  # e.g. ("MemoryPressure",)
+    disruption: tuple[str, ...] = ()  # e.g. ("aws-node-termination-handler/spot-itn",)
+
+
+@dataclasses.dataclass(frozen=True)
+class LawParams:
+    """Targets and tuning, from the spec and the operator's ControlSettings."""
+
+    ttft_slo_ms: float = 0.0  # 0: no target on this axis
+    inter_token_slo_ms: float = 0.0
+    min_budget: float | None = None  # quality floor given as a budget...
+    max_loss: float | None = None  # ...or as an expected loss mapped through the quality curve
+    max_budget: float = 1.0
+    interval_s: float = 2.0
+    responsiveness: float = 0.5
+    setpoint_ratio: float = 0.8
+    deadband: float = 0.15
+    pressure_ceiling_factor: float = 0.75
+    stale_after_s: float = 3.0
+    min_samples: int = 5
+    replace_disrupted_pods: bool = False
+
+    @property
+    def gain(self) -> float:
+        """Integral gain on the log-space error (per decision)."""
+        return 0.3 + 0.9 * self.responsiveness
+
+    @property
+    def relax_gain(self) -> float:
+        """Integral gain when relaxing: a third of the cutting gain (latency rises steeply)."""
+        return self.gain / 3.0
+
+    @property
+    def max_step_down(self) -> float:
+        """Largest log-space cut in one decision (0.5 responsiveness: × 0.5)."""
+        return math.log(1.0 / (0.3 + 0.8 * (1.0 - self.responsiveness)))
+
+    @property
+    def max_step_up(self) -> float:
+        """Largest log-space relaxation in one decision (0.5 responsiveness: × 1.08)."""
+        return math.log(1.03 + 0.1 * self.responsiveness)
+
+    @property
+    def tighten_holdoff_s(self) -> float:
+        """After a change, how long before the next cut (the reports must show the last one)."""
+        return min(self.interval_s, 1.0)
+
+    @property
+    def relax_holdoff_s(self) -> float:
+        """After a change, how long before relaxing (slower up than down)."""
+        return 2.0 * self.interval_s
+
+
+@dataclasses.dataclass(frozen=True)
+class LawState:
+    """What the law remembers between decisions. Restart safety: rebuild from status.budget."""
+
+    budget: float = 1.0
+    last_change_at: float = -math.inf
+    last_error: float = 0.0
+    draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
+
+
+@dataclasses.dataclass(frozen=True)
+class PodCommand:
+    """What one pod is told: becomes a ControlMessage."""
+
+    name: str
+    target_budget: float
+    floor: float
+    ceiling: float
+    mode: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The law's output: commands per pod, the new state, and why."""
+
+    at: float
+    state: LawState
+    commands: Mapping[str, PodCommand]
+    from_budget: float
+    to_budget: float
+    reason: str  # one line a person understands
+    kind: str  # slo-violation | relax | hold | disruption | no-data | bounds
+    floor: float
+    ceiling: float
+    worst_ratio: float | None = None  # worst pod's p95 / SLO, over both axes
+    ttft_p95_ms: float | None = None
+    inter_token_p95_ms: float | None = None
+    surge_replicas: int = 0
+    events: tuple[str, ...] = ()  # feed-forward messages (pressure, disruption)
+
+    @property
+    def changed(self) -> bool:
+        return abs(self.to_budget - self.from_budget) > 1e-9
