@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from dynasparse_worker.control import bounds as B
@@ -129,6 +129,18 @@ class Supervisor:
     @property
     def drain_grace_s(self) -> float:
         return self._control.drain_grace_s or self.default_drain_grace_s
+
+    def attach(self, actuator: BudgetActuator) -> None:
+        """Swap in the model's actuator once it is loaded; the floor rises to its min_budget."""
+        with self._lock:
+            self.actuator = actuator
+            self._min_budget = actuator.min_budget()
+            floor = max(self._control.floor, self._min_budget)
+            self._control = replace(self._control, floor=floor,
+                                    ceiling=max(self._control.ceiling, floor))
+            self._control = replace(self._control, target=self._control.clamp(self._control.target))
+            self._loop = replace(self._loop, budget=self._control.clamp(self._loop.budget))
+            self._expected_loss = actuator.set_budget(self._loop.budget)
 
     # ---- operator side ---------------------------------------------------------------------------
     def apply_update(self, update: B.OperatorUpdate) -> bool:

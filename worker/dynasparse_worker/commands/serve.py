@@ -1,0 +1,94 @@
+"""`dynasparse serve`: run one worker (OpenAI-compatible HTTP API, mTLS gRPC control, fast loop).
+
+Defaults serve the embedded default model on loopback without a GPU. Every flag also reads an
+environment variable (the Kubernetes Deployment sets POD_NAME, POD_IP and the DYNASPARSE_* ones);
+a flag on the command line wins. Called by the CLI (dynasparse/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "Serve a model: OpenAI-compatible HTTP API, mTLS gRPC control endpoint, in-pod fast loop."
+
+
+def _env(name: str, default=None):
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--model", default=_env("DYNASPARSE_MODEL", "default"),
+      help="'default' (embedded SmolLM2-135M-Instruct), a .gguf file, a directory or a hub id")
+    a("--calibration", default=_env("DYNASPARSE_CALIBRATION"),
+      help="calibration file of the gated model; without it the model runs dense")
+    a("--device", default=_env("DYNASPARSE_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
+    a("--host", default=_env("DYNASPARSE_HOST", "127.0.0.1"),
+      help="HTTP bind address (0.0.0.0 in a pod)")
+    a("--port", type=int, default=int(_env("DYNASPARSE_PORT", 8000)), help="HTTP port (0: any)")
+    a("--control-host", default=_env("DYNASPARSE_CONTROL_HOST"),
+      help="gRPC bind address (default: --host)")
+    a("--control-port", type=int, default=int(_env("DYNASPARSE_CONTROL_PORT", 50051)),
+      help="gRPC control port (0: any)")
+    a("--tls-dir", type=Path, default=_env("DYNASPARSE_TLS_DIR"),
+      help="directory with server.crt, server.key and ca.crt (client CA); without it the control "
+           "endpoint is off (it never serves without mTLS)")
+    a("--api-key", default=_env("DYNASPARSE_API_KEY"),
+      help="bearer token required on /v1/* (env DYNASPARSE_API_KEY)")
+    a("--max-queue", type=int, default=int(_env("DYNASPARSE_MAX_QUEUE", 64)),
+      help="waiting requests admitted before answering 429")
+    a("--report-interval", type=float, default=float(_env("DYNASPARSE_REPORT_INTERVAL", 0.5)),
+      help="seconds between control reports (the operator may ask for another)")
+    a("--drain-grace", type=float, default=float(_env("DYNASPARSE_DRAIN_GRACE", 30.0)),
+      help="seconds in-flight requests get to finish on SIGTERM or a drain")
+    a("--pod-name", default=_env("POD_NAME", os.uname().nodename), help="name used in reports")
+    a("--budget", type=float, default=float(_env("DYNASPARSE_BUDGET", 1.0)),
+      help="budget before the operator says otherwise, (0, 1]")
+    a("--max-batch-size", type=int, default=int(_env("DYNASPARSE_MAX_BATCH_SIZE", 16)))
+    a("--max-seq-len", type=int, default=int(_env("DYNASPARSE_MAX_SEQ_LEN", 2048)),
+      help="prompt + completion tokens per sequence")
+    a("--kv-tokens", type=int, default=int(_env("DYNASPARSE_KV_TOKENS", 8192)),
+      help="KV cache capacity in tokens on the CPU")
+    a("--queue-high", type=int, default=int(_env("DYNASPARSE_QUEUE_HIGH", 8)),
+      help="fast loop: waiting requests that tighten the budget")
+    a("--stream-lost-timeout", type=float,
+      default=float(_env("DYNASPARSE_STREAM_LOST_TIMEOUT", 10.0)),
+      help="fast loop: seconds without the operator before moving to the floor")
+    a("--log-level", default=_env("DYNASPARSE_LOG_LEVEL", "info"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from dynasparse_worker.control.fast_loop import FastLoopConfig
+    from dynasparse_worker.errors import UserError
+    from dynasparse_worker.server.runtime import ServeSettings, WorkerRuntime
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0.0 < args.budget <= 1.0:
+        raise UserError(f"--budget {args.budget} is not in (0, 1]: pass for example 1.0")
+    if args.max_queue < 1:
+        raise UserError("--max-queue must be at least 1")
+    pod_ip = _env("POD_IP")
+    host = args.host
+    settings = ServeSettings(
+        model=args.model, calibration=args.calibration, device=args.device, host=host,
+        port=args.port, control_host=args.control_host or host, control_port=args.control_port,
+        tls_dir=Path(args.tls_dir) if args.tls_dir else None, pod_name=args.pod_name,
+        api_key=args.api_key, max_queue=args.max_queue, report_interval_s=args.report_interval,
+        drain_grace_s=args.drain_grace, initial_budget=args.budget,
+        max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
+        kv_tokens=args.kv_tokens,
+        fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
+                                      queue_low=args.queue_high // 4,
+                                      stream_lost_timeout_s=args.stream_lost_timeout),
+    )
+    if pod_ip:
+        logging.getLogger(__name__).info("pod %s at %s", settings.pod_name, pod_ip)
+    return asyncio.run(WorkerRuntime(settings).run())

@@ -1,0 +1,249 @@
+"""The OpenAI-compatible HTTP API (FastAPI): completions, chat, models, health, readiness, metrics.
+
+`create_app(ctx)` builds the ASGI app around a `WorkerContext`, which server/runtime.py fills in as
+the worker starts (the engine loop appears once the model is loaded: until then `/readyz` is 503 and
+generation endpoints answer 503). Admission errors follow OpenAI's error body: 400 naming the field,
+401 for a wrong bearer token, 429 with Retry-After when the queue is full, 503 while loading or
+draining. A client that disconnects has its sequence cancelled (its KV freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from dynasparse_worker.control.supervisor import Supervisor
+from dynasparse_worker.engine.types import TokenEvent
+from dynasparse_worker.server.chat import chat_prompt_ids, completion_prompt_ids
+from dynasparse_worker.server.engine_loop import EngineLoop, NotAdmitting, QueueFull, RequestHandle
+from dynasparse_worker.server.metrics import CONTENT_TYPE, WorkerMetrics
+from dynasparse_worker.server.openai_schema import (
+    ChatCompletionRequest, CompletionRequest, error_body, first_error,
+)
+from dynasparse_worker.server.responses import GenerationFailed, Shape, sse_stream, whole_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    supervisor: Supervisor
+    metrics: WorkerMetrics
+    model_name: str
+    api_key: str | None = None
+    engine_loop: EngineLoop | None = None  # set once the model is loaded
+    tokenizer: Any = None
+    context_len: int = 0  # prompt + completion tokens a sequence may hold
+    default_max_tokens: int = 256  # chat requests without max_tokens
+    retry_after_s: int = 1
+    created: int = 0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type_ = status, message, param, type_
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.param, self.type_), self.status,
+                            headers=self.headers)
+
+
+def create_app(ctx: WorkerContext) -> FastAPI:
+    app = FastAPI(title="dynasparse worker", docs_url=None, redoc_url=None, openapi_url=None)
+    ctx.created = ctx.created or int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if ctx.supervisor.ready:
+            return JSONResponse({"ready": True})
+        reason = "draining" if ctx.supervisor.draining else "loading the model"
+        return JSONResponse({"ready": False, "reason": reason}, 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        ctx.metrics.refresh(ctx.supervisor.snapshot())
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        _check_auth(ctx, request)
+        return {"object": "list", "data": [{"id": ctx.model_name, "object": "model",
+                                            "created": ctx.created, "owned_by": "dynasparse"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(ctx, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generate(ctx, request, chat=True)
+
+    return app
+
+
+def _check_auth(ctx: WorkerContext, request: Request) -> None:
+    if not ctx.api_key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), ctx.api_key):
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                       type_="authentication_error")
+
+
+async def _generate(ctx: WorkerContext, request: Request, chat: bool) -> Response:
+    endpoint = "chat" if chat else "completions"
+    status = "error"
+    try:
+        response, status = await _admit_and_run(ctx, request, chat)
+        return response
+    except ApiError as exc:
+        status = str(exc.status)
+        return exc.response()
+    finally:
+        ctx.metrics.requests.labels(endpoint, status).inc()
+        ctx.supervisor.count_request(status in ("200", "streaming"))
+
+
+async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tuple[Response, str]:
+    _check_auth(ctx, request)
+    loop = ctx.engine_loop
+    if loop is None:
+        raise ApiError(503, "the model is still loading: retry shortly", type_="unavailable",
+                       headers={"Retry-After": str(ctx.retry_after_s)})
+    if ctx.supervisor.draining:
+        raise ApiError(503, "this worker is draining and admits no new requests",
+                       type_="unavailable")
+    body = await _json_body(request)
+    model_cls = ChatCompletionRequest if chat else CompletionRequest
+    try:
+        req = model_cls.model_validate(body)
+    except ValidationError as exc:
+        param, message = first_error(exc)
+        raise ApiError(400, message, param) from None
+    if chat:
+        prompt_ids = chat_prompt_ids(ctx.tokenizer, req.messages)
+        wanted, prompt_field = req.requested_max_tokens, "messages"
+    else:
+        prompt_ids = completion_prompt_ids(ctx.tokenizer, req.prompt)
+        wanted, prompt_field = req.max_tokens, "prompt"
+    max_tokens = _check_lengths(ctx, len(prompt_ids), wanted, prompt_field)
+    try:
+        handle = loop.submit(prompt_ids, req.sampling(max_tokens))
+    except QueueFull as exc:
+        raise ApiError(429, f"the worker's queue is full ({exc}): retry after "
+                       f"{ctx.retry_after_s} s", type_="rate_limit_error",
+                       headers={"Retry-After": str(ctx.retry_after_s)}) from None
+    except NotAdmitting as exc:
+        raise ApiError(503, str(exc), type_="unavailable") from None
+    shape = Shape(chat=chat, model=ctx.model_name, include_usage=req.include_usage)
+    if req.stream:
+        return StreamingResponse(_released(loop, handle, sse_stream(shape, _events(handle),
+                                                                    handle.prompt_tokens)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"}), "streaming"
+    try:
+        text, final = await _collect_unless_disconnected(request, handle)
+    finally:
+        loop.release(handle)
+    if final is None:
+        return Response(status_code=499), "disconnected"
+    try:
+        return JSONResponse(whole_response(shape, text, final, handle.prompt_tokens)), "200"
+    except GenerationFailed as exc:
+        raise ApiError(500, str(exc), type_="server_error") from None
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", "body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", "body")
+    return body
+
+
+def _check_lengths(ctx: WorkerContext, prompt_len: int, wanted: int | None, prompt_field: str) -> int:
+    """The max_tokens to use; 400 if the prompt (or prompt + max_tokens) exceeds the context."""
+    if prompt_len == 0:
+        raise ApiError(400, f"{prompt_field}: the prompt is empty", prompt_field)
+    if prompt_len >= ctx.context_len:
+        raise ApiError(400, f"{prompt_field}: the prompt has {prompt_len} tokens, but this "
+                       f"model's context holds {ctx.context_len} (prompt + completion)",
+                       prompt_field)
+    room = ctx.context_len - prompt_len
+    if wanted is None:
+        return min(ctx.default_max_tokens, room)
+    if wanted > room:
+        raise ApiError(400, f"max_tokens: {wanted} completion tokens do not fit after a "
+                       f"{prompt_len}-token prompt in a {ctx.context_len}-token context "
+                       f"(at most {room})", "max_tokens")
+    return wanted
+
+
+async def _events(handle: RequestHandle) -> AsyncIterator[TokenEvent]:
+    while True:
+        ev = await handle.events.get()
+        yield ev
+        if ev.finished:
+            return
+
+
+async def _released(loop: EngineLoop, handle: RequestHandle, stream: AsyncIterator[bytes]
+                    ) -> AsyncIterator[bytes]:
+    """Wrap a stream so the handle is released however it ends (a disconnect cancels it)."""
+    try:
+        async for part in stream:
+            yield part
+    finally:
+        loop.release(handle)
+
+
+async def _collect_unless_disconnected(request: Request, handle: RequestHandle
+                                       ) -> tuple[str, TokenEvent | None]:
+    """All the text and the final event, or (partial, None) if the client went away first."""
+    parts: list[str] = []
+
+    async def collect() -> TokenEvent:
+        async for ev in _events(handle):
+            parts.append(ev.text)
+            if ev.finished:
+                return ev
+        raise AssertionError("unreachable")
+
+    async def disconnected() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.1)
+
+    collector, watcher = asyncio.create_task(collect()), asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not collector.done():
+            collector.cancel()
+    if collector.done() and not collector.cancelled():
+        return "".join(parts), collector.result()
+    return "".join(parts), None

@@ -1,0 +1,108 @@
+"""OpenAI response bodies from engine `TokenEvent`s: whole responses and server-sent-event streams.
+
+Called by server/app.py. Streams end with a chunk carrying `finish_reason` *and* `usage` (always),
+then, if the client asked with `stream_options.include_usage`, the OpenAI-style usage-only chunk
+(`choices: []`), then `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from dynasparse_worker.engine.types import TokenEvent
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Which OpenAI object to build."""
+
+    chat: bool
+    model: str
+    include_usage: bool
+
+    @property
+    def id_prefix(self) -> str:
+        return "chatcmpl" if self.chat else "cmpl"
+
+    @property
+    def object_name(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+
+class GenerationFailed(Exception):
+    """The engine ended the request with an error."""
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def finish_reason_of(ev: TokenEvent) -> str:
+    reason = ev.finish_reason or "stop"
+    if reason.startswith("error"):
+        raise GenerationFailed(reason)
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def whole_response(shape: Shape, text: str, final: TokenEvent, prompt_tokens: int) -> dict:
+    reason = finish_reason_of(final)
+    choice: dict = {"index": 0, "finish_reason": reason, "logprobs": None}
+    if shape.chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {
+        "id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object_name,
+        "created": int(time.time()), "model": shape.model, "choices": [choice],
+        "usage": usage(prompt_tokens, final.completion_tokens),
+    }
+
+
+def _sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+async def sse_stream(shape: Shape, events: AsyncIterator[TokenEvent], prompt_tokens: int
+                     ) -> AsyncIterator[bytes]:
+    """The SSE byte stream of one request; `events` ends after the finished event."""
+    rid, created = f"{shape.id_prefix}-{uuid.uuid4().hex}", int(time.time())
+    obj = "chat.completion.chunk" if shape.chat else "text_completion"
+
+    def chunk(choices: list[dict], extra: dict | None = None) -> bytes:
+        body = {"id": rid, "object": obj, "created": created, "model": shape.model,
+                "choices": choices}
+        return _sse({**body, **(extra or {})})
+
+    def choice(text: str | None, reason: str | None, first: bool = False) -> dict:
+        if shape.chat:
+            delta: dict = {"role": "assistant", "content": ""} if first else {}
+            if text:
+                delta["content"] = text
+            return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+    if shape.chat:
+        yield chunk([choice(None, None, first=True)])
+    async for ev in events:
+        if not ev.finished:
+            if ev.text:
+                yield chunk([choice(ev.text, None)])
+            continue
+        try:
+            reason = finish_reason_of(ev)
+        except GenerationFailed as exc:
+            yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None,
+                                  "code": None}})
+            break
+        used = usage(prompt_tokens, ev.completion_tokens)
+        yield chunk([choice(ev.text, reason)], {"usage": used})
+        if shape.include_usage:
+            yield chunk([], {"usage": used})
+        break
+    yield _sse("[DONE]")

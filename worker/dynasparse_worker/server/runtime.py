@@ -1,0 +1,226 @@
+"""One worker process: HTTP API + gRPC control endpoint + engine thread, started and drained together.
+
+`WorkerRuntime(settings).run()` is what `dynasparse serve` awaits; tests start it in a thread with a
+pre-loaded model. Start-up order: HTTP (liveness answers at once, readiness 503 "loading") and the
+control port come up first, the model loads in a worker thread, then the engine thread starts and
+readiness turns true. Drain (SIGTERM or an operator drain): readiness false, admissions refused,
+in-flight requests finish at the floor budget, then everything stops when empty or after the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from dynasparse_worker.control.fast_loop import FastLoopConfig
+from dynasparse_worker.control.service import TlsFiles, build_control_server
+from dynasparse_worker.control.supervisor import Supervisor
+from dynasparse_worker.errors import UserError
+from dynasparse_worker.server.actuators import SparsityActuator, UncalibratedActuator
+from dynasparse_worker.server.app import WorkerContext, create_app
+from dynasparse_worker.server.engine_loop import EngineLoop
+from dynasparse_worker.server.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeSettings:
+    """Everything `dynasparse serve` can set (see commands/serve.py for the flags)."""
+
+    model: str = "default"
+    calibration: str | None = None
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port
+    control_host: str = "127.0.0.1"
+    control_port: int = 50051  # 0 picks a free port
+    tls_dir: Path | None = None  # None: no control endpoint (never an insecure one)
+    pod_name: str = "worker"
+    api_key: str | None = None
+    max_queue: int = 64
+    report_interval_s: float = 0.5
+    drain_grace_s: float = 30.0
+    initial_budget: float = 1.0
+    uncalibrated_min_budget: float = 1.0
+    max_batch_size: int = 16
+    max_seq_len: int = 2048
+    kv_tokens: int = 8192  # CPU KV capacity; CUDA sizes by memory fraction
+    default_max_tokens: int = 256
+    fast_loop: FastLoopConfig = field(default_factory=FastLoopConfig)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the runtime turns SIGTERM into a drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class WorkerRuntime:
+    def __init__(self, settings: ServeSettings, loaded: Any | None = None):
+        self.settings = settings
+        self._preloaded = loaded
+        self.metrics = WorkerMetrics()
+        self.actuator = UncalibratedActuator(settings.uncalibrated_min_budget)
+        self.supervisor = Supervisor(
+            self.actuator, pod_name=settings.pod_name, model_name=settings.model,
+            config=settings.fast_loop, initial_budget=settings.initial_budget,
+            report_interval_s=settings.report_interval_s, drain_grace_s=settings.drain_grace_s,
+        )
+        self.ctx = WorkerContext(self.supervisor, self.metrics, settings.model,
+                                 api_key=settings.api_key,
+                                 default_max_tokens=settings.default_max_tokens)
+        self.engine_loop: EngineLoop | None = None
+        self.http_port = 0
+        self.control_port = 0
+        self.started = threading.Event()  # HTTP and control are listening
+        self.loaded = threading.Event()  # the model is loaded and the engine runs
+        self.drained_clean: bool | None = None
+        self._done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self.supervisor.drain_listeners.append(self._on_drain_requested)
+        self._install_signal_handlers()
+        http_server, http_task = self._start_http()
+        grpc_server, health = await self._start_control()
+        self.started.set()
+        try:
+            await self._load_and_start_engine()
+            if health is not None:
+                await health.set_ready(self.supervisor.ready)
+            self.loaded.set()
+            await self._done.wait()
+        finally:
+            if health is not None:
+                await health.set_ready(False)
+            http_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(http_task, timeout=5.0)
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)
+            if self.engine_loop is not None:
+                await asyncio.to_thread(self.engine_loop.stop)
+            self.supervisor.memory.close()
+        return 0
+
+    def shutdown_now(self) -> None:
+        """Stop without draining (tests, second SIGINT). Thread-safe."""
+        if self._loop is not None and self._done is not None:
+            self._loop.call_soon_threadsafe(self._done.set)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.supervisor.request_drain, "SIGTERM")
+
+        def on_sigint() -> None:
+            if not self.supervisor.request_drain("SIGINT"):
+                self.shutdown_now()  # a second Ctrl-C: stop now
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+
+    def _start_http(self) -> tuple[uvicorn.Server, asyncio.Task]:
+        s = self.settings
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host, s.port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {s.host}:{s.port} ({exc}): choose another --port")
+        sock.listen(512)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.ctx), log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=5, access_log=False)
+        server = _QuietServer(config)
+        log.info("HTTP API on http://%s:%d", s.host, self.http_port)
+        return server, asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def _start_control(self):
+        s = self.settings
+        if s.tls_dir is None:
+            log.warning("no --tls-dir: the gRPC control endpoint is off (it serves mTLS only)")
+            return None, None
+        server, port, health = build_control_server(self.supervisor, TlsFiles.from_dir(s.tls_dir),
+                                                    s.control_host, s.control_port)
+        await server.start()
+        await health.set_ready(False)
+        self.control_port = port
+        log.info("control endpoint (mTLS) on %s:%d", s.control_host, port)
+        return server, health
+
+    async def _load_and_start_engine(self) -> None:
+        engine, loaded, state = await asyncio.to_thread(self._build_engine)
+        if state is not None:
+            self.actuator = SparsityActuator(state)
+            self.supervisor.attach(self.actuator)
+        else:
+            log.warning("no --calibration: the model runs dense; budgets are tracked, not applied")
+        self.ctx.tokenizer = loaded.tokenizer
+        self.ctx.context_len = min(engine.config.max_seq_len,
+                                   int(getattr(loaded.model.config, "max_position_embeddings",
+                                               engine.config.max_seq_len)))
+        self.ctx.model_name = self.supervisor.model_name = loaded.name
+        self.engine_loop = EngineLoop(engine, self.supervisor, self.metrics,
+                                      max_queue=self.settings.max_queue)
+        self.engine_loop.start(asyncio.get_running_loop())
+        self.ctx.engine_loop = self.engine_loop
+        self.supervisor.model_loaded = True
+
+    def _build_engine(self):
+        import torch
+
+        from dynasparse_worker.engine.engine import Engine, EngineConfig
+
+        s = self.settings
+        device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = self._preloaded
+        if loaded is None:
+            from dynasparse_worker.models.loading import load_model
+
+            loaded = load_model(s.model, device=device)
+        state = _load_sparsity_state(loaded, s.calibration) if s.calibration else None
+        config = EngineConfig(max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
+                              kv_capacity_tokens=s.kv_tokens, cuda_graphs=device.startswith("cuda"))
+        return Engine.from_loaded(loaded, config, state=state), loaded, state
+
+    # ---- drain -----------------------------------------------------------------------------------
+    def _on_drain_requested(self, grace_s: float) -> None:
+        """Called by the supervisor (on the event loop thread, or any thread: we hop over)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(grace_s)))
+
+    async def _drain(self, grace_s: float) -> None:
+        log.info("draining: no new admissions; waiting up to %.0f s for in-flight requests", grace_s)
+        loop = self.engine_loop
+        self.drained_clean = True if loop is None else await loop.wait_empty(grace_s)
+        if not self.drained_clean:
+            log.warning("grace period over with %d requests in flight", loop.in_flight)
+        await asyncio.sleep(0.2)  # let the last responses flush
+        assert self._done is not None
+        self._done.set()
+
+
+def _load_sparsity_state(loaded: Any, calibration: str) -> Any:
+    """The gated model's `SparsityState` for `loaded` from a calibration file (gating package)."""
+    try:
+        from dynasparse_worker.gating import load_sparsity_state  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise UserError(f"--calibration needs the gating package's load_sparsity_state ({exc}); "
+                        "run without --calibration to serve dense") from None
+    return load_sparsity_state(loaded, calibration)
