@@ -1,0 +1,115 @@
+"""The Helm chart: `helm lint` (with its values schema) and `helm template` render what the design
+asks for — hardened operator pod, least-privilege RBAC, signal keys from values, ServiceMonitor only
+when its API exists. Needs the helm binary that scripts/setup.sh builds (no cluster)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dynasparse.devcluster import binaries
+from dynasparse.devcluster.errors import DevClusterError
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "dynasparse"
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    try:
+        return str(binaries.locate().helm)
+    except DevClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def render(helm: str, *args: str) -> dict[tuple[str, str], dict]:
+    out = run_helm(helm, "template", "rel", str(CHART), "--namespace", "ml-system", "--include-crds", *args).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_the_chart_lints_cleanly_in_strict_mode(helm):
+    result = run_helm(helm, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_values_that_break_the_schema_are_refused(helm):
+    result = run_helm(helm, "template", "rel", str(CHART), "--set", "config.worker.controlPort=70000", check=False)
+    assert result.returncode != 0 and "controlPort" in result.stderr
+
+
+def test_the_operator_runs_hardened_with_its_config_and_probes(helm):
+    objs = render(helm)
+    pod = objs[("Deployment", "rel-dynasparse-operator")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["args"][0] == "operator"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    config_path = env["DYNASPARSE_CONFIG"]["value"]
+    mount = next(m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"]))
+    config = yaml.safe_load(objs[("ConfigMap", "rel-dynasparse-operator-config")]["data"]["config.yaml"])
+    assert mount["name"] == "config"
+    assert "aws-node-termination-handler/spot-itn" in config["signals"]["disruptionTaints"]
+    assert "karpenter.sh/capacity-type=spot" in config["signals"]["spotLabels"]
+    assert env["DYNASPARSE_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_the_operators_config_matches_the_operators_settings_keys(helm):
+    settings = pytest.importorskip("dynasparse_operator.settings")
+    config = yaml.safe_load(render(helm)[("ConfigMap", "rel-dynasparse-operator-config")]["data"]["config.yaml"])
+    settings.apply_mapping(settings.OperatorSettings(), config, "chart values")  # raises on unknown keys
+
+
+def test_signal_keys_are_configurable_from_values(helm):
+    objs = render(helm, "--set", "config.signals.disruptionTaints={example.com/going-away}")
+    config = yaml.safe_load(objs[("ConfigMap", "rel-dynasparse-operator-config")]["data"]["config.yaml"])
+    assert config["signals"]["disruptionTaints"] == ["example.com/going-away"]
+
+
+def test_rbac_is_least_privilege(helm):
+    rules = render(helm)[("ClusterRole", "rel-dynasparse-operator")]["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("dynasparse.io", "adaptivemodels/status", "patch") in granted
+    assert ("apps", "deployments", "create") in granted
+    assert ("", "nodes", "watch") in granted
+    assert not any(v in ("*", "escalate", "bind", "impersonate") or r == "*" for _, r, v in granted)
+    assert not any(r in ("pods", "nodes") and v in ("delete", "create", "update", "patch") for _, r, v in granted)
+    assert ("", "pods/eviction", "create") not in granted
+
+
+def test_only_the_operator_may_reach_the_workers_control_port(helm):
+    policy = render(helm)[("NetworkPolicy", "rel-dynasparse-workers")]["spec"]
+    control_rule = next(r for r in policy["ingress"] if r["ports"][0]["port"] == 50051)
+    assert control_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+
+
+def test_the_service_monitor_appears_only_when_asked_and_its_api_exists(helm):
+    assert not any(k == "ServiceMonitor" for k, _ in render(helm, "--set", "metrics.serviceMonitor.enabled=true"))
+    with_api = render(helm, "--set", "metrics.serviceMonitor.enabled=true",
+                      "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    assert ("ServiceMonitor", "rel-dynasparse-operator") in with_api
+    assert not any(k == "ServiceMonitor" for k, _ in render(helm, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+
+
+def test_the_crd_ships_with_the_chart(helm):
+    assert ("CustomResourceDefinition", "adaptivemodels.dynasparse.io") in render(helm)
+
+
+def test_notes_show_how_to_list_adaptive_models(helm):
+    out = run_helm(helm, "install", "rel", str(CHART), "--dry-run", "--namespace", "ml-system", check=False)
+    if out.returncode == 0:
+        assert "kubectl get am" in out.stdout
+    assert "kubectl get am" in (CHART / "templates" / "NOTES.txt").read_text()
