@@ -101,7 +101,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
         reason=fb.reason if fb.kind != "hold" or not changed else f"{fb.reason} ({floor_why})",
         kind=fb.kind, floor=floor, ceiling=params.max_budget, worst_ratio=fb.worst_ratio,
-        ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms,
+        ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms, observation=fb.observation,
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
         events=tuple(events),
     )
@@ -144,6 +144,7 @@ class _Feedback:
     worst_ratio: float | None = None
     ttft_ms: float | None = None
     itl_ms: float | None = None
+    observation: str = ""
 
 
 def _worst(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,
@@ -183,6 +184,9 @@ def _feedback(budget: float, floor: float, survivors: Sequence[PodFacts],
     stale = _stale(survivors, reports, params, now)
     if stale and fb.kind != "no-data" and "no report from" not in fb.reason:
         fb = dataclasses.replace(fb, reason=f"{fb.reason}; no report from {', '.join(stale)}")
+    if fb.worst_ratio is not None and fb.worst_ratio > 0:
+        worst, _, _, _ = _worst(survivors, reports, params, now)
+        fb = dataclasses.replace(fb, observation=_describe(worst, params))
     return fb
 
 

@@ -129,6 +129,7 @@ class Decision:
     worst_ratio: float | None = None  # worst pod's p95 / SLO, over both axes
     ttft_p95_ms: float | None = None
     inter_token_p95_ms: float | None = None
+    observation: str = ""  # 'p95 TTFT 812 ms > SLO 500 ms' for the worst fresh pod
     surge_replicas: int = 0
     events: tuple[str, ...] = ()  # feed-forward messages (pressure, disruption)
 

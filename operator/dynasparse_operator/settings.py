@@ -154,7 +154,10 @@ class ServerSettings:
     """kopf liveness endpoint port, path /healthz (0 disables)."""
 
     pod_name: str = ""
-    """Operator pod name, sent as ControlMessage.sender and used as kopf peering id."""
+    """Operator pod name, sent as ControlMessage.sender."""
+
+    namespace: str = ""
+    """Operator's own namespace (downward API); the CA Secret lives there unless pki.namespace is set."""
 
 
 @dataclasses.dataclass
@@ -183,6 +186,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DYNASPARSE_METRICS_PORT": ("server", "metrics_port"),
     "DYNASPARSE_HEALTH_PORT": ("server", "health_port"),
     "DYNASPARSE_POD_NAME": ("server", "pod_name"),
+    "DYNASPARSE_POD_NAMESPACE": ("server", "namespace"),
 }
 
 

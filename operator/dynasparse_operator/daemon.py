@@ -1,0 +1,227 @@
+"""The per-AdaptiveModel control loop: pods -> streams, reports -> decisions -> budgets and status.
+
+One `ControlLoop` per AdaptiveModel, run by the kopf daemon in handlers.py (`run(stopped)`).
+It runs the pure control law every control interval and at once when a report violates the SLO
+(`wake`), so a budget change leaves for the workers milliseconds after such a report. Pod and node
+events reach it through the shared `Registry` (kopf memo), filled by handlers.py. All I/O goes
+through `LoopDeps` callables, so tests can run the loop against real gRPC workers without kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from dynasparse_operator import control_law, signals, status as status_mod, wire
+from dynasparse_operator.grpc_client import ClientTls, StreamPool
+from dynasparse_operator.law_types import Decision, LawParams, LawState, PodCommand, PodReport
+from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
+from dynasparse_operator.metrics import OperatorMetrics
+from dynasparse_operator.settings import OperatorSettings
+from dynasparse_operator.spec import AdaptiveModelSpec, parse_spec
+from dynasparse_proto import control_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ModelRuntime:
+    """What the watchers know about one model's pods, and how to wake its loop."""
+
+    pods: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+@dataclasses.dataclass
+class Registry:
+    """Shared between handlers and loops (lives in kopf's memo, never a module global)."""
+
+    models: dict[tuple[str, str], ModelRuntime] = dataclasses.field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def runtime(self, namespace: str, name: str) -> ModelRuntime:
+        return self.models.setdefault((namespace, name), ModelRuntime())
+
+    def wake_models_on(self, node: str) -> None:
+        for runtime in self.models.values():
+            if any((p.get("spec") or {}).get("nodeName") == node for p in runtime.pods.values()):
+                runtime.wake.set()
+
+
+@dataclasses.dataclass
+class LoopDeps:
+    """Everything the loop needs from outside."""
+
+    settings: OperatorSettings
+    tls: ClientTls
+    epoch: int
+    sequence: itertools.count
+    sender: str
+    patch_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
+    emit_event: Callable[[str, str, str], None]  # (type, reason, message) on this model
+    scale_workers: Callable[[str, str, int], Awaitable[None]] | None = None
+    metrics: OperatorMetrics | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+def law_params(spec: AdaptiveModelSpec, settings: OperatorSettings) -> LawParams:
+    c = settings.control
+    return LawParams(
+        ttft_slo_ms=spec.slo.ttft_p95_ms, inter_token_slo_ms=spec.slo.inter_token_p95_ms,
+        min_budget=spec.quality.min_budget, max_loss=spec.quality.max_loss,
+        max_budget=spec.control.max_budget, interval_s=spec.control.interval_s,
+        responsiveness=spec.control.responsiveness, setpoint_ratio=c.setpoint_ratio,
+        deadband=c.deadband, pressure_ceiling_factor=c.pressure_ceiling_factor,
+        stale_after_s=c.stale_after_s, min_samples=c.min_samples,
+        replace_disrupted_pods=spec.control.replace_disrupted_pods)
+
+
+class ControlLoop:
+    def __init__(self, owner: Owner, body: Mapping[str, Any], runtime: ModelRuntime,
+                 nodes: Mapping[str, Mapping[str, Any]], deps: LoopDeps) -> None:
+        self.owner = owner
+        self.nodes = nodes  # node name -> Node body, kept current by the node watcher
+        self.body = body  # kopf keeps a daemon's body up to date
+        self.runtime = runtime
+        self.deps = deps
+        self.reports: dict[str, PodReport] = {}
+        self.connected: dict[str, bool] = {}
+        self.state = LawState(budget=status_mod.resume_budget(body.get("status")))
+        self.last_sent: dict[str, tuple] = {}
+        self.last_status_at = -1e9
+        self.sequence_sent = 0
+        self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
+        self.decision: Decision | None = None
+        self.last_events: set[str] = set()
+        self.pool = StreamPool(deps.tls, worker_dns_names(owner)[0],
+                               deps.settings.worker.control_port, self._on_report,
+                               deps.settings.grpc, self._on_stream_state)
+
+    # --- callbacks from streams --------------------------------------------------------------------
+
+    def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
+        rep = wire.report_from_pb(report, at, pod)
+        self.reports[pod] = rep
+        if control_law.violates_slo(rep, self.params()):
+            self.runtime.wake.set()
+
+    def _on_stream_state(self, pod: str, connected: bool, detail: str) -> None:
+        self.connected[pod] = connected
+        if not connected:
+            log.info("%s/%s: stream to %s down: %s", self.owner.namespace, self.owner.name, pod, detail)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def spec(self) -> AdaptiveModelSpec:
+        return parse_spec(self.body.get("spec") or {})
+
+    def params(self) -> LawParams:
+        return law_params(self.spec(), self.deps.settings)
+
+    async def run(self, stopped: Callable[[], bool]) -> None:
+        try:
+            while not stopped():
+                try:
+                    await asyncio.wait_for(self.runtime.wake.wait(), self.params().interval_s)
+                except asyncio.TimeoutError:
+                    pass
+                self.runtime.wake.clear()
+                if stopped():
+                    break
+                try:
+                    await self.step()
+                except Exception:  # noqa: BLE001 - one bad step must not end the loop
+                    log.exception("%s/%s: control step failed", self.owner.namespace, self.owner.name)
+        finally:
+            await self.pool.close()
+
+    async def step(self) -> Decision:
+        spec = self.spec()
+        params = law_params(spec, self.deps.settings)
+        keys = signals.effective_signals(self.deps.settings.signals, spec.signals)
+        pod_bodies = list(self.runtime.pods.values())
+        ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pod_bodies if signals.pod_ready(p)}
+        nodes = {name: signals.node_facts(n, keys) for name, n in list(self.nodes.items())}
+        facts = signals.pod_facts(pod_bodies, nodes, keys)
+        addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
+        await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
+        for name in list(self.reports):
+            if name not in self.runtime.pods:
+                del self.reports[name]
+        now = self.deps.clock()
+        decision = control_law.decide(self.reports, facts, params, self.state, now)
+        self.state = decision.state
+        self.decision = decision
+        self._send(decision, params, spec)
+        await self._surge(decision, spec)
+        self._events(decision)
+        if self.deps.metrics:
+            self.deps.metrics.observe(self.owner.namespace, self.owner.name, decision,
+                                      sum(1 for s in self.pool.streams.values() if s.connected))
+        if decision.changed or now - self.last_status_at >= max(1.0, params.interval_s):
+            self.last_status_at = now
+            await self._write_status(decision, spec, facts, len(pod_bodies), len(ready))
+        return decision
+
+    def _send(self, decision: Decision, params: LawParams, spec: AdaptiveModelSpec) -> None:
+        """Send each pod its command when it changed, or as a refresh every few intervals."""
+        now = decision.at
+        for cmd in decision.commands.values():
+            key = _command_key(cmd)
+            last = self.last_sent.get(cmd.name)
+            if last and last[0] == key and now - last[1] < 5 * params.interval_s:
+                continue
+            stream = self.pool.streams.get(cmd.name)
+            if stream is None:
+                continue
+            self.sequence_sent = next(self.deps.sequence)
+            stream.send(wire.command_to_pb(
+                cmd, params, epoch=self.deps.epoch, sequence=self.sequence_sent,
+                sender=self.deps.sender, report_interval_s=self.deps.settings.control.report_interval_s,
+                drain_grace_s=float(spec.worker.drain_grace_s)))
+            self.last_sent[cmd.name] = (key, now)
+
+    async def _surge(self, decision: Decision, spec: AdaptiveModelSpec) -> None:
+        if self.deps.scale_workers is None or decision.surge_replicas == self.surge:
+            return
+        self.surge = decision.surge_replicas
+        await self.deps.scale_workers(self.owner.namespace, self.owner.name, spec.replicas + self.surge)
+        self.deps.emit_event("Normal", "ReplacingCapacity",
+                             f"replicas {spec.replicas} + {self.surge} while pods drain")
+
+    def _events(self, decision: Decision) -> None:
+        event = status_mod.event_for(decision)
+        if event:
+            self.deps.emit_event(*event)
+        current = set(decision.events)
+        for message in sorted(current - self.last_events):
+            if "draining" not in message:  # the disruption decision already said so
+                self.deps.emit_event("Warning", "NodePressure", message)
+        self.last_events = current
+
+    async def _write_status(self, decision: Decision, spec: AdaptiveModelSpec, facts, existing: int,
+                            ready: int) -> None:
+        body_status = self.body.get("status") or {}
+        patch = status_mod.status_patch(status_mod.StatusInput(
+            generation=int((self.body.get("metadata") or {}).get("generation") or 0),
+            desired_replicas=spec.replicas, existing_pods=existing, ready_pods=ready,
+            selector=selector_string(self.owner.name), decision=decision, pods=facts,
+            reports=self.reports, connected=self.connected, ttft_slo_ms=spec.slo.ttft_p95_ms,
+            epoch=self.deps.epoch, sequence=self.sequence_sent, surge_replicas=self.surge,
+            previous_conditions=body_status.get("conditions") or ()))
+        try:
+            await self.deps.patch_status(self.owner.namespace, self.owner.name, patch)
+        except Exception as exc:  # noqa: BLE001 - status is best effort; the loop goes on
+            log.warning("%s/%s: status patch failed: %s", self.owner.namespace, self.owner.name, exc)
+
+
+def _ip(pod: Mapping[str, Any]) -> str:
+    return (pod.get("status") or {}).get("podIP") or ""
+
+
+def _command_key(cmd: PodCommand) -> tuple:
+    return (round(cmd.target_budget, 4), round(cmd.floor, 4), round(cmd.ceiling, 4), cmd.mode)

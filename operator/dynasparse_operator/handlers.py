@@ -1,0 +1,179 @@
+"""Thin kopf handlers: AdaptiveModel reconcile and control daemon, pod and node watchers.
+
+`build_registry()` registers everything on a fresh kopf.OperatorRegistry (nothing at import time);
+commands/run.py passes it to kopf.run together with a `memo` built by `make_memo()`. Each
+handler goes body -> typed spec -> pure functions (manifests, pki, signals) -> one apply or patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from dynasparse_operator import manifests, pki, signals
+from dynasparse_operator.daemon import ControlLoop, LoopDeps, Registry
+from dynasparse_operator.grpc_client import ClientTls
+from dynasparse_operator.kube import Kube
+from dynasparse_operator.metrics import OperatorMetrics
+from dynasparse_operator.settings import OperatorSettings
+from dynasparse_operator.spec import parse_spec
+
+log = logging.getLogger(__name__)
+WORKER_LABELS = dict(manifests.COMPONENT_LABELS)
+AM = (manifests.GROUP, manifests.VERSION, manifests.PLURAL)
+
+
+@dataclasses.dataclass
+class OperatorContext:
+    """kopf's memo: everything the handlers share within one operator process."""
+
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    registry: Registry = dataclasses.field(default_factory=Registry)
+    epoch: int = dataclasses.field(default_factory=lambda: int(time.time() * 1000))
+    sequence: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
+    kube: Kube | None = None
+    ca: pki.KeyPair | None = None
+    client_tls: ClientTls | None = None
+
+
+def make_memo(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf.Memo:
+    memo = kopf.Memo()
+    memo.ctx = OperatorContext(settings=settings, metrics=metrics)
+    return memo
+
+
+def ca_namespace(settings: OperatorSettings) -> str:
+    if settings.pki.namespace or settings.server.namespace:
+        return settings.pki.namespace or settings.server.namespace
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip()
+    except OSError:
+        return "default"
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo.ctx
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dynasparse.io")
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        ctx.kube = Kube.connect()
+        ctx.ca = await ctx.kube.ensure_ca(ca_namespace(ctx.settings), ctx.settings.pki.ca_secret)
+        client = pki.issue(ctx.ca, pki.OPERATOR_COMMON_NAME, server=False, days=30)
+        ctx.client_tls = ClientTls(ctx.ca.cert_pem, client.cert_pem, client.key_pem)
+        log.info("operator epoch %d; CA from %s/%s", ctx.epoch, ca_namespace(ctx.settings),
+                 ctx.settings.pki.ca_secret)
+
+    @kopf.on.resume(*AM, registry=registry)
+    @kopf.on.create(*AM, registry=registry)
+    @kopf.on.update(*AM, field="spec", registry=registry)
+    async def reconcile(spec: Any, name: str, namespace: str, uid: str, status: Any,
+                        memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+        """Worker TLS Secret, Deployment and Service match the spec (owned by the model)."""
+        ctx: OperatorContext = memo.ctx
+        parsed = parse_spec(dict(spec))
+        owner = manifests.Owner(name, namespace, uid)
+        await _ensure_worker_tls(ctx, owner)
+        surge = int((status or {}).get("surgeReplicas") or 0)
+        await ctx.kube.apply(manifests.deployment(parsed, owner, ctx.settings.worker,
+                                                  surge_replicas=surge))
+        await ctx.kube.apply(manifests.service(owner, ctx.settings.worker))
+        patch.status["selector"] = manifests.selector_string(name)
+        ctx.registry.runtime(namespace, name).wake.set()
+
+    @kopf.daemon(*AM, registry=registry, cancellation_timeout=10, initial_delay=0.1)
+    async def control(body: kopf.Body, name: str, namespace: str, uid: str, memo: kopf.Memo,
+                      stopped: kopf.DaemonStopped, **_: Any) -> None:
+        """The closed loop of one model (daemon.py); budgets resume from status."""
+        ctx: OperatorContext = memo.ctx
+        runtime = ctx.registry.runtime(namespace, name)
+        kube = ctx.kube
+        for pod in await kube.list_pods(namespace, name):
+            runtime.pods.setdefault(pod["metadata"]["name"], pod)
+
+        def emit(kind: str, reason: str, message: str) -> None:
+            kopf.event(body, type=kind, reason=reason, message=message)
+
+        deps = LoopDeps(settings=ctx.settings, tls=ctx.client_tls, epoch=ctx.epoch,
+                        sequence=ctx.sequence, sender=ctx.settings.server.pod_name or "dynasparse-operator",
+                        patch_status=kube.patch_status, emit_event=emit,
+                        scale_workers=kube.scale_workers, metrics=ctx.metrics)
+        loop = ControlLoop(manifests.Owner(name, namespace, uid), body, runtime,
+                           ctx.registry.nodes, deps)
+        try:
+            await loop.run(lambda: bool(stopped))
+        finally:
+            ctx.registry.models.pop((namespace, name), None)
+
+    @kopf.on.event("", "v1", "pods", labels=WORKER_LABELS, registry=registry)
+    async def worker_pod(event: Any, memo: kopf.Memo, **_: Any) -> None:
+        """Keep each model's pod list current; wake its loop when a pod's facts change."""
+        ctx: OperatorContext = memo.ctx
+        pod = event.get("object") or {}
+        meta = pod.get("metadata") or {}
+        model = (meta.get("labels") or {}).get(manifests.MODEL_LABEL)
+        if not model:
+            return
+        runtime = ctx.registry.runtime(meta.get("namespace", ""), model)
+        name = meta.get("name", "")
+        before = runtime.pods.get(name)
+        if event.get("type") == "DELETED":
+            runtime.pods.pop(name, None)
+            ctx.metrics.forget_pod(meta.get("namespace", ""), model, name)
+        else:
+            runtime.pods[name] = pod
+        if _pod_key(before, ctx) != _pod_key(runtime.pods.get(name), ctx):
+            runtime.wake.set()
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node(event: Any, memo: kopf.Memo, **_: Any) -> None:
+        """Node conditions and taints feed forward: wake the loops of models with pods there."""
+        ctx: OperatorContext = memo.ctx
+        obj = event.get("object") or {}
+        name = (obj.get("metadata") or {}).get("name", "")
+        before = ctx.registry.nodes.get(name)
+        if event.get("type") == "DELETED":
+            ctx.registry.nodes.pop(name, None)
+        else:
+            ctx.registry.nodes[name] = obj
+        keys = ctx.settings.signals
+        old = signals.node_facts(before, keys) if before else None
+        new = signals.node_facts(obj, keys) if event.get("type") != "DELETED" else None
+        if old != new:
+            ctx.registry.wake_models_on(name)
+
+    @kopf.on.probe(id="control_loops", registry=registry)
+    def control_loops(memo: kopf.Memo, **_: Any) -> int:
+        return len(memo.ctx.registry.models)
+
+    return registry
+
+
+def _pod_key(pod: dict | None, ctx: OperatorContext) -> tuple:
+    if pod is None:
+        return ()
+    return (signals.pod_ready(pod), (pod.get("status") or {}).get("podIP"),
+            (pod.get("spec") or {}).get("nodeName"),
+            signals.pod_disruption(pod, ctx.settings.signals),
+            bool((pod.get("metadata") or {}).get("deletionTimestamp")))
+
+
+async def _ensure_worker_tls(ctx: OperatorContext, owner: manifests.Owner) -> None:
+    """Issue the worker certificate when missing, expiring, or signed by another CA."""
+    current = await ctx.kube.read_secret(owner.namespace, manifests.tls_secret_name(owner.name))
+    cert = (current or {}).get("server.crt", b"")
+    if cert and pki.signed_by(cert, ctx.ca) and not pki.needs_renewal(cert):
+        return
+    leaf = pki.issue(ctx.ca, f"{owner.name}.{owner.namespace} worker", server=True,
+                     dns_names=manifests.worker_dns_names(owner))
+    await ctx.kube.apply(manifests.tls_secret(owner, ctx.ca.cert_pem, leaf.cert_pem, leaf.key_pem))

@@ -1,0 +1,184 @@
+"""AdaptiveModel spec -> the objects it owns: worker Deployment, Service, worker TLS Secret.
+
+Pure: returns plain dicts; handlers.py applies them (create or patch) and never edits them by
+hand. Every object carries an owner reference to the AdaptiveModel, so deleting it deletes them.
+Names: Deployment `<name>-worker`, Service `<name>` (ports `http`, `control`), Secret
+`<name>-worker-tls` (`ca.crt`, `server.crt`, `server.key`, as `dynasparse serve --tls-dir` reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from dynasparse_operator.settings import WorkerSettings
+from dynasparse_operator.spec import AdaptiveModelSpec
+
+GROUP = "dynasparse.io"
+VERSION = "v1alpha1"
+KIND = "AdaptiveModel"
+PLURAL = "adaptivemodels"
+MODEL_LABEL = "dynasparse.io/model"
+COMPONENT_LABELS = {"app.kubernetes.io/component": "worker", "app.kubernetes.io/part-of": "dynasparse"}
+SPEC_HASH_ANNOTATION = "dynasparse.io/spec-hash"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The AdaptiveModel that owns what we render."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name,
+                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def deployment_name(model: str) -> str:
+    return f"{model}-worker"
+
+
+def service_name(model: str) -> str:
+    return model
+
+
+def tls_secret_name(model: str) -> str:
+    return f"{model}-worker-tls"
+
+
+def selector(model: str) -> dict[str, str]:
+    """Labels that select this model's worker pods (also `status.selector` for the scale subresource)."""
+    return {MODEL_LABEL: model, **COMPONENT_LABELS}
+
+
+def selector_string(model: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(model).items()))
+
+
+def worker_dns_names(owner: Owner) -> tuple[str, ...]:
+    """Names in the worker certificate; the operator verifies the first one (target name override)."""
+    svc = service_name(owner.name)
+    return (f"{svc}.{owner.namespace}.svc", f"{svc}.{owner.namespace}.svc.cluster.local", svc)
+
+
+def _metadata(name: str, owner: Owner, extra_labels: Mapping[str, str] | None = None) -> dict:
+    labels = {"app.kubernetes.io/name": "dynasparse-worker", "app.kubernetes.io/instance": owner.name,
+              "app.kubernetes.io/managed-by": "dynasparse-operator", **selector(owner.name)}
+    labels.update(extra_labels or {})
+    return {"name": name, "namespace": owner.namespace, "labels": labels,
+            "ownerReferences": [owner.reference()]}
+
+
+def worker_args(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[str]:
+    """`dynasparse serve ...` for one worker pod."""
+    args = ["serve", "--model", spec.model, "--host", "0.0.0.0", "--port", str(settings.http_port),
+            "--control-port", str(settings.control_port), "--tls-dir", settings.tls_dir]
+    if spec.calibration:
+        args += ["--calibration", spec.calibration]
+    return args + list(spec.worker.extra_args)
+
+
+def _resources(spec: AdaptiveModelSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.worker.gpus:
+        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(spec.worker.gpus)
+    if spec.worker.memory:
+        limits["memory"] = requests["memory"] = spec.worker.memory
+    if spec.worker.cpu:
+        requests["cpu"] = spec.worker.cpu
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
+    http = {"port": "http", "path": "/readyz"}
+    return {
+        "name": "worker",
+        "image": spec.worker.image or settings.image,
+        "imagePullPolicy": spec.worker.image_pull_policy or settings.image_pull_policy,
+        "args": worker_args(spec, settings),
+        "env": [
+            {"name": "DYNASPARSE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "DYNASPARSE_MODEL_NAME", "value": owner.name},
+            {"name": "DYNASPARSE_DRAIN_GRACE_S", "value": str(spec.worker.drain_grace_s)},
+        ],
+        "ports": [{"name": "http", "containerPort": settings.http_port, "protocol": "TCP"},
+                  {"name": "control", "containerPort": settings.control_port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": http, "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 10,
+                          "failureThreshold": 6, "initialDelaySeconds": 30},
+        "startupProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 5,
+                         "failureThreshold": 120},
+        "resources": _resources(spec),
+        "volumeMounts": [{"name": "tls", "mountPath": settings.tls_dir, "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+def deployment(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings, *,
+               surge_replicas: int = 0, spec_hash: str = "") -> dict[str, Any]:
+    """The worker Deployment: rolls one pod at a time, never below the desired count."""
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec, owner, settings)],
+        "volumes": [{"name": "tls", "secret": {"secretName": tls_secret_name(owner.name),
+                                                "defaultMode": 0o440}}],
+        "terminationGracePeriodSeconds": spec.worker.drain_grace_s + 5,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in sched.tolerations]
+    if sched.affinity:
+        pod_spec["affinity"] = dict(sched.affinity)
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(deployment_name(owner.name), owner),
+        "spec": {
+            "replicas": spec.replicas + max(0, surge_replicas),
+            "selector": {"matchLabels": selector(owner.name)},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": _metadata("", owner)["labels"],
+                             "annotations": {SPEC_HASH_ANNOTATION: spec_hash} if spec_hash else {}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
+    """ClusterIP Service in front of the ready workers: `http` for users, `control` for the operator."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(service_name(owner.name), owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(owner.name),
+            "ports": [{"name": "http", "port": settings.http_port, "targetPort": "http", "protocol": "TCP"},
+                      {"name": "control", "port": settings.control_port, "targetPort": "control",
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def tls_secret(owner: Owner, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """The worker's mTLS material, signed by the operator's CA (see pki.py)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(tls_secret_name(owner.name), owner),
+        "stringData": {"ca.crt": ca_pem.decode(), "server.crt": cert_pem.decode(),
+                       "server.key": key_pem.decode()},
+    }
