@@ -29,3 +29,30 @@ def operator_pod(cluster: DevCluster) -> dict | None:
 def pod_ready(pod: dict | None) -> bool:
     return bool(pod) and any(c["type"] == "Ready" and c["status"] == "True"
                              for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def apply_model(cluster: DevCluster, namespace: str, name: str, spec: dict) -> dict:
+    """kubectl apply an AdaptiveModel; return it as the API server stored it."""
+    import yaml
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "dynasparse.io/v1alpha1", "kind": "AdaptiveModel", "metadata": {"name": name},
+         "spec": spec}))
+    return cluster.api.get(f"/apis/dynasparse.io/v1alpha1/namespaces/{namespace}/adaptivemodels/{name}")
+
+
+def model_status(cluster: DevCluster, namespace: str, name: str) -> dict:
+    am = cluster.api.get(f"/apis/dynasparse.io/v1alpha1/namespaces/{namespace}/adaptivemodels/{name}")
+    return am.get("status") or {}
+
+
+def ready_worker_pods(cluster: DevCluster, namespace: str, model: str) -> list[dict]:
+    pods = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods",
+                           labelSelector=f"dynasparse.io/model={model},app.kubernetes.io/component=worker")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp") and pod_ready(p)]
+
+
+def events_for(cluster: DevCluster, namespace: str, name: str) -> list[str]:
+    items = cluster.api.get(f"/api/v1/namespaces/{namespace}/events",
+                            fieldSelector=f"involvedObject.name={name}")["items"]
+    return [e.get("message", "") for e in items]

@@ -1,0 +1,57 @@
+"""Scenario 5: a termination handler taints and cordons a node (`aws-node-termination-handler/spot-itn`,
+or `karpenter.sh/disrupted`), then, after the notice period, evicts its pods through the eviction API.
+The doomed pods drain with zero failed requests, the survivors tighten first, and replacements are
+scheduled on other nodes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from e2e_support import apply_model, events_for, model_status, needs, ready_worker_pods
+from e2e_load import OpenLoopLoad
+
+from dynasparse.devcluster import nodeops
+from dynasparse.devcluster.fixture import wait_until
+
+SPEC = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 3000}, "quality": {"maxLoss": 0.5},
+        "control": {"intervalSeconds": 1}, "worker": {"drainGraceSeconds": 20}}
+NOTICE_SECONDS = 5  # AWS gives 2 minutes; compressed so CI stays fast
+
+
+@pytest.mark.parametrize("notice_taint", ["aws-node-termination-handler/spot-itn", "karpenter.sh/disrupted"])
+def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_running, namespace, notice_taint):
+    needs("dynasparse_worker.commands.serve", "the worker's `dynasparse serve` command")
+    cluster = operator_running
+    name = "spot" if "aws" in notice_taint else "karp"
+    apply_model(cluster, namespace, name, SPEC)
+    pods = wait_until(lambda: len(ready_worker_pods(cluster, namespace, name)) == 3
+                      and ready_worker_pods(cluster, namespace, name), 420, "3 worker pods Ready", interval=2)
+    doomed = pods[0]
+    node = doomed["spec"]["nodeName"]
+    survivors = {p["metadata"]["name"] for p in pods[1:]}
+    budgets_before = {p["name"]: p.get("budget") for p in model_status(cluster, namespace, name).get("pods") or []}
+    load = OpenLoopLoad(cluster, namespace, name, rate=1.0).start()
+    try:
+        time.sleep(3)
+        nodeops.taint(cluster.api, node, notice_taint, "NoSchedule")
+        nodeops.cordon(cluster.api, node)
+        tightened = wait_until(lambda: [p for p in model_status(cluster, namespace, name).get("pods") or []
+                                        if p["name"] in survivors and budgets_before.get(p["name"]) is not None
+                                        and p.get("budget", 1) < budgets_before[p["name"]]],
+                               NOTICE_SECONDS + 10, "the survivors' budgets to tighten on the notice")
+        assert tightened
+        time.sleep(NOTICE_SECONDS)
+        for pod in nodeops.pods_on(cluster.api, node, namespace):
+            nodeops.evict(cluster.api, namespace, pod["metadata"]["name"])
+        wait_until(lambda: len([p for p in ready_worker_pods(cluster, namespace, name)
+                                if p["spec"]["nodeName"] != node]) == 3, 420,
+                   "a replacement pod Ready on another node", interval=2)
+        result = load.stop()
+    finally:
+        load.stop(drain_timeout=1)
+        nodeops.untaint(cluster.api, node, notice_taint)
+        nodeops.cordon(cluster.api, node, False)
+    assert result.failed == 0, f"{result.failed} of {result.sent} requests failed: {result.errors[:5]}"
+    assert result.ok > 0
+    assert any(node in m for m in events_for(cluster, namespace, name))
