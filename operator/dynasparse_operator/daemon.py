@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from dynasparse_operator import control_law, signals, status as status_mod, wire
 from dynasparse_operator.grpc_client import ClientTls, StreamPool
-from dynasparse_operator.law_types import Decision, LawParams, LawState, PodCommand, PodReport
+from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
 from dynasparse_operator.settings import OperatorSettings
@@ -90,7 +90,7 @@ class ControlLoop:
         self.deps = deps
         self.reports: dict[str, PodReport] = {}
         self.connected: dict[str, bool] = {}
-        self.state = LawState(budget=status_mod.resume_budget(body.get("status")))
+        self.state = status_mod.resume_state(body.get("status"))
         self.last_sent: dict[str, tuple] = {}
         self.last_status_at = -1e9
         self.sequence_sent = 0

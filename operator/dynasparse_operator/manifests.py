@@ -73,8 +73,9 @@ def _metadata(name: str, owner: Owner, extra_labels: Mapping[str, str] | None = 
 
 def worker_args(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[str]:
     """`dynasparse serve ...` for one worker pod."""
-    args = ["serve", "--model", spec.model, "--host", "0.0.0.0", "--port", str(settings.http_port),
-            "--control-port", str(settings.control_port), "--tls-dir", settings.tls_dir]
+    args = ["serve", "--model", spec.model, "--host", "$(POD_IP)", "--port", str(settings.http_port),
+            "--control-port", str(settings.control_port), "--tls-dir", settings.tls_dir,
+            "--pod-name", "$(POD_NAME)", "--drain-grace", str(spec.worker.drain_grace_s)]
     if spec.calibration:
         args += ["--calibration", spec.calibration]
     return args + list(spec.worker.extra_args)
@@ -99,10 +100,10 @@ def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) 
         "image": spec.worker.image or settings.image,
         "imagePullPolicy": spec.worker.image_pull_policy or settings.image_pull_policy,
         "args": worker_args(spec, settings),
-        "env": [
-            {"name": "DYNASPARSE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "DYNASPARSE_MODEL_NAME", "value": owner.name},
-            {"name": "DYNASPARSE_DRAIN_GRACE_S", "value": str(spec.worker.drain_grace_s)},
+        "env": [  # listen on the pod IP (the dev cluster's process kubelet needs it; right anywhere)
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "DYNASPARSE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
         "ports": [{"name": "http", "containerPort": settings.http_port, "protocol": "TCP"},
                   {"name": "control", "containerPort": settings.control_port, "protocol": "TCP"}],

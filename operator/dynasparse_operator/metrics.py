@@ -35,9 +35,9 @@ class OperatorMetrics:
         self.streams = Gauge("dynasparse_operator_control_streams", "Open control streams",
                              labels, registry=self.registry)
 
-    def start(self, port: int) -> None:
+    def start(self, port: int, addr: str = "0.0.0.0") -> None:
         if port:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=addr, registry=self.registry)
 
     def observe(self, namespace: str, model: str, decision: Decision, open_streams: int) -> None:
         self.budget.labels(namespace, model).set(decision.to_budget)

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
-from dynasparse_operator.law_types import MODE_DRAIN, Decision, PodFacts, PodReport
+from dynasparse_operator.law_types import MODE_DRAIN, Decision, LawState, PodFacts, PodReport
 
 CONDITION_TYPES = ("Ready", "SLOMet", "Degraded", "Disrupted")
 
@@ -167,3 +167,11 @@ def resume_budget(status: Mapping[str, Any] | None, default: float = 1.0) -> flo
         if isinstance(value, (int, float)) and 0 < value <= 1:
             return float(value)
     return default
+
+
+def resume_state(status: Mapping[str, Any] | None) -> LawState:
+    """Law state after an operator restart: the budget, and the pods already drained (so their
+    capacity is not subtracted from the survivors' budget a second time)."""
+    draining = frozenset(p.get("name", "") for p in (status or {}).get("pods") or ()
+                         if p.get("state") == "Draining")
+    return LawState(budget=resume_budget(status), draining=draining)

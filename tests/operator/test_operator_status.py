@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from dynasparse_operator.control_law import decide
 from dynasparse_operator.law_types import LawParams, LawState, PodFacts, PodReport
-from dynasparse_operator.status import StatusInput, event_for, resume_budget, status_patch
+from dynasparse_operator.status import StatusInput, event_for, resume_budget, resume_state, status_patch
 
 PARAMS = LawParams(ttft_slo_ms=500, min_budget=0.4, interval_s=2.0)
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -89,3 +91,15 @@ def test_restart_resumes_budget_from_status_not_dense():
     assert resume_budget({"budget": 0.55}) == 0.55
     assert resume_budget({"lastDecision": {"to": 0.6}}) == 0.6
     assert resume_budget(None) == 1.0 and resume_budget({"budget": 7}) == 1.0
+
+
+def test_restart_does_not_subtract_already_drained_capacity_twice():
+    pods = [PodFacts("a", "n3", disruption=("karpenter.sh/disrupted",)), PodFacts("b", "n1"),
+            PodFacts("c", "n2")]
+    reports = {n: report(n, 380) for n in "abc"}
+    first = decide(reports, pods, PARAMS, LawState(budget=0.9), now=100.0)
+    written = status_patch(inputs(first, pods, reports))
+    state = resume_state(written)
+    assert state.budget == pytest.approx(first.to_budget, abs=1e-4) and state.draining == {"a"}
+    again = decide(reports, pods, PARAMS, state, now=101.0)
+    assert again.kind != "disruption" and again.to_budget == pytest.approx(state.budget)

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
 
     import kopf
 
@@ -42,13 +43,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    _check_credentials()
     if args.health_port is not None:
         settings.server.health_port = args.health_port
     if args.metrics_port is not None:
         settings.server.metrics_port = args.metrics_port
+    bind = os.environ.get("DYNASPARSE_POD_IP") or "0.0.0.0"  # the pod IP when the chart sets it
     metrics = OperatorMetrics()
-    metrics.start(settings.server.metrics_port)
-    liveness = (f"http://0.0.0.0:{settings.server.health_port}/healthz"
+    metrics.start(settings.server.metrics_port, bind)
+    liveness = (f"http://{bind}:{settings.server.health_port}/healthz"
                 if settings.server.health_port else None)
     clusterwide = args.all_namespaces or not args.namespace
     asyncio.run(kopf.operator(
@@ -62,3 +65,19 @@ def run(args: argparse.Namespace) -> int:
         liveness_endpoint=liveness,
     ))
     return 0
+
+
+def _check_credentials() -> None:
+    """Fail with one line, before kopf starts, when there is no way to reach an API server."""
+    import kubernetes
+
+    from dynasparse_operator.errors import UserError
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            raise UserError(f"no Kubernetes credentials ({exc}): set KUBECONFIG, or run the "
+                            "operator in a pod with a ServiceAccount") from exc
