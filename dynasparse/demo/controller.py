@@ -1,0 +1,93 @@
+"""The demo's local controller: the operator's control law, over the real mTLS gRPC stream.
+
+It does what the operator's per-model daemon does for one pod, without Kubernetes: keep a Session
+open to the worker (dynasparse_operator.grpc_client), turn each Report into the law's PodReport
+(dynasparse_operator.wire), run dynasparse_operator.control_law.decide every interval and at once
+on an SLO-violating report, and send the resulting ControlMessage. With `fixed_budget` it pins the
+budget instead (floor = ceiling = target), which is the demo's baseline. Called by demo/run.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from dynasparse_operator import control_law, wire
+from dynasparse_operator.grpc_client import ClientTls, StreamPool
+from dynasparse_operator.law_types import Decision, LawParams, LawState, PodCommand, PodFacts, PodReport
+from dynasparse_operator.settings import GrpcSettings
+from dynasparse_proto import control_pb2
+
+POD = "demo-worker"
+
+
+@dataclass
+class ControllerView:
+    """What the live view and the timeline read; updated as reports and decisions arrive."""
+
+    report: control_pb2.Report | None = None
+    law_report: PodReport | None = None
+    last_decision: Decision | None = None
+    reason: str = "waiting for the first report"
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class LocalController:
+    """Runs the operator's control law against one local worker."""
+
+    def __init__(self, ip: str, control_port: int, tls: ClientTls, params: LawParams,
+                 fixed_budget: float | None = None) -> None:
+        self._ip = ip
+        self._params = params
+        self._fixed_budget = fixed_budget
+        self._pool = StreamPool(tls, "localhost", control_port, self._on_report, GrpcSettings())
+        self._wake = asyncio.Event()
+        self._state = LawState(budget=fixed_budget if fixed_budget is not None else 1.0)
+        self._epoch = int(time.time() * 1000)
+        self._sequence = itertools.count(1)
+        self.view = ControllerView()
+
+    def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
+        self.view.report = report
+        self.view.law_report = wire.report_from_pb(report, time.monotonic(), pod)
+        if self._fixed_budget is None and control_law.violates_slo(self.view.law_report, self._params):
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Decide every interval (and on violations) until `stop` is set."""
+        await self._pool.sync({POD: self._ip})
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._params.interval_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+                self._step()
+        finally:
+            await self._pool.close()
+
+    def _step(self) -> None:
+        if self._fixed_budget is not None:
+            budget = self._fixed_budget
+            command = PodCommand(POD, budget, budget, budget, "normal", f"fixed budget {budget:.2f}")
+            self.view.reason = command.reason
+            self._send(command)
+            return
+        reports = {POD: self.view.law_report} if self.view.law_report else {}
+        decision = control_law.decide(reports, [PodFacts(POD)], self._params, self._state,
+                                      time.monotonic())
+        self._state = decision.state
+        self.view.last_decision = decision
+        self.view.reason = decision.reason
+        if decision.changed:
+            self.view.decisions.append(decision)
+        command = decision.commands.get(POD)
+        if command is not None:
+            self._send(command)
+
+    def _send(self, command: PodCommand) -> None:
+        self._pool.send(POD, wire.command_to_pb(command, self._params, epoch=self._epoch,
+                                                sequence=next(self._sequence), sender="dynasparse-demo"))
