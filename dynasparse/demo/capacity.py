@@ -27,7 +27,7 @@ class Capacity:
 async def measure_capacity(base_url: str, prompts: list[str], max_tokens: int,
                            seconds: float, concurrency: int) -> Capacity:
     """A few requests one at a time, then `concurrency` closed-loop clients for `seconds`."""
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = base_url.rstrip("/") + "/v1/chat/completions"
     start = time.monotonic()
     clock = lambda: time.monotonic() - start  # noqa: E731
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:

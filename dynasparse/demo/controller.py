@@ -47,6 +47,7 @@ class LocalController:
         self._state = LawState(budget=fixed_budget if fixed_budget is not None else 1.0)
         self._epoch = int(time.time() * 1000)
         self._sequence = itertools.count(1)
+        self._last_sent: tuple[tuple, float] | None = None
         self.view = ControllerView()
 
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
@@ -89,5 +90,12 @@ class LocalController:
             self._send(command)
 
     def _send(self, command: PodCommand) -> None:
-        self._pool.send(POD, wire.command_to_pb(command, self._params, epoch=self._epoch,
-                                                sequence=next(self._sequence), sender="dynasparse-demo"))
+        """Sends when the command changed, else refreshes every 5 intervals (as the operator does)."""
+        key = (round(command.target_budget, 4), command.floor, command.ceiling, command.mode)
+        now = time.monotonic()
+        if self._last_sent and self._last_sent[0] == key and now - self._last_sent[1] < 5 * self._params.interval_s:
+            return
+        if self._pool.send(POD, wire.command_to_pb(command, self._params, epoch=self._epoch,
+                                                   sequence=next(self._sequence),
+                                                   sender="dynasparse-demo")):
+            self._last_sent = (key, now)

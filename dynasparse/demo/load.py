@@ -69,9 +69,13 @@ class RequestRecord:
 
 async def send_one(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int,
                    record: RequestRecord, clock: Callable[[], float]) -> None:
-    """Streams one completion and fills `record` as chunks arrive."""
-    body = {"model": "default", "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-            "temperature": 0.0}
+    """Streams one chat completion and fills `record` as chunks arrive.
+
+    `ignore_eos` (a common OpenAI-API extension, honoured by dynasparse serve) makes every request
+    generate exactly max_tokens, so the load is the same in both runs whatever the model says.
+    """
+    body = {"model": "default", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "stream": True, "temperature": 0.0, "ignore_eos": True}
     last = None
     try:
         async with client.stream("POST", url, json=body) as response:
@@ -84,7 +88,7 @@ async def send_one(client: httpx.AsyncClient, url: str, prompt: str, max_tokens:
                     continue
                 chunk = json.loads(line[6:])
                 choices = chunk.get("choices") or []
-                if not choices or not choices[0].get("text"):
+                if not choices or not (choices[0].get("delta") or {}).get("content"):
                     continue
                 now = clock()
                 if record.ttft_s is None:
@@ -108,7 +112,7 @@ async def run_load(base_url: str, schedule: RampSchedule, prompts: list[str], ma
     records: list[RequestRecord] = []
     start = time.monotonic()
     clock = lambda: time.monotonic() - start  # noqa: E731 - a clock relative to the load's start
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = base_url.rstrip("/") + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
         tasks = []

@@ -54,6 +54,8 @@ def render(state: LiveState) -> Panel:
     table.add_row("tokens/s", f"{state.tokens_per_s:,.1f}")
     table.add_row("expected loss", f"{state.expected_loss:.3f} (KL per token)")
     table.add_row("last decision", Text(state.reason or "—", overflow="fold"))
-    progress = ProgressBar(total=state.total_s, completed=min(state.elapsed_s, state.total_s), width=50)
-    header = Text(f"{state.phase}   {state.elapsed_s:5.1f} / {state.total_s:.0f} s", style="bold magenta")
-    return Panel(Group(header, progress, table), title="dynasparse demo", border_style="blue")
+    progress = ProgressBar(total=state.total_s, completed=min(state.elapsed_s, state.total_s), width=40)
+    header = Table.grid(padding=(0, 2))
+    header.add_row(Text(f"{state.phase}", style="bold magenta"), progress,
+                   Text(f"{state.elapsed_s:5.1f} / {state.total_s:.0f} s"))
+    return Panel(Group(header, Text(""), table), title="dynasparse demo", border_style="blue")
