@@ -54,6 +54,41 @@ def _store_result(out_ptr, acc_a, acc_b, offs_b, offs_n, mask, stride_ob, GATED:
 
 
 @triton.jit
+def _load_x(x_ptr, scale_ptr, thr, offs_b, b_ok, k0, k_end, stride_xb,
+            HAS_SCALE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Masked x block `[BB, BK]` (per-token keep) and the rows the batch needs `[BK]`."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < k_end
+    x_ptrs = x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :]
+    x = tl.load(x_ptrs, mask=b_ok[:, None] & k_ok[None, :], other=0.0)  # [BB, BK]
+    score = tl.abs(x.to(tl.float32))
+    if HAS_SCALE:
+        score = score * tl.load(scale_ptr + offs_k, mask=k_ok, other=0.0)[None, :]
+    keep = score > thr  # [BB, BK] per token
+    xm = tl.where(keep, x, tl.zeros_like(x))
+    rows = (tl.max(keep.to(tl.int32), axis=0) > 0) & k_ok  # [BK] union over the batch
+    return xm, rows
+
+
+@triton.jit
+def _load_w(w_ptr, rows, k0, offs_n, n_ok, stride_wk, N_OUT,
+            GATED: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Weight rows `[BK, BN]` (and the up half for gated groups); skipped rows are never read."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_N:
+        w_mask = rows[:, None]
+    else:
+        w_mask = rows[:, None] & n_ok[None, :]
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :]
+    w_a = tl.load(w_ptrs, mask=w_mask, other=0.0)  # [BK, BN]
+    if GATED:
+        w_b = tl.load(w_ptrs + N_OUT, mask=w_mask, other=0.0)  # [BK, BN] up half, same rows
+    else:
+        w_b = w_a
+    return w_a, w_b
+
+
+@triton.jit
 def _input_sparse_kernel(
     x_ptr, w_ptr, out_ptr, thr_ptr, scale_ptr, part_ptr, cnt_ptr,
     B, K, N_OUT, stride_xb, stride_wk, stride_ob, k_per_split, split_k,
@@ -71,27 +106,28 @@ def _input_sparse_kernel(
     acc_a = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     k_start = pid_k * k_per_split
-    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        x_ptrs = x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :]
-        x = tl.load(x_ptrs, mask=b_ok[:, None] & k_ok[None, :], other=0.0)  # [BB, BK]
-        score = tl.abs(x.to(tl.float32))
-        if HAS_SCALE:
-            score = score * tl.load(scale_ptr + offs_k, mask=k_ok, other=0.0)[None, :]
-        keep = score > thr  # [BB, BK] per token
-        xm = tl.where(keep, x, tl.zeros_like(x))
-        rows = tl.max(keep.to(tl.int32), axis=0) > 0  # [BK] union over the batch
-        if EVEN_N:
-            w_mask = rows[:, None]
-        else:
-            w_mask = rows[:, None] & n_ok[None, :]
-        w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :]
-        w_a = tl.load(w_ptrs, mask=w_mask, other=0.0)  # [BK, BN], skipped rows never read
-        acc_a = _accumulate(acc_a, xm, w_a, BLOCK_B, UPCAST)
+    k_end = tl.minimum(k_start + k_per_split, K)
+    # software pipeline: W one step ahead, x two steps ahead, so each step's weight loads are
+    # in flight while the previous step computes (a plain loop waits x -> W every step)
+    xm_c, rows_c = _load_x(x_ptr, scale_ptr, thr, offs_b, b_ok, k_start, k_end, stride_xb,
+                           HAS_SCALE, BLOCK_K)
+    w_ca, w_cb = _load_w(w_ptr, rows_c, k_start, offs_n, n_ok, stride_wk, N_OUT,
+                         GATED, EVEN_N, BLOCK_K)
+    xm_n, rows_n = _load_x(x_ptr, scale_ptr, thr, offs_b, b_ok, k_start + BLOCK_K, k_end,
+                           stride_xb, HAS_SCALE, BLOCK_K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        w_na, w_nb = _load_w(w_ptr, rows_n, k0 + BLOCK_K, offs_n, n_ok, stride_wk, N_OUT,
+                             GATED, EVEN_N, BLOCK_K)
+        xm_nn, rows_nn = _load_x(x_ptr, scale_ptr, thr, offs_b, b_ok, k0 + 2 * BLOCK_K, k_end,
+                                 stride_xb, HAS_SCALE, BLOCK_K)
+        acc_a = _accumulate(acc_a, xm_c, w_ca, BLOCK_B, UPCAST)
         if GATED:
-            w_b = tl.load(w_ptrs + N_OUT, mask=w_mask, other=0.0)  # up half, same rows
-            acc_b = _accumulate(acc_b, xm, w_b, BLOCK_B, UPCAST)
+            acc_b = _accumulate(acc_b, xm_c, w_cb, BLOCK_B, UPCAST)
+        xm_c = xm_n
+        w_ca = w_na
+        w_cb = w_nb
+        xm_n = xm_nn
+        rows_n = rows_nn
 
     bn_mask = b_ok[:, None] & n_ok[None, :]
     if SPLIT:
