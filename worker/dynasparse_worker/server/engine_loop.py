@@ -126,10 +126,10 @@ class EngineLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._drain_inbox()
+            self.supervisor.on_step(self._stats())  # the fast loop sees a spike before the step
             if self.engine.has_work():
                 self._step()
             else:
-                self.supervisor.on_step(self._stats())
                 self._wake.wait(self.idle_tick_s)
                 self._wake.clear()
 
@@ -163,7 +163,6 @@ class EngineLoop:
                     pass
             events = [TokenEvent(rid, [], "", True, f"error: {exc}") for rid in ids]
         self._deliver(events)
-        self.supervisor.on_step(self._stats())
 
     def _stats(self) -> EngineStats:
         stats = self.engine.stats()

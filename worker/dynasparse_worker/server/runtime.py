@@ -95,6 +95,8 @@ class WorkerRuntime:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self.supervisor.drain_listeners.append(self._on_drain_requested)
+        self.supervisor.decision_listeners.append(
+            lambda timed: self.metrics.decisions.labels(timed.decision.source).inc())
         self._install_signal_handlers()
         http_server, http_task = self._start_http()
         grpc_server, health = await self._start_control()
@@ -120,8 +122,9 @@ class WorkerRuntime:
 
     def shutdown_now(self) -> None:
         """Stop without draining (tests, second SIGINT). Thread-safe."""
-        if self._loop is not None and self._done is not None:
-            self._loop.call_soon_threadsafe(self._done.set)
+        if self._loop is not None and self._done is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: already stopped
+                self._loop.call_soon_threadsafe(self._done.set)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
