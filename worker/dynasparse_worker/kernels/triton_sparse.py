@@ -33,9 +33,8 @@ MAX_BLOCK_B = 64
 
 @triton.jit
 def _accumulate(acc, xm, w, BLOCK_B: tl.constexpr, UPCAST: tl.constexpr):
-    if BLOCK_B == 1:
-        prod = tl.trans(xm).to(tl.float32) * w.to(tl.float32)  # [BK, BN]
-        acc = acc + tl.sum(prod, axis=0)[None, :]  # [1, BN]
+    if BLOCK_B == 1:  # elementwise FMA into a [BK, BN] accumulator, reduced once at the end
+        acc = acc + tl.trans(xm).to(tl.float32) * w.to(tl.float32)  # [BK, BN]
     elif UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in fp32
         acc = tl.dot(xm.to(tl.float32), w.to(tl.float32), acc)
     else:
@@ -103,8 +102,12 @@ def _input_sparse_kernel(
     b_ok = offs_b < B
     n_ok = offs_n < N_OUT
     thr = tl.load(thr_ptr)  # device scalar: changing it needs no re-compile or re-capture
-    acc_a = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    if BLOCK_B == 1:  # no cross-thread reduction inside the loop
+        acc_a = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    else:
+        acc_a = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     # software pipeline: W one step ahead, x two steps ahead, so each step's weight loads are
@@ -128,6 +131,9 @@ def _input_sparse_kernel(
         w_cb = w_nb
         xm_n = xm_nn
         rows_n = rows_nn
+    if BLOCK_B == 1:
+        acc_a = tl.sum(acc_a, axis=0)[None, :]  # [1, BN]
+        acc_b = tl.sum(acc_b, axis=0)[None, :]
 
     bn_mask = b_ok[:, None] & n_ok[None, :]
     if SPLIT:
