@@ -37,3 +37,10 @@ def test_an_identical_status_is_not_patched_again():
     first = pod_status(POD, views, "127.9.1.1", "T2", "T1")
     again = pod_status({**POD, "status": first}, views, "127.9.1.1", "T3", "T1")
     assert not status_differs(first, again)
+
+
+def test_conditions_stored_in_another_order_are_not_a_change():
+    views = [ContainerView("c", "i", "running", started_at="T1")]
+    desired = pod_status(POD, views, "127.9.1.1", "T2", "T1")
+    stored = {**desired, "conditions": list(reversed(desired["conditions"]))}
+    assert not status_differs(stored, desired)

@@ -96,7 +96,15 @@ def pod_status(pod: dict, containers: list[ContainerView], pod_ip: str | None, n
     return status
 
 
+def _normalised(status: dict) -> dict:
+    """Lists keyed by type/name become dicts: the API server may keep merged lists in another order."""
+    out = dict(status)
+    out["conditions"] = {c["type"]: c for c in status.get("conditions") or []}
+    out["containerStatuses"] = {c["name"]: c for c in status.get("containerStatuses") or []}
+    return out
+
+
 def status_differs(current: dict, desired: dict) -> bool:
     """True when a patch would change what the API server shows (ignoring fields we do not own)."""
-    current = current or {}
-    return any(current.get(k) != v for k, v in desired.items())
+    have, want = _normalised(current or {}), _normalised(desired)
+    return any(have.get(k) != v for k, v in want.items())
