@@ -1,0 +1,107 @@
+"""The engine's tokens match Hugging Face `generate`, however requests are batched and chunked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynasparse_worker.engine import Engine, EngineConfig
+from dynasparse_worker.engine.types import SamplingParams
+
+
+def _run(engine: Engine) -> dict[str, list]:
+    events: dict[str, list] = {}
+    while engine.has_work():
+        for event in engine.step():
+            events.setdefault(event.request_id, []).append(event)
+    return events
+
+
+@torch.inference_mode()
+def _hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding through the HF model's own forward and KV cache (EOS not suppressed)."""
+    ids, past, out = torch.tensor([prompt]), None, []
+    for _ in range(n):
+        res = model(input_ids=ids, past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        out.append(int(res.logits[0, -1].argmax()))
+        ids = torch.tensor([[out[-1]]])
+    return out
+
+
+def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
+    tok = default_model.tokenizer
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    engine = Engine.from_loaded(default_model, EngineConfig(max_batch_size=4, max_seq_len=128,
+                                                            max_prefill_tokens=6))
+    for i, prompt in enumerate(ids):
+        engine.add_request(str(i), prompt, SamplingParams(max_tokens=16, ignore_eos=True))
+    events = _run(engine)
+    for i, prompt in enumerate(ids):
+        got = [t for e in events[str(i)] for t in e.token_ids]
+        assert got == _hf_greedy(default_model.model, prompt, 16), prompts[i]
+    assert "Paris" in "".join(e.text for e in events["0"])
+
+
+def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):
+    config = EngineConfig(max_batch_size=3, max_seq_len=64, kv_capacity_tokens=192,
+                          max_prefill_tokens=5)
+    engine = Engine(tiny_llama, None, config)
+    prompts = {"a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "b": [5, 4], "c": [9, 9, 9], "d": [2] * 13}
+    engine.add_request("a", prompts["a"], SamplingParams(max_tokens=12, ignore_eos=True))
+    engine.add_request("b", prompts["b"], SamplingParams(max_tokens=4, ignore_eos=True))
+    events: dict[str, list[int]] = {}
+    for step in range(40):
+        if step == 2:
+            engine.add_request("c", prompts["c"], SamplingParams(max_tokens=9, ignore_eos=True))
+        if step == 4:
+            engine.add_request("d", prompts["d"], SamplingParams(max_tokens=6, ignore_eos=True))
+        for event in engine.step():
+            events.setdefault(event.request_id, []).extend(event.token_ids)
+    assert not engine.has_work()
+    for rid, prompt in prompts.items():
+        assert events[rid] == _hf_greedy(tiny_llama, prompt, len(events[rid])), rid
+    assert [len(events[r]) for r in "abcd"] == [12, 4, 9, 6]
+    assert engine.stats().kv_usage == 0.0 and engine.stats().extra["kv_reserved"] == 0.0
+
+
+def test_generation_ends_at_eos_unless_ignored(tiny_llama):
+    engine = Engine(tiny_llama, None, EngineConfig(max_batch_size=2, max_seq_len=64,
+                                                   kv_capacity_tokens=128))
+    first = _hf_greedy(tiny_llama, [1, 2, 3], 1)[0]
+    engine.add_request("s", [1, 2, 3], SamplingParams(max_tokens=8, stop_token_ids=(first,)))
+    engine.add_request("i", [1, 2, 3], SamplingParams(max_tokens=8, ignore_eos=True))
+    events = _run(engine)
+    assert events["s"][-1].finish_reason == "stop" and events["s"][-1].completion_tokens == 1
+    assert events["i"][-1].finish_reason == "length" and events["i"][-1].completion_tokens == 8
+
+
+def test_cancelling_a_running_request_reports_it_and_frees_its_kv(tiny_llama):
+    engine = Engine(tiny_llama, None, EngineConfig(max_batch_size=2, max_seq_len=64,
+                                                   kv_capacity_tokens=128))
+    engine.add_request("x", [1, 2, 3], SamplingParams(max_tokens=50, ignore_eos=True))
+    engine.step()
+    engine.step()
+    assert engine.stats().running == 1 and engine.stats().kv_usage > 0
+    assert engine.cancel("x") and not engine.cancel("x")
+    events = engine.step()
+    assert [(e.request_id, e.finish_reason) for e in events] == [("x", "cancelled")]
+    assert not engine.has_work() and engine.stats().kv_usage == 0.0
+
+
+def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_llama):
+    params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=20, seed=1234,
+                            ignore_eos=True)
+
+    def tokens(others: int) -> list[int]:
+        engine = Engine(tiny_llama, None, EngineConfig(max_batch_size=4, max_seq_len=64,
+                                                       kv_capacity_tokens=256))
+        engine.add_request("me", [4, 5, 6], params)
+        for i in range(others):
+            engine.add_request(f"o{i}", [7, 8], SamplingParams(max_tokens=10, temperature=0.7))
+        return [t for e in _run(engine)["me"] for t in e.token_ids]
+
+    alone = tokens(0)
+    assert alone == tokens(2)
+    assert alone != _hf_greedy(tiny_llama, [4, 5, 6], 10)  # it really sampled

@@ -1,0 +1,175 @@
+"""Attention over the engine's static per-slot KV cache: decode (split-K flash-decoding) and prefill.
+
+Cache layout, one tensor per K and V for all layers: `[L, slots, T, Hkv, D]`. Decode reads, for each
+sequence, only the entries `[start, len)` given by device tensors — never the whole preallocated `T`
+(at large batch that would read far more KV bytes than weight bytes). On CUDA this is a Triton kernel
+split over the sequence axis (partial softmax per split, then a combine kernel); on the CPU the same
+function falls back to torch over the batch's longest real length. Lengths and starts live in device
+tensors, so one captured CUDA graph serves every length. Called by `ModelRunner`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # triton is optional on CPU-only installs
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+
+
+def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, start: int,
+                      scale: float) -> Tensor:
+    """Causal attention of a prompt chunk over its slot's cached prefix (chunk already written).
+
+    q [n, H, D]; k_cache/v_cache [slots, T, Hkv, D] (one layer) -> [n, H, D].
+    """
+    n = q.shape[0]
+    end = start + n
+    keys = k_cache[slot, :end].transpose(0, 1)[None]  # [1, Hkv, end, D]
+    values = v_cache[slot, :end].transpose(0, 1)[None]  # [1, Hkv, end, D]
+    query = q.transpose(0, 1)[None]  # [1, H, n, D]
+    if start == 0:
+        out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scale,
+                                             enable_gqa=True)
+    else:
+        rows = torch.arange(start, end, device=q.device)[:, None]  # [n, 1]
+        cols = torch.arange(end, device=q.device)[None, :]  # [1, end]
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=cols <= rows,
+                                             scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)  # [n, H, D]
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
+                     starts: Tensor | None, scale: float, num_splits: int = 0) -> Tensor:
+    """One query token per sequence. q [B, H, D]; caches [slots, T, Hkv, D]; slots/lens/starts [B].
+
+    Sequence b attends to its cache entries [starts[b], lens[b]) (starts None = from 0).
+    `num_splits` (CUDA only) is fixed per captured graph; 0 picks one from the shapes.
+    """
+    dim = q.shape[-1]
+    if q.is_cuda and triton is not None and dim >= 16 and dim & (dim - 1) == 0:
+        return _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits)
+    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale)
+
+
+def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
+                           starts: Tensor | None, scale: float) -> Tensor:
+    """Reference / CPU path: gather each sequence's first max(lens) entries and mask the rest."""
+    batch, heads, dim = q.shape
+    kv_heads = k_cache.shape[2]
+    longest = int(lens.max())
+    keys = k_cache[slots, :longest]  # [B, Tm, Hkv, D]
+    values = v_cache[slots, :longest]  # [B, Tm, Hkv, D]
+    pos = torch.arange(longest, device=q.device)[None, :]  # [1, Tm]
+    valid = pos < lens[:, None]  # [B, Tm]
+    if starts is not None:
+        valid &= pos >= starts[:, None]
+    query = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, Hkv, G, D]
+    scores = torch.einsum("bhgd,bthd->bhgt", query.float(), keys.float()) * scale  # [B, Hkv, G, Tm]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # [B, Hkv, G, Tm]
+    out = torch.einsum("bhgt,bthd->bhgd", probs, values.float())  # [B, Hkv, G, D]
+    return out.reshape(batch, heads, dim).to(q.dtype)
+
+
+def pick_num_splits(batch: int, kv_heads: int, max_len: int, sm_count: int = 132) -> int:
+    """Enough programs to fill the GPU (~4 per SM), never splits shorter than 64 tokens."""
+    want = max(1, (4 * sm_count) // max(1, batch * kv_heads))
+    return int(max(1, min(want, triton.cdiv(max_len, 64) if triton else 1, 64)))
+
+
+def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits):
+    batch, heads, dim = q.shape
+    kv_heads = k_cache.shape[2]
+    group = heads // kv_heads
+    if num_splits <= 0:
+        num_splits = pick_num_splits(batch, kv_heads, k_cache.shape[1])
+    partial_out = torch.empty(batch, heads, num_splits, dim, device=q.device, dtype=torch.float32)
+    partial_lse = torch.empty(batch, heads, num_splits, device=q.device, dtype=torch.float32)
+    has_start = starts is not None
+    _decode_partial[(batch, kv_heads, num_splits)](
+        q, k_cache, v_cache, slots, lens, starts if has_start else lens, partial_out, partial_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2), scale,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
+        BLOCK_N=64, SPLITS=num_splits, HAS_START=has_start, num_warps=4, num_stages=3,
+    )
+    out = torch.empty_like(q)  # [B, H, D]
+    _decode_combine[(batch, heads)](
+        partial_out, partial_lse, out, partial_out.stride(0), partial_out.stride(1),
+        partial_out.stride(2), out.stride(0), out.stride(1),
+        DIM=dim, SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
+    )
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_partial(Q, K, V, Slots, Lens, Starts, PartOut, PartLse,
+                        stride_qb, stride_qh, stride_ks, stride_kt, stride_kh,
+                        stride_pb, stride_ph, stride_ps, scale,
+                        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
+                        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_START: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        split = tl.program_id(2)
+        length = tl.load(Lens + b).to(tl.int32)
+        first = 0
+        if HAS_START:
+            first = tl.load(Starts + b).to(tl.int32)
+        slot = tl.load(Slots + b).to(tl.int64)
+        span = length - first
+        chunk = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_N) * BLOCK_N
+        lo = first + split * chunk
+        hi = tl.minimum(lo + chunk, length)
+
+        g = tl.arange(0, GROUP_PAD)  # query heads of this kv head
+        d = tl.arange(0, DIM)
+        heads = kvh * GROUP + g
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                    mask=(g < GROUP)[:, None], other=0.0)  # [G, D]
+        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
+        base = slot * stride_ks + kvh * stride_kh
+        for n0 in range(lo, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            valid = n < hi
+            offs = base + n[:, None].to(tl.int64) * stride_kt + d[None, :]
+            k = tl.load(K + offs, mask=valid[:, None], other=0.0)  # [N, D]
+            v = tl.load(V + offs, mask=valid[:, None], other=0.0)  # [N, D]
+            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [G, N]
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            m_i = m_new
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+        row = PartOut + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :]
+        tl.store(row, out, mask=(g < GROUP)[:, None])
+        tl.store(PartLse + (b * stride_pb + heads * stride_ph) // DIM + split, lse, mask=g < GROUP)
+
+    @triton.jit
+    def _decode_combine(PartOut, PartLse, Out, stride_pb, stride_ph, stride_ps, stride_ob, stride_oh,
+                        DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.arange(0, SPLITS_PAD)
+        d = tl.arange(0, DIM)
+        lse = tl.load(PartLse + (b * stride_pb + h * stride_ph) // DIM + s, mask=s < SPLITS,
+                      other=float("-inf"))  # [S]
+        top = tl.max(lse, 0)
+        weight = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - top))  # [S]
+        parts = tl.load(PartOut + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + d[None, :],
+                        mask=(s < SPLITS)[:, None], other=0.0)  # [S, D]
+        out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
+        tl.store(Out + b * stride_ob + h * stride_oh + d, out.to(Out.dtype.element_ty))

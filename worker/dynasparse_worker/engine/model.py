@@ -1,0 +1,204 @@
+"""The decoder forward the engine runs, gpt-fast style, reading its weights from a Hugging Face model.
+
+Llama-family blocks (Llama, Mistral, Qwen2 with q/k/v bias, Qwen3 with q/k norm, SmolLM): fused qkv
+and gate_up weights, RMSNorm, RoPE tables built from the HF model's own rotary module (so Llama-3
+scaling and other rope types come for free), GQA. Attention itself is a callback supplied by the
+`ModelRunner` (prefill: SDPA over the cached prefix; decode: `attention.decode_attention`).
+
+The gated model's plan runs here: every projection goes through `LinearOps.project(x, ..., layer,
+group, bucket)`, the dispatch point where the width gates are applied (dense path: mask inputs whose
+score does not pass the threshold read from the `SparsityState` tensors) and where the sparse kernels
+of `dynasparse_worker.kernels` plug in; attention/MLP halves are predicated by `layer_keep`, also a
+device tensor. Nothing is a Python float, so a budget change needs no graph re-capture.
+
+Built by `ModelRunner`; nothing else calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GROUP_ATTN_IN, GROUP_ATTN_OUT, GROUP_MLP_IN, GROUP_MLP_OUT = 0, 1, 2, 3
+
+# attend(layer, q [N, H, D], k [N, Hkv, D], v [N, Hkv, D]) -> [N, H, D]; writes k/v into the cache
+AttendFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    eps: float
+    scale: float  # attention softmax scale
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: Tensor  # [hidden]
+    qkv: Tensor  # [(H + 2 Hkv) D, hidden]
+    qkv_bias: Tensor | None  # [(H + 2 Hkv) D]
+    q_norm: Tensor | None  # [D] (Qwen3)
+    k_norm: Tensor | None  # [D]
+    o: Tensor  # [hidden, H D]
+    mlp_norm: Tensor  # [hidden]
+    gate_up: Tensor  # [2 I, hidden]
+    down: Tensor  # [hidden, I]
+    act: Callable[[Tensor], Tensor]
+
+
+class LinearOps:
+    """Default projection dispatch: dense gates (if a sparsity state is set), then `F.linear`.
+
+    The sparse-kernel engineer subclasses this and overrides `project`; `layer`, `group` and
+    `bucket` are Python ints fixed per captured graph, the thresholds are read from device tensors.
+    """
+
+    def __init__(self, state: Any | None = None):
+        self.state = state
+
+    def project(self, x: Tensor, weight: Tensor, bias: Tensor | None, layer: int, group: int,
+                bucket: int) -> Tensor:
+        if self.state is not None:
+            threshold = self.state.thresholds[bucket, layer, group]  # [] float32
+            score = x.abs() * self.state.col_scale[layer][group]  # [N, in] float32
+            x = x * (score > threshold).to(x.dtype)  # [N, in]
+        return F.linear(x, weight, bias)
+
+
+def _linear_of(module: Any) -> torch.nn.Module:
+    """The nn.Linear inside `module` (itself, or the one a gating wrapper holds)."""
+    if isinstance(getattr(module, "weight", None), torch.Tensor):
+        return module
+    for child in module.modules():
+        if isinstance(child, torch.nn.Linear):
+            return child
+    raise TypeError(f"no linear weight found in {type(module).__name__}")
+
+
+def _fuse(modules: list[Any], share: bool) -> tuple[Tensor, Tensor | None]:
+    """Concatenate output rows; with `share`, point the HF weights at views of the fused copy."""
+    linears = [_linear_of(m) for m in modules]
+    weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)  # [sum out, in]
+    biases = [lin.bias for lin in linears]
+    bias = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
+    if share:
+        row = 0
+        for lin in linears:
+            n = lin.weight.shape[0]
+            lin.weight.data = weight[row:row + n]
+            if bias is not None:
+                lin.bias.data = bias[row:row + n]
+            row += n
+    return weight, bias
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderModel:
+    """Weights and the forward of a Llama-family decoder; no state of its own beyond weights."""
+
+    def __init__(self, hf_model: Any, max_positions: int, ops: LinearOps | None = None,
+                 share_weights: bool = True):
+        cfg = hf_model.config
+        base = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else hf_model.model
+        attn0 = base.layers[0].self_attn
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        self.shape = ModelShape(
+            num_layers=len(base.layers), hidden=cfg.hidden_size, num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
+            intermediate=cfg.intermediate_size, vocab=cfg.vocab_size,
+            eps=float(getattr(cfg, "rms_norm_eps", 1e-6)),
+            scale=float(getattr(attn0, "scaling", head_dim ** -0.5)),
+        )
+        self.ops = ops or LinearOps()
+        self.embed = base.embed_tokens.weight.detach()  # [V, hidden]
+        self.lm_head = hf_model.get_output_embeddings().weight.detach()  # [V, hidden]
+        self.final_norm = base.norm.weight.detach()  # [hidden]
+        self.layers = [self._layer(layer, share_weights) for layer in base.layers]
+        self.device, self.dtype = self.embed.device, self.embed.dtype
+        self.cos, self.sin = self._rope_tables(base, max_positions)  # [P, D] each
+
+    def _layer(self, layer: Any, share: bool) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], share)
+        gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj], share)
+        q_norm = getattr(attn, "q_norm", None)
+        k_norm = getattr(attn, "k_norm", None)
+        return LayerWeights(
+            attn_norm=layer.input_layernorm.weight.detach(), qkv=qkv, qkv_bias=qkv_bias,
+            q_norm=q_norm.weight.detach() if q_norm is not None else None,
+            k_norm=k_norm.weight.detach() if k_norm is not None else None,
+            o=_linear_of(attn.o_proj).weight.detach(),
+            mlp_norm=layer.post_attention_layernorm.weight.detach(),
+            gate_up=gate_up, down=_linear_of(mlp.down_proj).weight.detach(), act=mlp.act_fn,
+        )
+
+    def _rope_tables(self, base: Any, max_positions: int) -> tuple[Tensor, Tensor]:
+        rotary = base.rotary_emb
+        inv_freq = rotary.inv_freq.detach().float().to(self.device)  # [D/2]
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        positions = torch.arange(max_positions, device=self.device, dtype=torch.float32)  # [P]
+        freqs = torch.outer(positions, inv_freq)  # [P, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [P, D]
+        return (emb.cos() * scaling).to(self.dtype), (emb.sin() * scaling).to(self.dtype)
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads (all projections and the LM head)."""
+        total = self.lm_head.numel() * self.lm_head.element_size()
+        for w in self.layers:
+            for t in (w.qkv, w.o, w.gate_up, w.down):
+                total += t.numel() * t.element_size()
+        return total
+
+    # -- the forward ---------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, positions: Tensor, attend: AttendFn, bucket: int = 0) -> Tensor:
+        """tokens [N], positions [N] -> final hidden states [N, hidden] (normed)."""
+        s = self.shape
+        state = self.ops.state
+        x = F.embedding(tokens, self.embed)  # [N, hidden]
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]  # [N, 1, D]
+        n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        for index, w in enumerate(self.layers):
+            keep = state.layer_keep[bucket, index].to(x.dtype) if state is not None else None  # [2]
+            h = rms_norm(x, w.attn_norm, s.eps)  # [N, hidden]
+            qkv = self.ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
+            q = qkv[:, :n_q].view(-1, s.num_heads, s.head_dim)  # [N, H, D]
+            k = qkv[:, n_q:n_q + n_kv].view(-1, s.num_kv_heads, s.head_dim)  # [N, Hkv, D]
+            v = qkv[:, n_q + n_kv:].view(-1, s.num_kv_heads, s.head_dim)  # [N, Hkv, D]
+            if w.q_norm is not None:
+                q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
+            q = q * cos + rotate_half(q) * sin  # [N, H, D]
+            k = k * cos + rotate_half(k) * sin  # [N, Hkv, D]
+            o = attend(index, q, k, v).reshape(-1, n_q)  # [N, H D]
+            o = self.ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
+            x = x + (o if keep is None else o * keep[0])
+            h = rms_norm(x, w.mlp_norm, s.eps)  # [N, hidden]
+            gu = self.ops.project(h, w.gate_up, None, index, GROUP_MLP_IN, bucket)  # [N, 2I]
+            gate, up = gu.chunk(2, dim=-1)  # [N, I] each
+            m = self.ops.project(w.act(gate) * up, w.down, None, index, GROUP_MLP_OUT, bucket)
+            x = x + (m if keep is None else m * keep[1])  # [N, hidden]
+        return rms_norm(x, self.final_norm, s.eps)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[N, hidden] -> [N, V] float32."""
+        return F.linear(hidden, self.lm_head).float()
