@@ -90,7 +90,9 @@ class ControlLoop:
         self.deps = deps
         self.reports: dict[str, PodReport] = {}
         self.connected: dict[str, bool] = {}
-        self.state = status_mod.resume_state(body.get("status"))
+        # Resume from status, and count the restart as a change: no relaxing for two intervals.
+        self.state = dataclasses.replace(status_mod.resume_state(body.get("status")),
+                                         last_change_at=deps.clock())
         self.last_sent: dict[str, tuple] = {}
         self.last_status_at = -1e9
         self.sequence_sent = 0
@@ -105,9 +107,10 @@ class ControlLoop:
 
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
         rep = wire.report_from_pb(report, at, pod)
+        first = pod not in self.reports
         self.reports[pod] = rep
-        if control_law.violates_slo(rep, self.params()):
-            self.runtime.wake.set()
+        if first or control_law.violates_slo(rep, self.params()):
+            self.runtime.wake.set()  # a new pod's bounds, or an SLO violation: decide now
 
     def _on_stream_state(self, pod: str, connected: bool, detail: str) -> None:
         self.connected[pod] = connected

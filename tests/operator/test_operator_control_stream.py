@@ -74,7 +74,8 @@ class Recorder(ControlLoop):
     violating_at: float | None = None
 
     def _on_report(self, pod, report, at):
-        if self.violating_at is None and report.ttft.p95_ms > 500 and report.ttft.count >= 5:
+        slo = self.params().ttft_slo_ms
+        if self.violating_at is None and report.ttft.p95_ms > slo and report.ttft.count >= 5:
             self.violating_at = time.monotonic()
         super()._on_report(pod, report, at)
 
