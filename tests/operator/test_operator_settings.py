@@ -61,3 +61,12 @@ def test_max_loss_maps_through_the_reported_quality_curve():
     assert floor == pytest.approx(0.6) and "maxLoss" in why
     floor, why = quality_floor(params, [PodReport("a", 0.0)])
     assert floor == 1.0 and "no quality curve" in why
+
+
+def test_the_examples_parse_as_specs():
+    import pathlib
+
+    for path in sorted(pathlib.Path("operator/examples").glob("*/adaptivemodel.yaml")):
+        body = yaml.safe_load(path.read_text())
+        assert body["kind"] == "AdaptiveModel"
+        parse_spec(body["spec"])
