@@ -109,6 +109,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         async def read_updates() -> None:
             async for msg in request_iterator:
                 if sup.apply_update(update_from_pb(msg)):
+                    await asyncio.to_thread(sup.wait_applied, 1.0)  # ack what the model runs
                     log.info("applied update %d/%d from %s: %s", msg.epoch, msg.sequence,
                              msg.sender or peer, msg.reason)
                     wake.set()

@@ -98,6 +98,11 @@ class Supervisor:
         self.model_loaded = False
         self.requests_total = 0
         self.requests_failed = 0
+        self._engine_owned = False  # once an engine thread runs, only it touches the actuator
+        self._wake_engine: Callable[[], None] = lambda: None
+        self._pending_budget: float | None = None
+        self._applied = threading.Event()
+        self._applied.set()
         self.drain_listeners: list[Callable[[float], None]] = []
         self.decision_listeners: list[Callable[[TimedDecision], None]] = []
 
@@ -141,6 +146,17 @@ class Supervisor:
             self._control = replace(self._control, target=self._control.clamp(self._control.target))
             self._loop = replace(self._loop, budget=self._control.clamp(self._loop.budget))
             self._expected_loss = actuator.set_budget(self._loop.budget)
+
+    def bind_engine_thread(self, wake: Callable[[], None]) -> None:
+        """From now on budgets reach the actuator only from `on_step` (the engine thread), between
+        steps, so a step never sees a half-written plan; `wake` nudges an idle engine loop."""
+        with self._lock:
+            self._engine_owned = True
+            self._wake_engine = wake
+
+    def wait_applied(self, timeout: float) -> bool:
+        """Block until the engine thread has applied the latest budget (True) or `timeout` passes."""
+        return self._applied.wait(timeout)
 
     # ---- operator side ---------------------------------------------------------------------------
     def apply_update(self, update: B.OperatorUpdate) -> bool:
@@ -188,6 +204,8 @@ class Supervisor:
     def on_step(self, stats: EngineStats) -> None:
         """Called by the engine thread between steps: run the fast loop, apply any change."""
         now = self.clock()
+        with self._lock:
+            self._flush_pending()
         if now - self._memory_at >= 0.05:
             self._memory, self._memory_at = self.memory.read(), now
         with self._lock:
@@ -199,7 +217,7 @@ class Supervisor:
                 operator_connected=self._streams > 0, last_operator_contact=self._last_contact,
             )
             self._loop, decision = decide(signals, self._control, self._loop, self.config)
-            self._apply(decision)
+            self._apply(decision, on_engine_thread=True)
 
     def record_first_token(self, ttft_s: float) -> None:
         with self._lock:
@@ -236,15 +254,29 @@ class Supervisor:
             )
 
     # ---- internals -------------------------------------------------------------------------------
-    def _apply(self, decision: Decision | None) -> None:
-        """With the lock held: push a changed budget to the model and remember why."""
+    def _apply(self, decision: Decision | None, on_engine_thread: bool = False) -> None:
+        """With the lock held: push a changed budget to the model (now, or at the engine thread's
+        next `on_step`) and remember why."""
         if decision is None:
             return
-        self._expected_loss = self.actuator.set_budget(decision.to_budget)
+        if self._engine_owned and not on_engine_thread:
+            self._pending_budget = decision.to_budget
+            self._applied.clear()
+            self._wake_engine()
+        else:
+            self._pending_budget = None
+            self._expected_loss = self.actuator.set_budget(decision.to_budget)
+            self._applied.set()
         timed = TimedDecision(decision, int(time.time() * 1000))
         self._last_decision = timed
         for listener in self.decision_listeners:
             listener(timed)
+
+    def _flush_pending(self) -> None:
+        if self._pending_budget is not None:
+            self._expected_loss = self.actuator.set_budget(self._pending_budget)
+            self._pending_budget = None
+            self._applied.set()
 
     def _notify_drain(self) -> None:
         for listener in self.drain_listeners:

@@ -1,7 +1,8 @@
 """Budget actuators: how the supervisor's budget reaches the model.
 
-* `SparsityActuator` drives the gated model's `SparsityState` (gating package): `set_budget(b)`
-  copies the plan into its device tensors; expected loss and the quality curve come from it.
+* `GatedActuator` drives the gated model (`gating.GatedModel`): `set_budget(b)` copies the plan into
+  its `SparsityState` device tensors; min budget (its calibrated floor), expected loss and the
+  quality curve come from its plan table. The supervisor calls it on the engine thread only.
 * `UncalibratedActuator` is used when no calibration is given: the model runs dense, so the budget
   is recorded (reports, metrics and the fast loop still work) but not applied; its `applies` flag
   is False and the server logs that at start-up.
@@ -11,7 +12,6 @@ Built by server/runtime.py; read by control/supervisor.py through the `BudgetAct
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 
@@ -33,31 +33,32 @@ class UncalibratedActuator:
         return [(1.0, 0.0)]
 
 
-class SparsityActuator:
-    """Wraps a `SparsityState`-like object: `set_budget(b)`, `expected_loss` (tensor or float), and
-    optionally `min_budget` and `quality_curve()` (or a `curve` of (budget, loss) pairs)."""
-
+class GatedActuator:
     applies = True
 
-    def __init__(self, state: Any):
-        self.state = state
-        self._lock = threading.Lock()  # set_budget is called from the engine and gRPC threads
+    def __init__(self, gated: Any, curve_points: int = 15):
+        self.gated = gated
+        self.curve_points = curve_points
+
+    @property
+    def budget(self) -> float:
+        return _as_float(self.gated.state.budget)
 
     def set_budget(self, budget: float) -> float:
-        with self._lock:
-            result = self.state.set_budget(budget)
-            loss = getattr(self.state, "expected_loss", result)
-            return _as_float(loss if loss is not None else 0.0)
+        self.gated.set_budget(max(budget, self.min_budget()))
+        return _as_float(self.gated.state.expected_loss)
 
     def min_budget(self) -> float:
-        value = getattr(self.state, "min_budget", None)
-        value = value() if callable(value) else value
-        return _as_float(value) if value is not None else 0.0
+        return float(self.gated.floor)
 
     def quality_curve(self) -> list[tuple[float, float]]:
-        curve = getattr(self.state, "quality_curve", None) or getattr(self.state, "curve", None)
-        curve = curve() if callable(curve) else curve
-        return [(_as_float(b), _as_float(loss)) for b, loss in (curve or [])]
+        table = getattr(self.gated, "table", None)
+        if table is None:
+            return [(1.0, 0.0)]
+        budgets = [float(b) for b in table.budgets]
+        stride = max(1, len(budgets) // self.curve_points)
+        picked = sorted(set(budgets[::stride]) | {budgets[0], budgets[-1]})
+        return [(b, self.gated.expected_loss(b)) for b in picked]
 
 
 def _as_float(value: Any) -> float:

@@ -67,6 +67,7 @@ class EngineLoop:
     # ---- asyncio side ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.supervisor.bind_engine_thread(self._wake.set)
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 

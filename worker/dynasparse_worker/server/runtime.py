@@ -25,7 +25,7 @@ from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.service import TlsFiles, build_control_server
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.errors import UserError
-from dynasparse_worker.server.actuators import SparsityActuator, UncalibratedActuator
+from dynasparse_worker.server.actuators import GatedActuator, UncalibratedActuator
 from dynasparse_worker.server.app import WorkerContext, create_app
 from dynasparse_worker.server.engine_loop import EngineLoop
 from dynasparse_worker.server.metrics import WorkerMetrics
@@ -168,9 +168,9 @@ class WorkerRuntime:
         return server, health
 
     async def _load_and_start_engine(self) -> None:
-        engine, loaded, state = await asyncio.to_thread(self._build_engine)
-        if state is not None:
-            self.actuator = SparsityActuator(state)
+        engine, loaded, gated = await asyncio.to_thread(self._build_engine)
+        if gated is not None:
+            self.actuator = GatedActuator(gated)
             self.supervisor.attach(self.actuator)
         else:
             log.warning("no --calibration: the model runs dense; budgets are tracked, not applied")
@@ -197,10 +197,11 @@ class WorkerRuntime:
             from dynasparse_worker.models.loading import load_model
 
             loaded = load_model(s.model, device=device)
-        state = _load_sparsity_state(loaded, s.calibration) if s.calibration else None
+        gated = _load_gated(loaded, s.calibration) if s.calibration else None
         config = EngineConfig(max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
                               kv_capacity_tokens=s.kv_tokens, cuda_graphs=device.startswith("cuda"))
-        return Engine.from_loaded(loaded, config, state=state), loaded, state
+        state = gated.state if gated is not None else None
+        return Engine.from_loaded(loaded, config, state=state), loaded, gated
 
     # ---- drain -----------------------------------------------------------------------------------
     def _on_drain_requested(self, grace_s: float) -> None:
@@ -219,11 +220,19 @@ class WorkerRuntime:
         self._done.set()
 
 
-def _load_sparsity_state(loaded: Any, calibration: str) -> Any:
-    """The gated model's `SparsityState` for `loaded` from a calibration file (gating package)."""
-    try:
-        from dynasparse_worker.gating import load_sparsity_state  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise UserError(f"--calibration needs the gating package's load_sparsity_state ({exc}); "
-                        "run without --calibration to serve dense") from None
-    return load_sparsity_state(loaded, calibration)
+def _load_gated(loaded: Any, calibration: str) -> Any:
+    """The calibrated `GatedModel` of `loaded` (gating package): gates installed, plan table attached.
+
+    `calibration` is "auto" (the gating package's cached calibration for this model, computed once)
+    or whatever `gating.calibration_for` accepts as its `source`."""
+    from dynasparse_worker import gating
+
+    calibration_for = getattr(gating, "calibration_for", None)
+    if calibration_for is None:
+        raise UserError("this build's gating package has no calibration_for(): serve without "
+                        "--calibration (dense) or update dynasparse")
+    gated = gating.install_gates(loaded.model)
+    calib = calibration_for(loaded, gated) if calibration == "auto" else calibration_for(
+        loaded, gated, source=calibration)
+    gated.attach(calib.table)
+    return gated
