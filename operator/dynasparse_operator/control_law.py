@@ -9,7 +9,8 @@ The loop, in small steps:
 2. Feed-forward: pods on a disrupted/cordoned node drain; survivors' budget drops in proportion to
    the capacity lost, at once, before their latency rises. Node pressure lowers that pod's ceiling.
 3. Feedback: integral control in log space on the worst fresh pod's p95/SLO, steered to
-   `setpoint_ratio` with a deadband; cuts fast, relaxes slowly (asymmetric steps and hold-offs);
+   `setpoint_ratio` with a hold band (wider below than above); cuts fast, relaxes slowly (asymmetric
+   steps, and hold-offs that wait for the reports to show the last change);
    clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 """
@@ -211,7 +212,8 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
         error, what = params.max_step_up / params.gain * 2, "idle (too few samples)"
     else:
         error, what = math.log(params.setpoint_ratio / ratio), _describe(worst, params)
-    if ratio is not None and ratio <= 1.0 and abs(error) <= params.deadband:
+    low, high = params.band
+    if ratio is not None and low <= ratio <= high:
         return _Feedback(budget, "hold", f"{what}: within band, budget {budget:.2f}", 0.0,
                          ratio, ttft, itl)
     # Integral action in log space, gentler upwards; while the SLO is violated a one-sided

@@ -76,7 +76,7 @@ def law_params(spec: AdaptiveModelSpec, settings: OperatorSettings) -> LawParams
         max_budget=spec.control.max_budget, interval_s=spec.control.interval_s,
         responsiveness=spec.control.responsiveness, setpoint_ratio=c.setpoint_ratio,
         deadband=c.deadband, pressure_ceiling_factor=c.pressure_ceiling_factor,
-        stale_after_s=c.stale_after_s, min_samples=c.min_samples,
+        stale_after_s=c.stale_after_s, settle_s=c.settle_s, min_samples=c.min_samples,
         replace_disrupted_pods=spec.control.replace_disrupted_pods)
 
 

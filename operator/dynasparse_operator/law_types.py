@@ -57,6 +57,7 @@ class LawParams:
     deadband: float = 0.15
     pressure_ceiling_factor: float = 0.75
     stale_after_s: float = 3.0
+    settle_s: float = 1.0  # after a change, how long until reports reflect it (window + report)
     min_samples: int = 5
     replace_disrupted_pods: bool = False
 
@@ -72,8 +73,8 @@ class LawParams:
 
     @property
     def max_step_down(self) -> float:
-        """Largest log-space cut in one decision (0.5 responsiveness: × 0.5)."""
-        return math.log(1.0 / (0.3 + 0.8 * (1.0 - self.responsiveness)))
+        """Largest log-space cut in one decision (0.5 responsiveness: × 0.6; 1: × 0.35)."""
+        return math.log(1.0 / (0.35 + 0.5 * (1.0 - self.responsiveness)))
 
     @property
     def max_step_up(self) -> float:
@@ -83,12 +84,19 @@ class LawParams:
     @property
     def tighten_holdoff_s(self) -> float:
         """After a change, how long before the next cut (the reports must show the last one)."""
-        return min(self.interval_s, 1.0)
+        return self.settle_s
 
     @property
     def relax_holdoff_s(self) -> float:
         """After a change, how long before relaxing (slower up than down)."""
-        return 2.0 * self.interval_s
+        return 2.0 * max(self.interval_s, self.settle_s)
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """p95/SLO ratios between which the budget is held: twice as wide below the setpoint as
+        above, because one relaxing step raises p95 steeply near saturation."""
+        return (self.setpoint_ratio * math.exp(-2 * self.deadband),
+                min(1.0, self.setpoint_ratio * math.exp(self.deadband)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,11 +82,15 @@ class ControlSettings:
     stale_after_s: float = 3.0
     """A pod whose last report is older than this is treated as a lost stream."""
 
+    settle_s: float = 1.0
+    """After a budget change, how long until the workers' reports reflect it (their latency
+    window plus one report interval): no further cut before then."""
+
     setpoint_ratio: float = 0.8
     """The loop steers the worst pod's p95 towards this fraction of the SLO."""
 
     deadband: float = 0.15
-    """Half-width, in log space, of the band around the setpoint where the budget is held."""
+    """Log-space width of the hold band above the setpoint (twice this below it)."""
 
     pressure_ceiling_factor: float = 0.75
     """Node pressure multiplies that node's pods' ceiling by this."""

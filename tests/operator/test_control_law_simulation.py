@@ -7,6 +7,9 @@ Per pod: 10 requests/s at budget 1, 20 % of the cost fixed; SLO p95 TTFT 500 ms;
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from operator_sim import PodModel, Simulation
 
 from dynasparse_operator.law_types import LawParams, LawState
@@ -37,6 +40,18 @@ def test_p95_returns_under_slo_within_three_intervals_of_a_3x_step_without_new_p
         late = [p95 for t, p95 in trace.reported_p95_ms if t >= 30.0 + 3 * INTERVAL_S]
         assert max(late) <= SLO_MS, "once recovered, the p95 stays under the SLO"
         assert len(sim.pods) == 3
+
+
+@pytest.mark.parametrize("interval_s", [1.0, 2.0, 5.0])
+@pytest.mark.parametrize("responsiveness", [0.2, 0.5, 0.8])
+def test_targets_hold_across_intervals_and_responsiveness(interval_s, responsiveness):
+    params = dataclasses.replace(PARAMS, interval_s=interval_s, responsiveness=responsiveness)
+    burst = Simulation(params, pods(3), load=step_load(3, 30.0, 3.0), noise=0.05).run(90.0)
+    recovered_at = burst.first_report_under(SLO_MS, after=30.0)
+    assert recovered_at is not None and recovered_at - 30.0 <= 3 * interval_s
+    assert burst.sign_changes(after=30.0 + 5 * interval_s) <= 1
+    steady = Simulation(params, pods(3), load=lambda t: 6 * BASE_RPS_PER_POD, noise=0.10, seed=4)
+    assert steady.run(180.0).sign_changes() <= 1
 
 
 def test_budget_tightens_when_p95_exceeds_slo_and_relaxes_when_load_falls():

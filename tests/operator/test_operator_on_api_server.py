@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dynasparse.devcluster import nodeops
 from dynasparse.devcluster.fixture import wait_until
