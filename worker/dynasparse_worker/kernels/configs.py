@@ -4,8 +4,9 @@
 `choose(batch, sparsity)` is called by the engine when it builds a decode step for a batch bucket,
 to decide whether the input-sparse kernel or the dense matmul runs there.
 
-The tables below come from `scripts/gpu/kernels_suite.py` on one H200 (Llama-3-8B shapes, bf16);
-the numbers in comments are that run's. Torch-free so the planner can import it anywhere.
+The tables below come from `scripts/gpu/kernels_suite.py` on one H200 (Llama-3-8B shapes, bf16,
+torch 2.11, triton 3.6); that run's full JSON is `measured_h200.json` beside this file.
+Torch-free so the planner can import it anywhere.
 """
 
 from __future__ import annotations
@@ -31,8 +32,22 @@ class KernelConfig:
     num_stages: int = 2
 
 
-# (block_b, in, out, gated) -> config measured best on the H200 (filled in from the suite's JSON).
-TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {}
+_C8 = KernelConfig(block_n=128, block_k=64, split_k=8)
+# (block_rows, in, out, gated) -> best of the suite's sweep at 50 % on the H200 (measured_h200.json)
+TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {
+    (1, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=6),  # q|k|v 18.4 us
+    (16, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=6),
+    (32, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=11),
+    (1, 4096, 4096, False): _C8,  # o 14.5 us
+    (16, 4096, 4096, False): _C8,
+    (32, 4096, 4096, False): _C8,
+    (1, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),  # gate|up 53.1 us
+    (16, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),
+    (32, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),
+    (1, 14336, 4096, False): _C8,  # down 35.9 us
+    (16, 14336, 4096, False): _C8,
+    (32, 14336, 4096, False): _C8,
+}
 
 
 def block_rows(batch: int) -> int:
@@ -45,45 +60,58 @@ def block_rows(batch: int) -> int:
     return size
 
 
-def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 4.0) -> KernelConfig:
-    """The tuned config for this shape if measured, else a heuristic aiming at `waves` x SMs programs."""
+def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0) -> KernelConfig:
+    """The tuned config for this shape if measured, else the sweep's winning pattern.
+
+    Every winner of the H200 sweep was 128 columns x 64 rows, 4 warps, with the split chosen so
+    that about two programs per multiprocessor run (1.7 to 2.2 waves).
+    """
     tuned = TUNED.get((block_rows(batch), k, n_out, gated))
     if tuned is not None:
         return tuned
-    if batch <= 1:
-        block_n, block_k, warps = 128, 32 if gated else 64, 4
-    else:
-        block_n, block_k, warps = 64, 64, 4
+    block_n, block_k = 128, 64
     n_blocks = -(-n_out // block_n)
     split = max(1, min(32, round(waves * SM_COUNT / n_blocks), k // (2 * block_k)))
-    return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=warps)
+    return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4)
 
 
 Choice = Literal["sparse", "dense"]
 
 # Batch bucket upper edges and, per bucket, the union sparsity (fraction of weight rows skipped)
-# from which the input-sparse kernel beats dense cuBLAS. 1.01 = never.
+# from which the input-sparse kernel beats dense cuBLAS for a whole layer (q|k|v + o + gate|up +
+# down), measured on the H200; 1.01 = never. Batches of 2+ rows take the tl.dot path, which lost
+# to cuBLAS at every measured sparsity (4, 16, 32: 0.59x-0.80x per layer), so 2..64 are "never".
 CUDA_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-CUDA_CROSSOVER: tuple[float, ...] = (0.0, 0.1, 0.1, 0.2, 0.25, 0.4, 1.01)
+CUDA_CROSSOVER: tuple[float, ...] = (0.30, 1.01, 1.01, 1.01, 1.01, 1.01, 1.01)
+# Per projection group at batch 1 (gate|up reads the most bytes per launch and crosses first).
+CUDA_GROUP_CROSSOVER_B1: dict[str, float] = {
+    "attn_in": 0.40, "attn_out": 0.41, "mlp_in": 0.23, "mlp_out": 0.40,
+}
 
 # The CPU path (embedding_bag over kept rows vs one dense matmul), measured on a 2-core CPU.
 CPU_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 CPU_CROSSOVER: tuple[float, ...] = (0.25, 0.35, 0.45, 0.6, 1.01)
 
 
-def crossover(batch: int, device_type: str = "cuda") -> float:
-    """Smallest union sparsity at which the sparse path pays for a batch of `batch` rows."""
+def crossover(batch: int, device_type: str = "cuda", group: str | None = None) -> float:
+    """Smallest union sparsity at which the sparse path pays for a batch of `batch` rows.
+
+    `group` (attn_in, attn_out, mlp_in, mlp_out) refines the batch-1 CUDA answer per group.
+    """
+    if device_type != "cpu" and batch <= 1 and group in CUDA_GROUP_CROSSOVER_B1:
+        return CUDA_GROUP_CROSSOVER_B1[group]
     buckets, table = (CPU_BUCKETS, CPU_CROSSOVER) if device_type == "cpu" else (
         CUDA_BUCKETS, CUDA_CROSSOVER)
     i = bisect.bisect_left(buckets, batch)
     return 1.01 if i >= len(buckets) else table[i]
 
 
-def choose(batch: int, sparsity: float, device_type: str = "cuda") -> Choice:
+def choose(batch: int, sparsity: float, device_type: str = "cuda",
+           group: str | None = None) -> Choice:
     """`"sparse"` when the input-sparse kernel is faster than dense for this batch and sparsity.
 
     `sparsity` is the expected fraction of weight rows the batch skips (the union over its
     tokens, so it falls as the batch grows); at or above the bucket's measured crossover the
     sparse kernel wins.
     """
-    return "sparse" if sparsity >= crossover(batch, device_type) else "dense"
+    return "sparse" if sparsity >= crossover(batch, device_type, group) else "dense"
