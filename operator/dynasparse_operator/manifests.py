@@ -94,7 +94,7 @@ def _resources(spec: AdaptiveModelSpec) -> dict[str, Any]:
 
 
 def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
-    http = {"port": "http", "path": "/readyz"}
+    http = {"port": settings.http_port, "path": "/readyz"}
     return {
         "name": "worker",
         "image": spec.worker.image or settings.image,
