@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dynasparse_proto import control_pb2
 
@@ -76,6 +77,9 @@ def test_drain_finishes_every_admitted_request_then_stops(start_worker, Session)
             report = session.next_report(lambda r: r.mode == control_pb2.MODE_DRAIN)
             assert not report.ready and report.applied_budget == pytest.approx(0.5)
             assert httpx.get(f"{w.url}/readyz").status_code == 503
+            health = health_pb2_grpc.HealthStub(w.channel()).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
             refused = httpx.post(f"{w.url}/v1/completions", json=body, timeout=10)
             assert refused.status_code == 503 and "draining" in refused.json()["error"]["message"]
             results = [f.result() for f in futures]

@@ -89,6 +89,7 @@ class WorkerRuntime:
         self.drained_clean: bool | None = None
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._health = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -100,6 +101,7 @@ class WorkerRuntime:
         self._install_signal_handlers()
         http_server, http_task = self._start_http()
         grpc_server, health = await self._start_control()
+        self._health = health
         self.started.set()
         try:
             await self._load_and_start_engine()
@@ -211,6 +213,8 @@ class WorkerRuntime:
 
     async def _drain(self, grace_s: float) -> None:
         log.info("draining: no new admissions; waiting up to %.0f s for in-flight requests", grace_s)
+        if self._health is not None:
+            await self._health.set_ready(False)
         loop = self.engine_loop
         self.drained_clean = True if loop is None else await loop.wait_empty(grace_s)
         if not self.drained_clean:
