@@ -109,3 +109,14 @@ def test_a_lost_operator_stream_moves_the_worker_to_the_floor_after_the_timeout(
             time.sleep(0.1)
         assert status.last_decision.source == "stream-lost"
         assert status.applied_budget == pytest.approx(0.45) and "lost" in status.last_decision.reason
+
+
+def test_reports_keep_coming_after_the_operator_half_closes_its_side(worker):
+    message = control_pb2.ControlMessage(epoch=next(_epochs), sequence=1, target_budget=1.0,
+                                         report_interval_s=0.05)
+    call = worker.stub().Session(iter([message]))  # sends one update, then half-closes
+    try:
+        reports = [next(call) for _ in range(6)]
+    finally:
+        call.cancel()
+    assert reports[-1].applied_epoch == message.epoch

@@ -118,12 +118,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             while not context.done():
                 yield report_from_snapshot(sup.snapshot())
-                if reader.done():
-                    reader.result()  # surface a failed reader; a finished one ends the session
-                    return
+                if reader.done() and not reader.cancelled():
+                    reader.result()  # a failed reader ends the session; a half-close does not
                 wake.clear()
                 sleep = asyncio.create_task(wake.wait())
-                await asyncio.wait({sleep, reader}, timeout=sup.report_interval_s,
+                waiters = {sleep} if reader.done() else {sleep, reader}
+                await asyncio.wait(waiters, timeout=sup.report_interval_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 sleep.cancel()
         finally:
