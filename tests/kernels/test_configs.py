@@ -1,0 +1,52 @@
+"""The crossover table sends each batch to the faster path, and launch configs are well formed."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynasparse_worker.kernels import choose, crossover
+from dynasparse_worker.kernels.configs import TUNED, block_rows, pick_config
+
+
+def test_single_token_goes_sparse_only_above_its_measured_crossover():
+    edge = crossover(1)
+    assert 0.0 < edge < 1.0
+    assert choose(1, edge + 0.05) == "sparse"
+    assert choose(1, edge - 0.05) == "dense"
+
+
+def test_batches_where_width_sparsity_never_paid_stay_dense():
+    assert crossover(32) > 1.0
+    assert choose(32, 0.95) == "dense"
+    assert choose(10_000, 0.99) == "dense"  # beyond the last bucket
+
+
+def test_gate_up_crosses_before_the_smaller_groups_at_batch_one():
+    assert crossover(1, group="mlp_in") < crossover(1, group="attn_out")
+    assert choose(1, 0.3, group="mlp_in") == "sparse"
+    assert choose(1, 0.3, group="attn_out") == "dense"
+
+
+def test_cpu_table_is_separate_and_falls_dense_for_big_batches():
+    assert choose(1, 0.5, device_type="cpu") == "sparse"
+    assert choose(1, 0.05, device_type="cpu") == "dense"
+    assert choose(64, 0.9, device_type="cpu") == "dense"
+
+
+@pytest.mark.parametrize("batch,expected", [(1, 1), (2, 16), (16, 16), (17, 32), (40, 64), (99, 64)])
+def test_block_rows_pads_batches_for_tl_dot(batch, expected):
+    assert block_rows(batch) == expected
+
+
+@pytest.mark.parametrize("batch,k,n,gated", [(1, 576, 960, False), (4, 1536, 576, False),
+                                             (1, 576, 1536, True), (32, 8192, 28672, True)])
+def test_untuned_shapes_get_a_split_that_fits_the_input(batch, k, n, gated):
+    cfg = pick_config(batch, k, n, gated)
+    assert cfg.block_n in (32, 64, 128, 256) and cfg.block_k in (16, 32, 64, 128, 256)
+    assert 1 <= cfg.split_k <= max(1, k // (2 * cfg.block_k))
+
+
+def test_tuned_shapes_come_from_the_measured_table():
+    key = next(iter(TUNED))
+    rows, k, n, gated = key
+    assert pick_config(rows, k, n, gated) is TUNED[key]
