@@ -83,12 +83,19 @@ def test_models_lists_the_served_model(worker):
     (b'{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
     (b'{"prompt": "hi", "temperature": 7}', "temperature"),
     (b'{"prompt": "hi", "n": 3}', "n"),
+    (b'{"prompt": [1, 2, 99999999], "max_tokens": 2}', "prompt"),
 ])
 def test_malformed_completion_requests_get_400_naming_the_field(worker, body, param):
     r = httpx.post(f"{worker.url}/v1/completions", content=body,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_prompt_given_as_token_ids_is_served(worker):
+    r = httpx.post(f"{worker.url}/v1/completions",
+                   json={"prompt": [504, 3575, 282, 4649, 314], "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 5
 
 
 def test_malformed_chat_message_gets_400_naming_its_path(worker):

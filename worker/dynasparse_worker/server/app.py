@@ -43,6 +43,7 @@ class WorkerContext:
     engine_loop: EngineLoop | None = None  # set once the model is loaded
     tokenizer: Any = None
     context_len: int = 0  # prompt + completion tokens a sequence may hold
+    vocab_size: int = 0  # token ids given as a prompt must lie in [0, vocab_size)
     default_max_tokens: int = 256  # chat requests without max_tokens
     retry_after_s: int = 1
     created: int = 0
@@ -147,6 +148,8 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
     else:
         prompt_ids = completion_prompt_ids(ctx.tokenizer, req.prompt)
         wanted, prompt_field = req.max_tokens, "prompt"
+        if ctx.vocab_size and any(not 0 <= t < ctx.vocab_size for t in prompt_ids):
+            raise ApiError(400, f"prompt: token ids must lie in [0, {ctx.vocab_size})", "prompt")
     max_tokens = _check_lengths(ctx, len(prompt_ids), wanted, prompt_field)
     try:
         handle = loop.submit(prompt_ids, req.sampling(max_tokens))

@@ -181,6 +181,7 @@ class WorkerRuntime:
                                    int(getattr(loaded.model.config, "max_position_embeddings",
                                                engine.config.max_seq_len)))
         self.ctx.model_name = self.supervisor.model_name = loaded.name
+        self.ctx.vocab_size = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
         self.engine_loop = EngineLoop(engine, self.supervisor, self.metrics,
                                       max_queue=self.settings.max_queue)
         self.engine_loop.start(asyncio.get_running_loop())
