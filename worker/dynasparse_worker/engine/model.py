@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynasparse_worker.engine.fused import add_rms_norm, rms_norm_torch, rope_and_cache, silu_mul
+
 GROUP_ATTN_IN, GROUP_ATTN_OUT, GROUP_MLP_IN, GROUP_MLP_OUT = 0, 1, 2, 3
 
-# attend(layer, q [N, H, D], k [N, Hkv, D], v [N, Hkv, D]) -> [N, H, D]; writes k/v into the cache
-AttendFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+# attend(layer, q [N, H, D]) -> [N, H, D], over the cache that `forward` has just written
+AttendFn = Callable[[int, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,6 @@ def _fuse(modules: list[Any], share: bool) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class DecoderModel:
     """Weights and the forward of a Llama-family decoder; no state of its own beyond weights."""
 
@@ -171,33 +162,35 @@ class DecoderModel:
         return total
 
     # -- the forward ---------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, positions: Tensor, attend: AttendFn, bucket: int = 0) -> Tensor:
-        """tokens [N], positions [N] -> final hidden states [N, hidden] (normed)."""
+    def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
+                v_cache: Tensor, attend: AttendFn, bucket: int = 0) -> Tensor:
+        """tokens/positions/slots [N]; caches [L, slots, T, Hkv, D] -> normed hidden [N, hidden].
+
+        Token i's K/V are written at (slots[i], positions[i]) of every layer's cache.
+        """
         s = self.shape
         state = self.ops.state
-        x = F.embedding(tokens, self.embed)  # [N, hidden]
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]  # [N, 1, D]
+        x = F.embedding(tokens, self.embed)  # [N, hidden] (the residual stream)
         n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        delta = None  # the previous block's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
             keep = state.layer_keep[bucket, index].to(x.dtype) if state is not None else None  # [2]
-            h = rms_norm(x, w.attn_norm, s.eps)  # [N, hidden]
+            h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
             qkv = self.ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
-            q = qkv[:, :n_q].view(-1, s.num_heads, s.head_dim)  # [N, H, D]
-            k = qkv[:, n_q:n_q + n_kv].view(-1, s.num_kv_heads, s.head_dim)  # [N, Hkv, D]
-            v = qkv[:, n_q + n_kv:].view(-1, s.num_kv_heads, s.head_dim)  # [N, Hkv, D]
-            if w.q_norm is not None:
-                q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
-            q = q * cos + rotate_half(q) * sin  # [N, H, D]
-            k = k * cos + rotate_half(k) * sin  # [N, Hkv, D]
-            o = attend(index, q, k, v).reshape(-1, n_q)  # [N, H D]
+            if w.q_norm is not None:  # Qwen3: per-head RMSNorm of q and k before RoPE
+                rows = qkv.shape[0]
+                q = rms_norm_torch(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
+                k = rms_norm_torch(qkv[:, n_q:n_q + n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
+                qkv = torch.cat([q.reshape(rows, -1), k.reshape(rows, -1), qkv[:, n_q + n_kv:]], -1)
+            q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache[index],
+                               v_cache[index], s.num_heads, s.num_kv_heads, s.head_dim)  # [N, H, D]
+            o = attend(index, q).reshape(-1, n_q)  # [N, H D]
             o = self.ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
-            x = x + (o if keep is None else o * keep[0])
-            h = rms_norm(x, w.mlp_norm, s.eps)  # [N, hidden]
+            h, x = add_rms_norm(o if keep is None else o * keep[0], x, w.mlp_norm, s.eps)
             gu = self.ops.project(h, w.gate_up, None, index, GROUP_MLP_IN, bucket)  # [N, 2I]
-            gate, up = gu.chunk(2, dim=-1)  # [N, I] each
-            m = self.ops.project(w.act(gate) * up, w.down, None, index, GROUP_MLP_OUT, bucket)
-            x = x + (m if keep is None else m * keep[1])  # [N, hidden]
-        return rms_norm(x, self.final_norm, s.eps)
+            m = self.ops.project(silu_mul(gu, w.act), w.down, None, index, GROUP_MLP_OUT, bucket)
+            delta = m if keep is None else m * keep[1]  # [N, hidden]
+        return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """[N, hidden] -> [N, V] float32."""

@@ -77,12 +77,12 @@ class ModelRunner:
         positions = torch.arange(start, start + n, device=self.device)  # [n]
         cache, scale = self.cache, self.model.shape.scale
 
-        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            cache.k[layer, seq.slot, start:start + n] = k
-            cache.v[layer, seq.slot, start:start + n] = v
+        slots = torch.full((n,), seq.slot, dtype=torch.long, device=self.device)  # [n]
+
+        def attend(layer: int, q: Tensor) -> Tensor:
             return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale)
 
-        hidden = self.model.forward(ids, positions, attend, bucket=0)  # [n, hidden]
+        hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend)  # [n, hidden]
         return self.model.logits(hidden[-1:]) if chunk.completes_prompt else None  # [1, V]
 
     def _decode(self, seqs: list[Sequence]) -> Tensor:
@@ -94,7 +94,7 @@ class ModelRunner:
         host[2, :count] = torch.tensor([s.slot for s in seqs])
         host[1:3, count:] = torch.tensor([[0], [self.cache.scratch_slot]])  # padded rows
         host[3] = host[1] + 1
-        self.inputs[:, :bucket].copy_(host, non_blocking=True)
+        self.inputs[:, :bucket].copy_(host)
         if bucket in self.graphs:
             graph, out = self.graphs[bucket]
             graph.replay()
@@ -112,13 +112,12 @@ class ModelRunner:
             starts = torch.where(cap > 0, (lens - cap).clamp(min=0), torch.zeros_like(lens))  # [bucket]
         splits = pick_num_splits(bucket, shape.num_kv_heads, cache.max_seq_len)
 
-        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            cache.k[layer, slots, positions] = k  # [bucket, Hkv, D]
-            cache.v[layer, slots, positions] = v
+        def attend(layer: int, q: Tensor) -> Tensor:
             return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens, starts,
                                     shape.scale, splits)
 
-        hidden = self.model.forward(tokens, positions, attend, bucket=plan_bucket)  # [bucket, hidden]
+        hidden = self.model.forward(tokens, positions, slots, cache.k, cache.v, attend,
+                                    bucket=plan_bucket)  # [bucket, hidden]
         return self.model.logits(hidden)  # [bucket, V]
 
     def _plan_bucket(self, batch_size: int) -> int:

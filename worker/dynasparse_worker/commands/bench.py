@@ -1,0 +1,292 @@
+"""`dynasparse bench`: decode throughput of the engine vs Hugging Face `generate` and the HBM roofline.
+
+Same weights, same run: for each batch size, the engine's decode tok/s and per-token latency, HF
+`generate`'s (eager), and the roofline (decode weight bytes per step ÷ the device-to-device copy
+bandwidth measured here, read + write). `--shape` builds random weights of a real model's shape
+(speed does not depend on the values); `--model` loads a real one. Runs on the CPU too (CI smoke).
+Called by the CLI (`dynasparse/cli.py`); `--budgets` rows beyond 1.0 come with the sparse kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = "Benchmark decode throughput: engine vs Hugging Face generate vs the HBM roofline."
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+SHAPES: dict[str, dict] = {
+    "llama3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      vocab_size=128256, max_position_embeddings=8192,
+                      rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    "llama3-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
+                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                      max_position_embeddings=131072, rope_parameters=_LLAMA3_ROPE),
+    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=40960),
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
+    "tiny": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                 max_position_embeddings=4096),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="'default', a hub id, a directory or a .gguf")
+    source.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default: cuda when available")
+    parser.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--hf-gen-len", type=int, default=32,
+                        help="new tokens for HF generate (it is slow; its decode rate is per token)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face rows")
+    parser.add_argument("--budgets", default="1.0", help="comma-separated budgets in (0, 1]")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--plot", type=Path, default=None, help="draw tok/s per batch size (PNG)")
+
+
+def _numbers(text: str, kind, name: str) -> list:
+    from dynasparse_worker.errors import UserError
+
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise UserError(f"--{name} takes comma-separated numbers, e.g. 1,8,32: got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dynasparse_worker.errors import UserError
+
+    batch_sizes = _numbers(args.batch_sizes, int, "batch-sizes")
+    budgets = _numbers(args.budgets, float, "budgets")
+    if any(not 0 < b <= 1 for b in budgets):
+        raise UserError("--budgets must lie in (0, 1], e.g. --budgets 1,0.75,0.5")
+    if min(batch_sizes) < 1 or args.prompt_len < 1 or args.gen_len < 2:
+        raise UserError("batch sizes and --prompt-len must be >= 1, --gen-len >= 2")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is visible: pass --device cpu")
+    model, tokenizer, name = _load(args, device)
+    result = bench(model, tokenizer, device, batch_sizes, args.prompt_len, args.gen_len,
+                   0 if args.no_hf else args.hf_gen_len)
+    result.update(model=name, budgets_requested=budgets)
+    if any(b < 1.0 for b in budgets):
+        result["notes"].append("sparse budgets need a gated model and the sparse kernels (issue 4): "
+                               "only budget 1.0 rows are measured")
+    _print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        _plot(result, args.plot)
+    return 0
+
+
+def _load(args, device):
+    import torch
+
+    if args.shape:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        spec = dict(SHAPES[args.shape])
+        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model.eval(), None, f"{args.shape} (random weights)"
+    from dynasparse_worker.models import load_model
+
+    loaded = load_model(args.model or "default", device=device)
+    return loaded.model, loaded.tokenizer, loaded.name
+
+
+def bench(model, tokenizer, device, batch_sizes, prompt_len, gen_len, hf_gen_len) -> dict:
+    """Measure every row; returns the JSON document (see module docstring)."""
+    import torch
+
+    from dynasparse_worker.engine import Engine, EngineConfig
+
+    config = EngineConfig(max_batch_size=max(batch_sizes), max_seq_len=prompt_len + gen_len + 8,
+                          kv_memory_fraction=0.4, kv_capacity_tokens=max(batch_sizes) * (prompt_len + gen_len + 8),
+                          max_prefill_tokens=max(2048, prompt_len))
+    started = time.perf_counter()
+    engine = Engine(model, tokenizer, config)
+    startup_s = time.perf_counter() - started
+    weight_bytes = engine.runner.model.weight_bytes_per_token()
+    bandwidth = measure_copy_bandwidth(device)
+    vocab = engine.runner.model.shape.vocab
+    rows = []
+    for batch in batch_sizes:
+        if batch > engine.runner.cache.num_slots:
+            continue
+        tps, ms = bench_engine(engine, batch, prompt_len, gen_len, vocab)
+        rows.append(dict(engine="dynasparse", batch_size=batch, budget=1.0, tokens_per_s=tps,
+                         ms_per_token=ms, gen_len=gen_len, graph_ms=graph_replay_ms(engine, batch)))
+        if hf_gen_len:
+            tps, ms = bench_hf(model, batch, prompt_len, min(hf_gen_len, gen_len), vocab, device)
+            rows.append(dict(engine="hf", batch_size=batch, budget=1.0, tokens_per_s=tps,
+                             ms_per_token=ms, gen_len=min(hf_gen_len, gen_len)))
+    notes = []
+    if hf_gen_len and hf_gen_len < gen_len:
+        notes.append(f"HF generate ran {min(hf_gen_len, gen_len)} new tokens (engine: {gen_len}); "
+                     "both rates are decode-only (prefill timed separately and subtracted)")
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "roofline_tokens_per_s": bandwidth / weight_bytes,
+        "bandwidth_bytes_per_s": bandwidth, "weight_bytes_per_step": weight_bytes,
+        "engine_startup_s": startup_s, "kv_slots": engine.runner.cache.num_slots,
+        "cuda_graphs": len(engine.runner.graphs), "prompt_len": prompt_len, "gen_len": gen_len,
+        "rows": rows, "notes": notes,
+    }
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting read + write (median of 10)."""
+    import torch
+
+    if device.type == "cpu":
+        nbytes = 1 << 27
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * nbytes / sorted(times[2:])[len(times[2:]) // 2]
+
+
+def bench_engine(engine, batch: int, prompt_len: int, gen_len: int, vocab: int) -> tuple[float, float]:
+    """Decode-only tok/s and ms per step for `batch` requests admitted together."""
+    import torch
+
+    from dynasparse_worker.engine.types import SamplingParams
+
+    generator = torch.Generator().manual_seed(batch)
+    device = engine.runner.device
+
+    def submit(tag: str, n: int) -> None:
+        for i in range(batch):
+            prompt = torch.randint(0, vocab, (prompt_len,), generator=generator).tolist()
+            engine.add_request(f"{tag}{i}", prompt, SamplingParams(max_tokens=n, ignore_eos=True))
+        while engine.scheduler.waiting or engine.scheduler.prefilling:
+            engine.step()  # prefill (and the first token) outside the timed region
+
+    submit("warm", 4)
+    while engine.has_work():
+        engine.step()
+    submit("run", gen_len)
+    _sync(device)
+    start, steps = time.perf_counter(), 0
+    while engine.has_work():
+        engine.step()
+        steps += 1
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return batch * (gen_len - 1) / elapsed, 1000 * elapsed / steps
+
+
+def graph_replay_ms(engine, batch: int) -> float | None:
+    """GPU time of one decode graph replay alone (no scheduling, sampling or sync): the step's floor."""
+    import bisect
+
+    import torch
+
+    runner = engine.runner
+    if not runner.graphs:
+        return None
+    graph, _ = runner.graphs[runner.buckets[bisect.bisect_left(runner.buckets, batch)]]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(20):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 20
+
+
+def bench_hf(model, batch: int, prompt_len: int, gen_len: int, vocab: int, device) -> tuple[float, float]:
+    """HF `generate` (greedy, eager): decode tok/s from the time difference of n and 1 new tokens."""
+    import torch
+
+    generator = torch.Generator().manual_seed(batch)
+    ids = torch.randint(0, vocab, (batch, prompt_len), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+
+    def timed(n: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+        _sync(device)
+        return time.perf_counter() - start
+
+    timed(2)  # warm-up
+    decode_s = max(timed(gen_len) - timed(1), 1e-9)
+    return batch * (gen_len - 1) / decode_s, 1000 * decode_s / (gen_len - 1)
+
+
+def _print_table(result: dict) -> None:
+    print(f"{result['model']} on {result['device']}: roofline {result['roofline_tokens_per_s']:.0f} tok/s "
+          f"at batch 1 ({result['weight_bytes_per_step'] / 1e9:.2f} GB/step at "
+          f"{result['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s)")
+    print(f"{'engine':<11} {'batch':>5} {'budget':>6} {'tok/s':>10} {'ms/token':>9} {'graph ms':>9}")
+    for row in result["rows"]:
+        graph = f"{row['graph_ms']:.2f}" if row.get("graph_ms") is not None else "-"
+        print(f"{row['engine']:<11} {row['batch_size']:>5} {row['budget']:>6.2f} "
+              f"{row['tokens_per_s']:>10.1f} {row['ms_per_token']:>9.2f} {graph:>9}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for engine in ("dynasparse", "hf"):
+        rows = [r for r in result["rows"] if r["engine"] == engine and r["budget"] == 1.0]
+        if rows:
+            ax.plot([r["batch_size"] for r in rows], [r["tokens_per_s"] for r in rows], "o-",
+                    label=engine)
+    sizes = sorted({r["batch_size"] for r in result["rows"]})
+    ax.plot(sizes, [s * result["roofline_tokens_per_s"] for s in sizes], "k--",
+            label="weight-read roofline")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="decode tok/s",
+           title=f"{result['model']} on {result['device']}")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""Fused elementwise steps of the decoder forward: add+RMSNorm, RoPE+KV-cache write, SiLU·up.
+
+At decode the matrix products are few and large, but a plain torch forward launches ~40 small
+kernels per layer (norm, rope, slicing, cache scatter), which at batch 1 costs as much as the weights
+take to read. These Triton kernels do each step in one launch, rounding exactly where the Hugging
+Face forward rounds (so bf16 outputs agree); on the CPU (or without Triton) the same functions run
+the torch reference. Called by `DecoderModel.forward`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+
+def _triton_ok(t: Tensor, use_triton: bool | None) -> bool:
+    """Auto (None): Triton on CUDA tensors; tests force True on the CPU under TRITON_INTERPRET=1."""
+    return (t.is_cuda if use_triton is None else use_triton) and triton is not None
+
+
+# -- torch references (the CPU path) -------------------------------------------------------------
+def rms_norm_torch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# -- public steps -----------------------------------------------------------------------------------
+def add_rms_norm(delta: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
+                 use_triton: bool | None = None) -> tuple[Tensor, Tensor]:
+    """residual += delta (if given); return (rms_norm(residual) * weight, residual). [N, hidden]."""
+    if not _triton_ok(residual, use_triton):
+        if delta is not None:
+            residual = residual + delta
+        return rms_norm_torch(residual, weight, eps), residual
+    rows, width = residual.shape
+    out = torch.empty_like(residual)  # [N, hidden]
+    new_residual = torch.empty_like(residual) if delta is not None else residual
+    block = triton.next_power_of_2(width)
+    _add_rms_norm_kernel[(rows,)](
+        delta if delta is not None else residual, residual, weight, out, new_residual, width, eps,
+        HAS_DELTA=delta is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+    )
+    return out, new_residual
+
+
+def rope_and_cache(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, slots: Tensor,
+                   k_cache: Tensor, v_cache: Tensor, heads: int, kv_heads: int, dim: int,
+                   use_triton: bool | None = None) -> Tensor:
+    """Rotate q and k of `qkv` [N, (H+2Hkv)D]; write k, v to the caches [slots, T, Hkv, D] at
+    (slots[i], positions[i]); return q [N, H, D]. cos/sin [P, D] tables indexed by position."""
+    rows = qkv.shape[0]
+    if not _triton_ok(qkv, use_triton) or dim & (dim - 1):
+        n_q, n_kv = heads * dim, kv_heads * dim
+        c, s = cos[positions][:, None, :], sin[positions][:, None, :]  # [N, 1, D]
+        q = qkv[:, :n_q].view(rows, heads, dim)  # [N, H, D]
+        k = qkv[:, n_q:n_q + n_kv].view(rows, kv_heads, dim)  # [N, Hkv, D]
+        v = qkv[:, n_q + n_kv:].view(rows, kv_heads, dim)  # [N, Hkv, D]
+        k_cache[slots, positions] = k * c + rotate_half(k) * s
+        v_cache[slots, positions] = v
+        return q * c + rotate_half(q) * s
+    q = torch.empty(rows, heads, dim, dtype=qkv.dtype, device=qkv.device)  # [N, H, D]
+    _rope_cache_kernel[(rows, heads + kv_heads)](
+        qkv, cos, sin, positions, slots, q, k_cache, v_cache, qkv.stride(0), cos.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        HEADS=heads, KV_HEADS=kv_heads, DIM=dim, num_warps=1,
+    )
+    return q
+
+
+def silu_mul(gate_up: Tensor, act=F.silu, use_triton: bool | None = None) -> Tensor:
+    """[N, 2I] -> act(gate) * up [N, I] (SiLU fused on CUDA; other activations through torch)."""
+    gate, up = gate_up.chunk(2, dim=-1)  # [N, I] each
+    if not _triton_ok(gate_up, use_triton) or not _is_silu(act):
+        return act(gate) * up
+    rows, width = gate.shape
+    out = torch.empty(rows, width, dtype=gate_up.dtype, device=gate_up.device)  # [N, I]
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(width, block))](gate_up, out, width, gate_up.stride(0),
+                                                         BLOCK=block, num_warps=4)
+    return out
+
+
+def _is_silu(act) -> bool:
+    return act is F.silu or type(act).__name__ in ("SiLU", "SiLUActivation")
+
+
+# -- Triton kernels --------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _add_rms_norm_kernel(Delta, Residual, Weight, Out, NewResidual, width, eps,
+                             HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        x = tl.load(Residual + row * width + cols, mask=mask, other=0.0)
+        if HAS_DELTA:
+            d = tl.load(Delta + row * width + cols, mask=mask, other=0.0)
+            x = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # rounded like a bf16 add
+            tl.store(NewResidual + row * width + cols, x, mask=mask)
+        x32 = x.to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.sum(x32 * x32, 0) / width + eps)
+        normed = (x32 * inv).to(x.dtype).to(tl.float32)
+        w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Out + row * width + cols, (normed * w).to(x.dtype), mask=mask)
+
+    @triton.jit
+    def _rope_cache_kernel(QKV, Cos, Sin, Positions, Slots, QOut, KCache, VCache, stride_row,
+                           stride_pos, stride_ks, stride_kt, stride_kh,
+                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, DIM: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        half: tl.constexpr = DIM // 2
+        d = tl.arange(0, DIM)
+        pos = tl.load(Positions + row).to(tl.int64)
+        c = tl.load(Cos + pos * stride_pos + d).to(tl.float32)
+        s = tl.load(Sin + pos * stride_pos + d).to(tl.float32)
+        base = QKV + row * stride_row + head * DIM
+        x = tl.load(base + d)
+        partner = tl.load(base + (d + half) % DIM).to(tl.float32)
+        rotated = tl.where(d < half, -partner, partner)
+        t1 = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)
+        t2 = (rotated * s).to(x.dtype).to(tl.float32)
+        y = (t1 + t2).to(x.dtype)
+        if head < HEADS:
+            tl.store(QOut + row * (HEADS * DIM) + head * DIM + d, y)
+        else:
+            kvh = head - HEADS
+            slot = tl.load(Slots + row).to(tl.int64)
+            offset = slot * stride_ks + pos * stride_kt + kvh * stride_kh + d
+            tl.store(KCache + offset, y)
+            v = tl.load(QKV + row * stride_row + (HEADS + KV_HEADS + kvh) * DIM + d)
+            tl.store(VCache + offset, v)
+
+    @triton.jit
+    def _silu_mul_kernel(GateUp, Out, width, stride_row, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < width
+        g = tl.load(GateUp + row * stride_row + cols, mask=mask, other=0.0)
+        u = tl.load(GateUp + row * stride_row + width + cols, mask=mask, other=0.0)
+        g32 = g.to(tl.float32)
+        act = (g32 / (1.0 + tl.exp(-g32))).to(g.dtype).to(tl.float32)
+        tl.store(Out + row * width + cols, (act * u.to(tl.float32)).to(g.dtype), mask=mask)
