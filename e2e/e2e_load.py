@@ -1,6 +1,6 @@
-"""Open-loop load through the workers' OpenAI API, as a Service's endpoints would spread it: each
-request goes to one of the currently ready endpoints of the model's Service (EndpointSlices, as a
-real load balancer sees them). Used by scenarios 3 and 5.
+"""Open-loop load through the workers' OpenAI API, as a Service would spread it: each request goes
+to one of the currently ready pods behind the model's Service (what its endpoints would list).
+Used by scenarios 3 and 5.
 
 A request refused at connect time was never admitted, so it is retried once on another endpoint
 (what any L4/L7 balancer does); every other error counts as a failed request.
@@ -29,14 +29,23 @@ class LoadResult:
 
 
 def ready_endpoints(cluster: DevCluster, namespace: str, service: str, port_name: str = "http") -> list[str]:
-    slices = cluster.api.get(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
-                             labelSelector=f"kubernetes.io/service-name={service}")["items"]
+    """URLs of the ready pods behind a Service, resolved as an endpoints controller would (the dev
+    cluster's loopback pod IPs are refused in EndpointSlices, so we read the pods directly)."""
+    svc = cluster.api.get(f"/api/v1/namespaces/{namespace}/services/{service}")
+    port = next(p for p in svc["spec"]["ports"] if p.get("name") == port_name)
+    selector = ",".join(f"{k}={v}" for k, v in (svc["spec"].get("selector") or {}).items())
+    pods = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)["items"]
     urls = []
-    for s in slices:
-        port = next((p["port"] for p in s.get("ports") or [] if p.get("name") == port_name), None)
-        for ep in s.get("endpoints") or []:
-            if port and (ep.get("conditions") or {}).get("ready"):
-                urls += [f"http://{addr}:{port}" for addr in ep["addresses"]]
+    for pod in pods:
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+        if not ready or pod["metadata"].get("deletionTimestamp") or not pod["status"].get("podIP"):
+            continue
+        target = port.get("targetPort", port["port"])
+        if isinstance(target, str):
+            target = next((cp["containerPort"] for c in pod["spec"]["containers"] for cp in c.get("ports") or []
+                           if cp.get("name") == target), None)
+        if target:
+            urls.append(f"http://{pod['status']['podIP']}:{target}")
     return urls
 
 

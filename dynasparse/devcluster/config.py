@@ -97,6 +97,9 @@ def apiserver_args(cfg: ClusterConfig) -> list[str]:
     return [
         f"--etcd-servers=http://127.0.0.1:{cfg.etcd_client_port}",
         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        # Endpoints may not hold loopback addresses, so the `kubernetes` Service gets none; clients
+        # in pods use KUBERNETES_SERVICE_HOST/PORT or the kubeconfig the process kubelet writes.
+        "--endpoint-reconciler-type=none",
         f"--secure-port={cfg.apiserver_port}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",

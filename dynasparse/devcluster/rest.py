@@ -66,7 +66,11 @@ class Api:
                 raise ApiError(resp.status, status.get("reason", ""), status.get("message", payload))
             except ValueError:
                 raise ApiError(resp.status, "", payload[:500]) from None
-        return json.loads(payload) if payload else {}
+        if not payload:
+            return {}
+        if "json" not in resp.headers.get("Content-Type", ""):
+            return {"text": payload}  # /readyz, /healthz and friends answer in plain text
+        return json.loads(payload)
 
     def get(self, path: str, **params) -> dict:
         return self.request("GET", path, params=params or None)
