@@ -1,0 +1,112 @@
+"""Side-by-side quality of dynasparse plans and the uniform |x| baseline at a list of budgets.
+
+For each batch of held-out sequences: one dense forward, then one forward per (method, budget) with
+the gate counters on. Per row: perplexity, its ratio to dense, mean KL(dense‖sparse) per token, top-1
+agreement with dense, and the *measured* fraction of decode weight bytes skipped (bytes of the decoder
+blocks' linear projections not read, mean over tokens). Budget 1.0 is the dense model itself (the
+gates are exactly transparent there; tests assert it), so it costs no extra forward. Called by
+`commands/eval.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from dynasparse_worker.gating.calibrate import UNIFORM_SPARSITIES
+from dynasparse_worker.gating.planner import Plan, dense_plan
+
+
+@dataclass
+class Row:
+    method: str  # "dynasparse" | "uniform"
+    budget: float
+    bytes_skipped: float
+    ppl: float
+    ppl_ratio: float
+    kl: float
+    top1: float
+    expected_kl: float | None = None  # the planner's calibrated expectation (dynasparse rows only)
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def uniform_plan(gated, uniform: torch.Tensor, sparsity: float) -> Plan:
+    """Same fraction of channels skipped in every (layer, group), by interpolating the |x| quantiles."""
+    grid = torch.tensor(UNIFORM_SPARSITIES)
+    sparsity = min(max(sparsity, 0.0), float(grid[-1]))
+    hi = int(torch.searchsorted(grid, torch.tensor(sparsity)).clamp(1, len(grid) - 1))
+    w = (sparsity - float(grid[hi - 1])) / float(grid[hi] - grid[hi - 1])
+    plan = dense_plan(gated.state)
+    plan.thresholds[:] = (1 - w) * uniform[hi - 1] + w * uniform[hi]  # [NB, L, 4] <- [L, 4]
+    plan.budget = 1.0 - sparsity
+    return plan
+
+
+class _Accumulator:
+    def __init__(self):
+        self.nll = self.kl = self.agree = self.tokens = self.skipped = 0.0
+
+    def add(self, logits, dense_log, labels, skipped):
+        log = logits[:, :-1].float().log_softmax(-1)  # [B, T-1, V]
+        n = labels.numel()
+        self.nll += float(-log.gather(-1, labels.unsqueeze(-1)).sum())
+        self.kl += float((dense_log.exp() * (dense_log - log)).sum())
+        self.agree += float((log.argmax(-1) == dense_log.argmax(-1)).sum())
+        self.skipped += skipped * n
+        self.tokens += n
+
+
+@torch.no_grad()
+def evaluate(gated, calibration, ids: torch.Tensor, budgets: list[float], batch_size: int = 4,
+             progress: bool = True) -> tuple[float, list[Row]]:
+    """→ (dense perplexity, rows for both methods, budgets in the given order)."""
+    model, table = gated.model, calibration.table
+    device = next(model.parameters()).device
+    gated.set_batch_size(1)  # per-token gates; the HF path evaluates whole sequences as bucket 1
+    configs = [("dynasparse", b) for b in budgets if b < 1.0] + [("uniform", b) for b in budgets if b < 1.0]
+    acc = {key: _Accumulator() for key in configs}
+    dense_acc = _Accumulator()
+    batches = ids.split(batch_size)
+    bar = tqdm(total=len(batches) * (1 + len(configs)), desc="evaluating", disable=not progress)
+    for batch in batches:
+        batch = batch.to(device)  # [B, T]
+        labels = batch[:, 1:]  # [B, T-1]
+        gated.attach(table)  # dense, calibrated column scales
+        dense_log = model(batch, use_cache=False).logits[:, :-1].float().log_softmax(-1)  # [B, T-1, V]
+        dense_acc.nll += float(-dense_log.gather(-1, labels.unsqueeze(-1)).sum())
+        dense_acc.tokens += labels.numel()
+        bar.update()
+        for method, budget in configs:
+            if method == "dynasparse":
+                gated.attach(table)
+                gated.set_budget(budget)
+            else:
+                gated.set_col_scale(1.0)
+                gated.apply(uniform_plan(gated, calibration.uniform, 1.0 - budget))
+            with gated.counting():
+                logits = model(batch, use_cache=False).logits  # [B, T, V]
+                skipped = gated.bytes_skipped()
+            acc[(method, budget)].add(logits, dense_log, labels, skipped)
+            bar.update()
+    bar.close()
+    gated.attach(table)
+    dense_ppl = math.exp(dense_acc.nll / dense_acc.tokens)
+    rows = []
+    for method in ("dynasparse", "uniform"):
+        for budget in budgets:
+            if budget >= 1.0:
+                rows.append(Row(method, 1.0, 0.0, dense_ppl, 1.0, 0.0, 1.0,
+                                0.0 if method == "dynasparse" else None))
+                continue
+            a = acc[(method, budget)]
+            ppl = math.exp(a.nll / a.tokens)
+            expected = gated.expected_loss(budget) if method == "dynasparse" else None
+            rows.append(Row(method, budget, a.skipped / a.tokens, ppl, ppl / dense_ppl, a.kl / a.tokens,
+                            a.agree / a.tokens, expected))
+    return dense_ppl, rows
+

@@ -1,0 +1,216 @@
+"""Calibration: activation and gradient statistics on calibration text → a `PlanTable` + uniform baseline.
+
+One pass over the calibration sequences with hooks on every group's leading projection collects
+(a) a sample of |x| rows per (layer, group), (b) the mean squared gradient of a sampled
+log-likelihood at each group input (diagonal Fisher: KL sensitivity per channel) and (c) the same for
+each half's output (the cost of skipping that half). `gating.allocation` turns these into levels; a few
+forward passes on held-out calibration sequences then measure the real KL at some levels, which
+rescales the second-order estimates into the expected loss the planner reports. Called by
+`calibration_for` (eval/calibrate commands, the server) and tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dynasparse_worker.gating.allocation import Allocation, summarise, uniform_thresholds
+from dynasparse_worker.gating.planner import PlanTable
+from dynasparse_worker.gating.state import DEFAULT_BUCKET_EDGES
+
+UNIFORM_SPARSITIES = [i / 20 for i in range(20)]  # 0.00 .. 0.95, the baseline's grid
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    sequences: int = 8  # calibration sequences for the statistics
+    seq_len: int = 256
+    batch_size: int = 2
+    samples_per_batch: int = 128  # token rows of |x| kept per batch for the score distributions
+    validation_sequences: int = 2  # held-out calibration sequences for measuring KL at some levels
+    floor: float = 0.3  # sparsest budget offered
+    step: float = 0.02  # budget spacing of the levels
+    seed: int = 0
+    bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
+    version: int = 1  # bump when the algorithm changes: invalidates cached artifacts
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    def budgets(self) -> list[float]:
+        count = int(round((1.0 - self.floor) / self.step))
+        return [round(1.0 - i * self.step, 6) for i in range(count + 1)]
+
+
+@dataclass
+class Calibration:
+    """A calibrated table plus what eval needs for the uniform baseline."""
+
+    table: PlanTable
+    uniform: torch.Tensor  # [Q, L, 4] |x| thresholds skipping UNIFORM_SPARSITIES[q] in every group
+    settings: CalibrationSettings
+    fingerprint: str
+    model_name: str
+    measured: dict = field(default_factory=dict)  # {"budgets": [...], "kl": [...]} on held-out calib text
+
+
+def _kl_per_token(dense_logits: torch.Tensor, sparse_logits: torch.Tensor) -> torch.Tensor:
+    """KL(dense‖sparse) per position. [B, T, V] x2 → [B, T]"""
+    p_log = dense_logits.float().log_softmax(-1)
+    q_log = sparse_logits.float().log_softmax(-1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+class _Collector:
+    """Forward/backward hooks filling the statistics for one calibration run."""
+
+    def __init__(self, gated, samples_per_batch: int, generator: torch.Generator):
+        self.gated, self.samples_per_batch, self.generator = gated, samples_per_batch, generator
+        blocks = gated.structure.blocks
+        self.samples = [[[] for _ in range(4)] for _ in blocks]
+        self.grad_sq = [[torch.zeros(b.in_features(g), dtype=torch.float64) for g in range(4)] for b in blocks]
+        self.half_cost = torch.zeros(len(blocks), 2, dtype=torch.float64)
+        self.tokens = 0
+        self.rows: torch.Tensor | None = None
+        self.handles = []
+        for layer, block in enumerate(blocks):
+            for group in range(4):
+                leader = block.groups[group][0].module
+                self.handles.append(leader.register_forward_pre_hook(self._input_hook(layer, group)))
+            for half, group in ((0, 1), (1, 3)):
+                closer = block.groups[group][0].module
+                self.handles.append(closer.register_forward_hook(self._output_hook(layer, half)))
+
+    def start_batch(self, tokens: int) -> None:
+        self.tokens += tokens
+        count = min(self.samples_per_batch, tokens)
+        self.rows = torch.randperm(tokens, generator=self.generator)[:count]
+
+    def _input_hook(self, layer, group):
+        def hook(module, args):
+            x = args[0]  # [B, T, in]
+            flat = x.detach().reshape(-1, x.shape[-1])  # [B*T, in]
+            self.samples[layer][group].append(flat[self.rows.to(flat.device)].abs().half().cpu())
+            if x.requires_grad:
+                def grad_hook(grad):
+                    self.grad_sq[layer][group] += grad.detach().double().pow(2).reshape(-1, grad.shape[-1]).sum(0).cpu()
+                x.register_hook(grad_hook)
+        return hook
+
+    def _output_hook(self, layer, half):
+        def hook(module, args, out):
+            if out.requires_grad:
+                y = out.detach()  # [B, T, H]
+
+                def grad_hook(grad):
+                    self.half_cost[layer, half] += float((grad.double() * y.double()).sum(-1).pow(2).sum())
+                out.register_hook(grad_hook)
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def collect_statistics(gated, ids: torch.Tensor, settings: CalibrationSettings, progress: bool = True):
+    """Run the model on `ids` [N, T] with sampled-label backward passes. → (_Collector, generator)."""
+    model = gated.model
+    generator = torch.Generator().manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    gated.set_budget(1.0)
+    collector = _Collector(gated, settings.samples_per_batch, generator)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(False)
+    embed = model.get_input_embeddings()
+    try:
+        batches = ids.split(settings.batch_size)
+        for batch in tqdm(batches, desc="calibrating (activation statistics)", disable=not progress):
+            batch = batch.to(device)  # [B, T]
+            collector.start_batch(batch.numel())
+            embeds = embed(batch).detach().requires_grad_(True)  # [B, T, H]
+            logits = model(inputs_embeds=embeds, use_cache=False).logits.float()  # [B, T, V]
+            with torch.no_grad():
+                probs = logits.softmax(-1).reshape(-1, logits.shape[-1])  # [B*T, V]
+                labels = torch.multinomial(probs, 1, generator=None).squeeze(1)  # [B*T]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="sum")
+            loss.backward()
+    finally:
+        collector.close()
+        for param, flag in flags:
+            param.requires_grad_(flag)
+    return collector, generator
+
+
+def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings: CalibrationSettings,
+              fingerprint: str, model_name: str, progress: bool = True) -> Calibration:
+    """Statistics → allocation → measured KL at some levels → a `Calibration` attached to `gated`."""
+    torch.manual_seed(settings.seed)
+    stats, generator = collect_statistics(gated, calib_ids, settings, progress)
+    nl = gated.structure.num_layers
+    abs_samples = [torch.cat(stats.samples[l][g]) for l in range(nl) for g in range(4)]  # G x [S, in]
+    col_scale = [[(stats.grad_sq[l][g] / stats.tokens).sqrt().float().clamp(min=1e-12) for g in range(4)]
+                 for l in range(nl)]
+    scores = [abs_samples[i].float() * col_scale[i // 4][i % 4] for i in range(len(abs_samples))]
+    dist = summarise(scores, settings.bucket_edges, generator)
+    allocation = Allocation(gated.group_elements.float(), (0.5 * stats.half_cost / stats.tokens).float(),
+                            settings.bucket_edges)
+    budgets = settings.budgets()
+    thresholds, keep, estimate = allocation.build(dist, budgets)
+    table = PlanTable(tuple(settings.bucket_edges), torch.tensor(budgets, dtype=torch.float64),
+                      thresholds, keep, estimate, col_scale)
+    uniform = uniform_thresholds(abs_samples, UNIFORM_SPARSITIES).view(len(UNIFORM_SPARSITIES), nl, 4)
+    calibration = Calibration(table, uniform, settings, fingerprint, model_name)
+    gated.attach(table)
+    calibration.measured = measure_levels(gated, valid_ids, settings, progress)
+    rescale_expected_loss(table, calibration.measured)
+    gated.set_budget(1.0)
+    return calibration
+
+
+@torch.no_grad()
+def measure_levels(gated, ids: torch.Tensor, settings: CalibrationSettings, progress: bool = True) -> dict:
+    """Measured KL(dense‖sparse) per token at every 5th level (bucket 1), on held-out calibration text."""
+    budgets = settings.budgets()
+    chosen = [b for i, b in enumerate(budgets) if i % 5 == 0 and b < 1.0] or budgets[-1:]
+    if budgets[-1] not in chosen:
+        chosen.append(budgets[-1])
+    device = next(gated.model.parameters()).device
+    ids = ids.to(device)
+    gated.set_budget(1.0)
+    dense = gated.model(ids, use_cache=False).logits  # [N, T, V]
+    kls = []
+    for budget in tqdm(chosen, desc="calibrating (measuring levels)", disable=not progress):
+        gated.set_budget(budget)
+        sparse = gated.model(ids, use_cache=False).logits  # [N, T, V]
+        kls.append(float(_kl_per_token(dense, sparse).mean()))
+    gated.set_budget(1.0)
+    return {"budgets": chosen, "kl": kls}
+
+
+def rescale_expected_loss(table: PlanTable, measured: dict) -> None:
+    """Map second-order estimates to measured KL with a ratio interpolated in the estimate (bucket 1)."""
+    budgets = table.budgets.tolist()
+    points = sorted((float(table.expected_loss[budgets.index(b), 0]), kl)
+                    for b, kl in zip(measured["budgets"], measured["kl"]) if b in budgets)
+    points = [(e, kl) for e, kl in points if e > 0]
+    if not points:
+        return
+    est = torch.tensor([e for e, _ in points], dtype=torch.float64)
+    ratio = torch.tensor([kl / e for e, kl in points], dtype=torch.float64)
+    flat = table.expected_loss.double().reshape(-1)  # [K*NB]
+    idx = torch.searchsorted(est, flat).clamp(1, max(1, len(points) - 1))
+    if len(points) == 1:
+        factor = ratio.expand_as(flat)
+    else:
+        lo_e, hi_e = est[idx - 1], est[idx]
+        w = ((flat - lo_e) / (hi_e - lo_e)).clamp(0, 1)
+        factor = ratio[idx - 1] * (1 - w) + ratio[idx] * w
+    table.expected_loss.copy_((flat * factor).view_as(table.expected_loss).float())
+    for k in range(1, table.expected_loss.shape[0]):
+        table.expected_loss[k] = torch.maximum(table.expected_loss[k], table.expected_loss[k - 1])
