@@ -103,7 +103,8 @@ def kube_ldflags(kubernetes_version: str = KUBERNETES_VERSION) -> str:
     flags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         flags += [f"-X {pkg}.gitVersion={kubernetes_version}", f"-X {pkg}.gitMajor=1",
-                  f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
+                  f"-X {pkg}.gitMinor={minor}"]
+    flags.insert(5, "-X k8s.io/component-base/version.gitTreeState=clean")
     return " ".join(flags)
 
 
