@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", default=_env("DYNASPARSE_MODEL", "default"),
       help="'default' (embedded SmolLM2-135M-Instruct), a .gguf file, a directory or a hub id")
     a("--calibration", default=_env("DYNASPARSE_CALIBRATION"),
-      help="'auto' (the gating package's cached calibration) or a calibration source; "
+      help="'auto' (the cached calibration, made once on demand) or an artifact path from "
+           "`dynasparse calibrate`; "
            "without it the model runs dense and budgets are tracked, not applied")
     a("--device", default=_env("DYNASPARSE_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
     a("--host", default=_env("DYNASPARSE_HOST", "127.0.0.1"),

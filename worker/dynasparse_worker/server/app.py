@@ -123,7 +123,7 @@ async def _generate(ctx: WorkerContext, request: Request, chat: bool) -> Respons
         return exc.response()
     finally:
         ctx.metrics.requests.labels(endpoint, status).inc()
-        ctx.supervisor.count_request(status in ("200", "streaming"))
+        ctx.supervisor.count_request(ok=status not in ("500", "error"))  # 4xx/503: rejections
 
 
 async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tuple[Response, str]:

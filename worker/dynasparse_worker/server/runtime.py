@@ -226,18 +226,14 @@ class WorkerRuntime:
 
 
 def _load_gated(loaded: Any, calibration: str) -> Any:
-    """The calibrated `GatedModel` of `loaded` (gating package): gates installed, plan table attached.
+    """The calibrated `GatedModel` of `loaded`: gates installed, plan table attached.
 
-    `calibration` is "auto" (the gating package's cached calibration for this model, computed once)
-    or whatever `gating.calibration_for` accepts as its `source`."""
-    from dynasparse_worker import gating
+    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand) or the
+    path of an artifact written by `dynasparse calibrate`."""
+    from dynasparse_worker.gating import install_gates
+    from dynasparse_worker.gating.artifact import calibration_for
 
-    calibration_for = getattr(gating, "calibration_for", None)
-    if calibration_for is None:
-        raise UserError("this build's gating package has no calibration_for(): serve without "
-                        "--calibration (dense) or update dynasparse")
-    gated = gating.install_gates(loaded.model)
-    calib = calibration_for(loaded, gated) if calibration == "auto" else calibration_for(
-        loaded, gated, source=calibration)
-    gated.attach(calib.table)
+    gated = install_gates(loaded.model)
+    calibration_for(loaded, gated, path=None if calibration == "auto" else calibration,
+                    progress=False)
     return gated
