@@ -52,8 +52,9 @@ def kernel_checks() -> dict:
     starts = torch.tensor([0, 0, 10, 200, 280], device=dev)
     for name, st in (("decode_attention", None), ("decode_attention_window", starts)):
         ref = attention.decode_attention_torch(q, kc, vc, slots, lens, st, 0.088)
-        got = attention.decode_attention(q, kc, vc, slots, lens, st, 0.088)
-        out[name] = _rel(got, ref)
+        for splits in (1, 4):
+            got = attention.decode_attention(q, kc, vc, slots, lens, st, 0.088, splits)
+            out[f"{name}_splits{splits}"] = _rel(got, ref)
     x, d = torch.randn(7, 4096, device=dev, dtype=bf), torch.randn(7, 4096, device=dev, dtype=bf)
     w = torch.randn(4096, device=dev, dtype=bf)
     a = fused.add_rms_norm(d, x, w, 1e-5, use_triton=False)
@@ -91,16 +92,24 @@ def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1) -
         for e in engine.step():
             outputs[e.request_id].extend(e.token_ids)
     engine_s = time.perf_counter() - started
-    strict = near = total = 0
+    import copy
+
+    ref32 = copy.deepcopy(model).float()  # the precision-neutral judge of both bf16 runs
+    strict = near = total = engine_vs_fp32 = hf_vs_fp32 = 0
     for i, p in enumerate(ids):
         got = torch.tensor(outputs[str(i)], device="cuda")  # [gen]
         seq = torch.tensor([p + outputs[str(i)][:-1]], device="cuda")  # [1, P + gen - 1]
         logits = model(input_ids=seq).logits[0, len(p) - 1:].float()  # [gen, V]
         top = logits.argmax(-1)  # [gen]
         margin = logits.max(-1).values - logits.gather(-1, got[:, None]).squeeze(-1)  # [gen]
+        top32 = ref32(input_ids=seq).logits[0, len(p) - 1:].argmax(-1)  # [gen]
+        engine_vs_fp32 += int((top32 == got).sum())
+        hf_vs_fp32 += int((top32 == top).sum())
         strict += int((top == got).sum())
         near += int((margin < 0.05).sum())
         total += gen
+    del ref32
+    torch.cuda.empty_cache()
     diverge = []
     for i in range(free_running):
         p = ids[i]
@@ -109,7 +118,9 @@ def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1) -
         same = [a == b for a, b in zip(hf, outputs[str(i)])]
         diverge.append(same.index(False) if False in same else gen)
     return {"prompts": prompts, "gen_tokens": gen, "strict_agreement": strict / total,
-            "agreement_within_0.05_logit": near / total, "free_running_first_divergence": diverge,
+            "agreement_within_0.05_logit": near / total,
+            "engine_bf16_vs_fp32_teacher_forced": engine_vs_fp32 / total,
+            "hf_bf16_vs_fp32_teacher_forced": hf_vs_fp32 / total, "free_running_first_divergence": diverge,
             "engine_seconds": engine_s}
 
 

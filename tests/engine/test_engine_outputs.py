@@ -41,7 +41,21 @@ def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
     for i, prompt in enumerate(ids):
         got = [t for e in events[str(i)] for t in e.token_ids]
         assert got == _hf_greedy(default_model.model, prompt, 16), prompts[i]
+        streamed = "".join(e.text for e in events[str(i)])  # incremental detokenization
+        assert streamed == tok.decode(got, skip_special_tokens=True)
     assert "Paris" in "".join(e.text for e in events["0"])
+
+
+def test_stop_strings_cut_the_text_and_finish_the_request(default_model):
+    tok = default_model.tokenizer
+    engine = Engine.from_loaded(default_model, EngineConfig(max_batch_size=2, max_seq_len=96))
+    prompt = tok("The capital of France is")["input_ids"]
+    engine.add_request("s", prompt, SamplingParams(max_tokens=30, stop_strings=("Paris",)))
+    events = _run(engine)["s"]
+    assert events[-1].finished and events[-1].finish_reason == "stop"
+    text = "".join(e.text for e in events)
+    assert "Paris" not in text and len(text) > 0
+    assert events[-1].completion_tokens < 30
 
 
 def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):

@@ -77,9 +77,10 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: T
 
 
 def pick_num_splits(batch: int, kv_heads: int, max_len: int, sm_count: int = 132) -> int:
-    """Enough programs to fill the GPU (~4 per SM), never splits shorter than 64 tokens."""
+    """Enough programs to fill the GPU (~4 per SM), but no split shorter than 512 cache entries:
+    below that one program per (sequence, kv head) reads its entries faster than a second launch."""
     want = max(1, (4 * sm_count) // max(1, batch * kv_heads))
-    return int(max(1, min(want, triton.cdiv(max_len, 64) if triton else 1, 64)))
+    return int(max(1, min(want, -(-max_len // 512), 64)))
 
 
 def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits):
@@ -88,22 +89,27 @@ def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits):
     group = heads // kv_heads
     if num_splits <= 0:
         num_splits = pick_num_splits(batch, kv_heads, k_cache.shape[1])
-    partial_out = torch.empty(batch, heads, num_splits, dim, device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q)  # [B, H, D]
     partial_lse = torch.empty(batch, heads, num_splits, device=q.device, dtype=torch.float32)
+    if num_splits == 1:  # one split: the partial kernel writes the final output, no combine launch
+        partial_out, strides = out, (out.stride(0), out.stride(1), 0)
+    else:
+        partial_out = torch.empty(batch, heads, num_splits, dim, device=q.device, dtype=torch.float32)
+        strides = (partial_out.stride(0), partial_out.stride(1), partial_out.stride(2))
     has_start = starts is not None
     _decode_partial[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, slots, lens, starts if has_start else lens, partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2), scale,
+        *strides, scale,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
         BLOCK_N=64, SPLITS=num_splits, HAS_START=has_start, num_warps=4, num_stages=3,
     )
-    out = torch.empty_like(q)  # [B, H, D]
-    _decode_combine[(batch, heads)](
-        partial_out, partial_lse, out, partial_out.stride(0), partial_out.stride(1),
-        partial_out.stride(2), out.stride(0), out.stride(1),
-        DIM=dim, SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
-    )
+    if num_splits > 1:
+        _decode_combine[(batch, heads)](
+            partial_out, partial_lse, out, partial_out.stride(0), partial_out.stride(1),
+            partial_out.stride(2), out.stride(0), out.stride(1),
+            DIM=dim, SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
+        )
     return out
 
 
@@ -156,7 +162,8 @@ if triton is not None:
         lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
         row = PartOut + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :]
         tl.store(row, out, mask=(g < GROUP)[:, None])
-        tl.store(PartLse + (b * stride_pb + heads * stride_ph) // DIM + split, lse, mask=g < GROUP)
+        num_heads = tl.num_programs(1) * GROUP
+        tl.store(PartLse + (b * num_heads + heads) * SPLITS + split, lse, mask=g < GROUP)
 
     @triton.jit
     def _decode_combine(PartOut, PartLse, Out, stride_pb, stride_ph, stride_ps, stride_ob, stride_oh,
@@ -165,7 +172,7 @@ if triton is not None:
         h = tl.program_id(1)
         s = tl.arange(0, SPLITS_PAD)
         d = tl.arange(0, DIM)
-        lse = tl.load(PartLse + (b * stride_pb + h * stride_ph) // DIM + s, mask=s < SPLITS,
+        lse = tl.load(PartLse + (b * tl.num_programs(1) + h) * SPLITS + s, mask=s < SPLITS,
                       other=float("-inf"))  # [S]
         top = tl.max(lse, 0)
         weight = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - top))  # [S]

@@ -37,8 +37,11 @@ class EngineConfig:
 class Engine:
     def __init__(self, model: Any, tokenizer: Any | None = None, config: EngineConfig | None = None,
                  state: Any | None = None, ops: Any | None = None):
-        """`model`: a HF causal LM (eval mode, on its device); `state`: the gated model's
-        `SparsityState` (optional); `ops`: a `LinearOps` (the sparse kernels' dispatch)."""
+        """`model`: a HF causal LM (eval mode, on its device) or a `gating.GatedModel`; `state`: the
+        gated model's `SparsityState` (taken from a GatedModel when not given); `ops`: a
+        `model.LinearOps` subclass (the sparse kernels' dispatch point)."""
+        if state is None and hasattr(model, "set_budget") and hasattr(model, "state"):
+            state, model = model.state, model.model  # a gating.GatedModel: run its plan here
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config.runner_config(), state=state, ops=ops)

@@ -101,6 +101,29 @@ def _is_silu(act) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _round_like(x, dtype: tl.constexpr):
+        """Round float32 `x` to `dtype` and back, as a torch op on `dtype` tensors would.
+
+        For bf16 the rounding (to nearest even) is done on the bits, so that the compiler cannot
+        fold the round trip away and contract the following add into an FMA.
+        """
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return x.to(dtype).to(tl.float32)
+
+    @triton.jit
+    def _cast_like(x, dtype: tl.constexpr):
+        """float32 -> dtype, rounding bf16 to nearest even on the bits (see `_round_like`)."""
+        if dtype == tl.bfloat16:
+            bits = _round_like(x, dtype).to(tl.uint32, bitcast=True) >> 16
+            return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return x.to(dtype)
+
+    @triton.jit
     def _add_rms_norm_kernel(Delta, Residual, Weight, Out, NewResidual, width, eps,
                              HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
@@ -132,9 +155,9 @@ if triton is not None:
         x = tl.load(base + d)
         partner = tl.load(base + (d + half) % DIM).to(tl.float32)
         rotated = tl.where(d < half, -partner, partner)
-        t1 = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)
-        t2 = (rotated * s).to(x.dtype).to(tl.float32)
-        y = (t1 + t2).to(x.dtype)
+        t1 = _round_like(x.to(tl.float32) * c, x.dtype)
+        t2 = _round_like(rotated * s, x.dtype)
+        y = _cast_like(t1 + t2, x.dtype)
         if head < HEADS:
             tl.store(QOut + row * (HEADS * DIM) + head * DIM + d, y)
         else:

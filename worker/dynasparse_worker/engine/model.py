@@ -72,9 +72,15 @@ class LinearOps:
                 bucket: int) -> Tensor:
         if self.state is not None:
             threshold = self.state.thresholds[bucket, layer, group]  # [] float32
-            score = x.abs() * self.state.col_scale[layer][group]  # [N, in] float32
+            score = x.abs() * _col_scale(self.state, layer, group)  # [N, in] float32
             x = x * (score > threshold).to(x.dtype)  # [N, in]
         return F.linear(x, weight, bias)
+
+
+def _col_scale(state: Any, layer: int, group: int) -> Tensor:
+    """`SparsityState.col_scale(layer, group)` (or a nested list of tensors)."""
+    scale = state.col_scale
+    return scale(layer, group) if callable(scale) else scale[layer][group]
 
 
 def _linear_of(module: Any) -> torch.nn.Module:

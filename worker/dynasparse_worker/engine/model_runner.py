@@ -88,12 +88,13 @@ class ModelRunner:
     def _decode(self, seqs: list[Sequence]) -> Tensor:
         count = len(seqs)
         bucket = self.buckets[bisect.bisect_left(self.buckets, count)] if self.graphs else count
-        host = torch.zeros(4, bucket, dtype=torch.long)  # tokens, positions, slots, lens
-        host[0, :count] = torch.tensor([s.last_token for s in seqs])
-        host[1, :count] = torch.tensor([s.num_cached for s in seqs])
-        host[2, :count] = torch.tensor([s.slot for s in seqs])
-        host[1:3, count:] = torch.tensor([[0], [self.cache.scratch_slot]])  # padded rows
-        host[3] = host[1] + 1
+        pad = bucket - count  # padded rows: token 0 at position 0 of the scratch slot
+        host = torch.tensor([
+            [s.last_token for s in seqs] + [0] * pad,
+            [s.num_cached for s in seqs] + [0] * pad,
+            [s.slot for s in seqs] + [self.cache.scratch_slot] * pad,
+            [s.num_cached + 1 for s in seqs] + [1] * pad,
+        ])  # [4, bucket]: tokens, positions, slots, lens
         self.inputs[:, :bucket].copy_(host)
         if bucket in self.graphs:
             graph, out = self.graphs[bucket]
