@@ -2,7 +2,8 @@
 
     PYTHONPATH=worker:proto:operator:. python3 scripts/gpu/kernels_suite.py
 
-1. correctness on CUDA of every kernel variant against the float64 masked reference (fresh random
+1. correctness on CUDA of every kernel variant (predicated with in-kernel or two-kernel split-K
+   reduction; compacting) against the float64 masked reference (fresh random
    inputs per check, poisoned outputs, repeated launches to catch races in the split-K fix-up,
    a threshold changed in place between CUDA-graph replays);
 2. per Llama-3-8B projection group (q|k|v 4096->6144, o 4096->4096, gate|up 4096->2x14336 with
@@ -65,7 +66,7 @@ def check_correctness(ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
              (1, 4096, [4096], False), (4, 4096, [4096, 1024, 1024], False),
              (16, 4096, [2048, 2048], True), (32, 14336, [4096], False), (70, 1024, [512], False)]
     for rows, k, outs, gated in cases:
-        for fixup in (True, False):
+        for fixup in (True, False, "compact"):
             for with_scale in (False, True):
                 ws_ = [torch.randn(n, k, device=DEV, generator=gen).to(torch.bfloat16) / math.sqrt(k)
                        for n in outs]
@@ -78,7 +79,11 @@ def check_correctness(ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
                         x = torch.randn(rows, k, device=DEV, generator=gen).to(torch.bfloat16)
                         out = torch.full((rows, pw.out_features), float("nan"), device=DEV,
                                          dtype=torch.bfloat16)
-                        sparse_matmul_triton(x, pw, thr, scale, out=out, fixup=fixup)
+                        cfg = pick_config(rows, k, pw.out_features, gated)
+                        if fixup == "compact":
+                            cfg = KernelConfig(cfg.block_n, cfg.block_k, cfg.split_k, compact=True)
+                        sparse_matmul_triton(x, pw, thr, scale, out=out, config=cfg,
+                                             fixup=fixup is True or fixup == "compact")
                         errs.append(rel_err(out, masked_reference(x, pw, thr, scale)))
                 except Exception as exc:  # a compile error must not cost the whole run
                     log(f"ERROR rows={rows} k={k} {type(exc).__name__}: {str(exc)[:300]}")
@@ -134,13 +139,15 @@ def candidates(rows: int, k: int, n: int, gated: bool) -> list[KernelConfig]:
     else:
         tiles = [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (256, 64, 8)]
     out = []
-    for bn, bk, warps in tiles:
+    for t, (bn, bk, warps) in enumerate(tiles):
         blocks = -(-n // bn)
         for waves in (1, 2, 4):
             split = max(1, min(32, round(waves * 132 / blocks), k // bk))
-            cfg = KernelConfig(block_n=bn, block_k=bk, split_k=split, num_warps=warps)
-            if cfg not in out:
-                out.append(cfg)
+            for compact in (False, True) if t < 2 else (False,):  # compact: two tiles only
+                cfg = KernelConfig(block_n=bn, block_k=bk, split_k=split, num_warps=warps,
+                                   compact=compact)
+                if cfg not in out:
+                    out.append(cfg)
     return out
 
 
@@ -251,7 +258,8 @@ def main() -> None:
                         triton=triton.__version__, threshold=THRESHOLD)
     report["copy_gbps"] = copy_bandwidth()
     log(f"copy bandwidth {report['copy_gbps']:.0f} GB/s")
-    ws = SplitKWorkspace.allocate(DEV, max_batch=70, max_out=2 * 14336, max_split=32)
+    ws = SplitKWorkspace.allocate(DEV, max_batch=70, max_out=2 * 14336, max_split=64,
+                                  max_in=2 * 14336)
     report["correctness"] = check_correctness(ws, gen)
     n_ok = sum(c["ok"] for c in report["correctness"])
     log(f"correctness: {n_ok}/{len(report['correctness'])} ok ({time.time() - T0:.0f}s)")
@@ -272,6 +280,7 @@ def main() -> None:
         for b, t in g["tuned"].items():
             c = t["config"]
             print(f"tuned {name:7s} B={b:2d} bn={c['block_n']} bk={c['block_k']} split={c['split_k']}"
+                  f" compact={int(c['compact'])}"
                   f" w={c['num_warps']} fixup {t['us_fixup']:.1f}us two-kernel {t['us_two_kernel']:.1f}us"
                   f" all-skipped {t['us_all_skipped']:.1f}us masked-dense {t['dense_masked_us']:.1f}us")
     print(f"{'group':8s}{'B':>3s}{'sp%':>5s}{'dense_us':>10s}{'sparse_us':>10s}{'GB/s':>7s}{'x':>6s}")

@@ -109,3 +109,17 @@ def test_packing_rejects_mismatched_inputs_and_unequal_gate_up():
         pack_projection([torch.zeros(4, 8), torch.zeros(6, 8)], gated=True)
     with pytest.raises(ValueError):
         pack_projection([])
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_bf16_packed_weights_serve_fp32_activations_on_both_paths(gen, gated):
+    weights = [torch.randn(48, 64, generator=gen) / 8 for _ in range(2)]
+    pw = pack_projection(weights, gated=gated, dtype=torch.bfloat16)
+    assert pw.w_t.dtype == torch.bfloat16 and pw.w_t.is_contiguous()
+    x = torch.randn(3, 64, generator=gen)  # [B, K] fp32
+    thr = torch.tensor(0.5)
+    ref = masked_reference(x, pw, thr)
+    for mode in ("sparse", "dense"):
+        y = linear(x, pw, thr, mode=mode)
+        assert y.dtype == torch.float32
+        assert _rel_err(y, ref) < 1e-2, (mode, gen.initial_seed())

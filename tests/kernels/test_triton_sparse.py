@@ -19,6 +19,7 @@ from dynasparse_worker.kernels import (
 )
 
 SMALL = KernelConfig(block_n=32, block_k=16, split_k=3)  # several column blocks and K splits
+COMPACT = KernelConfig(block_n=32, block_k=16, split_k=3, compact=True)  # list kept rows first
 
 
 def _weights(gen, outs, k, device, dtype=torch.bfloat16):
@@ -77,18 +78,35 @@ def test_each_token_keeps_only_its_own_channels_whatever_the_batch(triton_kernel
     assert _rel_err(alone, ref[2:3]) < 1e-2, gen.initial_seed()
 
 
-def test_skipped_weight_rows_are_never_read(triton_kernels, device, gen):
+@pytest.mark.parametrize("config", [SMALL, COMPACT], ids=["predicated", "compact"])
+def test_skipped_weight_rows_are_never_read(triton_kernels, device, gen, config):
     k = 64
     w = _weights(gen, [64], k, device)[0]  # [N, K]
     x = _x(gen, 2, k, device)
     thr = torch.tensor(0.8, device=device)
     skipped = ~keep_mask(x, thr).any(dim=0)  # channels no token keeps
     assert skipped.any()
+    ws = SplitKWorkspace.allocate(device, max_batch=2, max_out=64, max_in=k)
     pw_clean = pack_projection([w])
-    pw = pack_projection([w])
+    pw = pack_projection([w], workspace=ws)
     pw.w_t[skipped] = float("nan")  # a read of any skipped row would turn the output NaN
-    y = _run(triton_kernels, x, pw, thr)
+    y = _run(triton_kernels, x, pw, thr, config=config)
     assert _rel_err(y, masked_reference(x, pw_clean, thr)) < 1e-2, gen.initial_seed()
+
+
+@pytest.mark.parametrize("rows,gated", [(1, True), (18, False)])
+def test_compacting_variant_matches_reference_over_several_slices(triton_kernels, device, gen,
+                                                                  rows, gated):
+    k = 96
+    ws = SplitKWorkspace.allocate(device, max_batch=rows, max_out=128, max_in=k)
+    pw = pack_projection(_weights(gen, [48, 48] if gated else [40, 24], k, device), gated=gated,
+                         workspace=ws)
+    x = _x(gen, rows, k, device)  # 18 rows: the union is built 16 tokens at a time
+    scale = (0.5 + torch.rand(k, generator=gen)).to(device)
+    thr = torch.tensor(0.7, device=device)
+    y = _run(triton_kernels, x, pw, thr, scale, config=COMPACT)
+    assert _rel_err(y, masked_reference(x, pw, thr, scale)) < 1e-2, gen.initial_seed()
+    assert int(ws.counters.abs().sum()) == 0
 
 
 def test_threshold_is_read_from_device_memory_at_every_call(triton_kernels, device, gen):

@@ -30,6 +30,9 @@ class KernelConfig:
     """Programs sharing one column block along the input dimension (upper bound)."""
     num_warps: int = 4
     num_stages: int = 2
+    compact: bool = False
+    """Compact the kept rows first (`triton_compact`): work scales with kept rows. Not yet
+    measured on a GPU; the suite sweeps it."""
 
 
 _C8 = KernelConfig(block_n=128, block_k=64, split_k=8)

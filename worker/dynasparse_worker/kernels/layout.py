@@ -34,13 +34,20 @@ class SplitKWorkspace:
     """Flat float32 scratch, at least `split * batch * out` elements for any call it serves."""
     counters: torch.Tensor
     """`[max_column_blocks]` int32, zero between calls."""
+    rows: torch.Tensor | None = None
+    """`[max_in]` int32 kept-row indices per input slice, for the compacting variant."""
+    row_counts: torch.Tensor | None = None
+    """`[max_slices]` int32 kept-row count per input slice, for the compacting variant."""
 
     @classmethod
     def allocate(cls, device: torch.device | str, max_batch: int, max_out: int,
-                 max_split: int = 32) -> SplitKWorkspace:
+                 max_split: int = 32, max_in: int = 0) -> SplitKWorkspace:
+        """Scratch for calls up to these sizes; `max_in > 0` also enables `compact` configs."""
         partials = torch.empty(max_split * max_batch * max_out, dtype=torch.float32, device=device)
         counters = torch.zeros(max_out // 16 + 1, dtype=torch.int32, device=device)  # [NB]
-        return cls(partials=partials, counters=counters)
+        rows = torch.empty(max_in, dtype=torch.int32, device=device) if max_in else None  # [K]
+        row_counts = torch.empty(max_in // 16 + 1, dtype=torch.int32, device=device)  # [S]
+        return cls(partials=partials, counters=counters, rows=rows, row_counts=row_counts)
 
 
 @dataclass
@@ -67,10 +74,12 @@ class PackedWeight:
 
 
 def pack_projection(weights: list[torch.Tensor], gated: bool = False,
-                    workspace: SplitKWorkspace | None = None) -> PackedWeight:
+                    workspace: SplitKWorkspace | None = None,
+                    dtype: torch.dtype | None = None) -> PackedWeight:
     """Fuse `nn.Linear`-layout weights (`[out_i, in]` each, same `in`) into one input-major matrix.
 
-    `gated=True` expects exactly `[gate, up]` of equal shape.
+    `gated=True` expects exactly `[gate, up]` of equal shape. `dtype` converts the packed copy
+    (bf16 on the CPU halves the bytes each step reads; see `torch_ops`).
     """
     if not weights:
         raise ValueError("pack_projection needs at least one weight")
@@ -79,7 +88,8 @@ def pack_projection(weights: list[torch.Tensor], gated: bool = False,
         raise ValueError("all fused weights must be 2-D with the same input width")
     if gated and (len(weights) != 2 or weights[0].shape != weights[1].shape):
         raise ValueError("a gated group is exactly [gate, up] of equal shape")
-    w_t = torch.cat([w.detach().t() for w in weights], dim=1).contiguous()  # [in, sum(out_i)]
+    w_t = torch.cat([w.detach().t() for w in weights], dim=1)  # [in, sum(out_i)]
+    w_t = w_t.to(dtype).contiguous() if dtype is not None else w_t.contiguous()
     return PackedWeight(w_t=w_t, splits=tuple(w.shape[0] for w in weights), gated=gated,
                         workspace=workspace)
 

@@ -142,6 +142,15 @@ def _input_sparse_kernel(
         acc_a = tl.sum(acc_a, axis=0)[None, :]  # [1, BN]
         acc_b = tl.sum(acc_b, axis=0)[None, :]
 
+    _finish(acc_a, acc_b, out_ptr, part_ptr, cnt_ptr, offs_b, offs_n, b_ok, n_ok, pid_n, pid_k,
+            B, N_OUT, stride_ob, split_k, GATED, SPLIT, FIXUP, BLOCK_B, BLOCK_N)
+
+
+@triton.jit
+def _finish(acc_a, acc_b, out_ptr, part_ptr, cnt_ptr, offs_b, offs_n, b_ok, n_ok, pid_n, pid_k,
+            B, N_OUT, stride_ob, split_k, GATED: tl.constexpr, SPLIT: tl.constexpr,
+            FIXUP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Store the result, or this split's partial sums and, for the last to arrive, their total."""
     bn_mask = b_ok[:, None] & n_ok[None, :]
     if SPLIT:
         width = N_OUT * 2 if GATED else N_OUT
@@ -219,6 +228,12 @@ def _launch(x, pw, threshold, scale, has_scale, out, config, fixup) -> None:
     rows, k = x.shape
     n_out = pw.out_features
     cfg = config or pick_config(rows, k, n_out, pw.gated)
+    if cfg.compact and pw.workspace is not None and pw.workspace.rows is not None:
+        from dynasparse_worker.kernels.triton_compact import launch_compact
+
+        launch_compact(x, pw, threshold, scale, has_scale, out, cfg, _block_b(rows),
+                       x.device.type == "cpu")
+        return
     n_blocks = triton.cdiv(n_out, cfg.block_n)
     split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k)))
     ws = pw.workspace
