@@ -1,0 +1,1 @@
+"""Subcommands of `dynasparse` that belong to the application layer (see dynasparse/cli.py)."""
