@@ -223,7 +223,7 @@ def graph_replay_ms(engine, batch: int) -> float | None:
     runner = engine.runner
     if not runner.graphs:
         return None
-    graph, _ = runner.graphs[runner.buckets[bisect.bisect_left(runner.buckets, batch)]]
+    graph = runner.graphs[runner.buckets[bisect.bisect_left(runner.buckets, batch)]][0]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()

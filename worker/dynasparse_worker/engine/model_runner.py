@@ -49,7 +49,10 @@ class ModelRunner:
                                        self.device)
         self.buckets = sorted({b for b in config.batch_buckets if b < slots} | {slots})
         self.inputs = torch.zeros(4, self.buckets[-1], dtype=torch.long, device=self.device)  # [4, Bmax]
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.host = torch.zeros(4, self.buckets[-1], dtype=torch.long,
+                                pin_memory=self.device.type == "cuda")  # [4, Bmax]
+        self.host_np = self.host.numpy()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
@@ -63,12 +66,17 @@ class ModelRunner:
             if last is not None:
                 rows.append(chunk.seq)
                 logits.append(last)
+        greedy = None
         if batch.decode:
             rows.extend(batch.decode)
-            logits.append(self._decode(batch.decode))
+            decode_logits, greedy = self._decode(batch.decode)  # [B, V], [B]
+            logits.append(decode_logits)
         if not rows:
             return {}
-        tokens = self._sample(rows, torch.cat(logits) if len(logits) > 1 else logits[0])
+        if greedy is not None and not batch.prefill and all(s.params.temperature <= 0 for s in rows):
+            tokens = greedy.tolist()  # argmax already ran inside the graph
+        else:
+            tokens = self._sample(rows, torch.cat(logits) if len(logits) > 1 else logits[0])
         return {seq.request_id: token for seq, token in zip(rows, tokens)}
 
     def _prefill(self, chunk: PrefillChunk) -> Tensor | None:
@@ -85,22 +93,24 @@ class ModelRunner:
         hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend)  # [n, hidden]
         return self.model.logits(hidden[-1:]) if chunk.completes_prompt else None  # [1, V]
 
-    def _decode(self, seqs: list[Sequence]) -> Tensor:
+    def _decode(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor]:
+        """-> logits [count, V] and their argmax [count] (computed in the graph on CUDA)."""
         count = len(seqs)
         bucket = self.buckets[bisect.bisect_left(self.buckets, count)] if self.graphs else count
-        pad = bucket - count  # padded rows: token 0 at position 0 of the scratch slot
-        host = torch.tensor([
-            [s.last_token for s in seqs] + [0] * pad,
-            [s.num_cached for s in seqs] + [0] * pad,
-            [s.slot for s in seqs] + [self.cache.scratch_slot] * pad,
-            [s.num_cached + 1 for s in seqs] + [1] * pad,
-        ])  # [4, bucket]: tokens, positions, slots, lens
-        self.inputs[:, :bucket].copy_(host)
+        host = self.host_np  # [4, Bmax] pinned on CUDA: tokens, positions, slots, lens
+        host[0, :count] = [s.last_token for s in seqs]
+        host[1, :count] = [s.num_cached for s in seqs]
+        host[2, :count] = [s.slot for s in seqs]
+        host[3, :count] = host[1, :count] + 1
+        host[:, count:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
+        # async from pinned memory: the host buffer is next written after this step's sync
+        self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
         if bucket in self.graphs:
-            graph, out = self.graphs[bucket]
+            graph, out, top = self.graphs[bucket]
             graph.replay()
-            return out[:count]  # [count, V]
-        return self._decode_forward(bucket)[:count]
+            return out[:count], top[:count]
+        out = self._decode_forward(bucket)[:count]  # [count, V]
+        return out, out.argmax(dim=-1)
 
     def _decode_forward(self, bucket: int) -> Tensor:
         """Decode one token for the first `bucket` rows of `self.inputs` -> logits [bucket, V]."""
@@ -154,7 +164,8 @@ class ModelRunner:
         for bucket in reversed(self.buckets):  # largest first so smaller ones reuse its pool
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self._decode_forward(bucket)
+                out = self._decode_forward(bucket)  # [bucket, V]
+                top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
-            self.graphs[bucket] = (graph, out)
+            self.graphs[bucket] = (graph, out, top)
         torch.cuda.synchronize()
