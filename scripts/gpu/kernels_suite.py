@@ -26,6 +26,7 @@ import triton
 from dynasparse_worker.kernels import (
     SplitKWorkspace,
     dense_matmul,
+    linear,
     masked_reference,
     pack_projection,
 )
@@ -198,8 +199,10 @@ def bench_group(name: str, ws: SplitKWorkspace, gen: torch.Generator, rows_out: 
         dense_nk_us = time_per_call([lambda w=w: torch.mm(x50, w.t(), out=dense_buf) for w in w_nk])
         del w_nk
         masked_us = time_per_call([lambda p=p: dense_matmul(x50, p, thr) for p in pws])
+        fused_us = time_per_call([lambda p=p: linear(x50, p, thr, mode="dense") for p in pws])
         tuned[rows].update(dense_mm_us=dense_us, dense_linear_layout_us=dense_nk_us,
-                           dense_masked_us=masked_us)  # the gated dense path (mask, mm, epilogue)
+                           dense_masked_us=masked_us,  # gated dense: torch-op mask, mm, epilogue
+                           dense_fused_mask_us=fused_us)  # same with the one-launch Triton mask
         dense_us = min(dense_us, dense_nk_us)
         for s in SPARSITIES:
             x = make_x(rows, k, s, gen)
@@ -282,7 +285,8 @@ def main() -> None:
             print(f"tuned {name:7s} B={b:2d} bn={c['block_n']} bk={c['block_k']} split={c['split_k']}"
                   f" compact={int(c['compact'])}"
                   f" w={c['num_warps']} fixup {t['us_fixup']:.1f}us two-kernel {t['us_two_kernel']:.1f}us"
-                  f" all-skipped {t['us_all_skipped']:.1f}us masked-dense {t['dense_masked_us']:.1f}us")
+                  f" all-skipped {t['us_all_skipped']:.1f}us masked-dense {t['dense_masked_us']:.1f}us"
+                  f" fused-mask-dense {t['dense_fused_mask_us']:.1f}us")
     print(f"{'group':8s}{'B':>3s}{'sp%':>5s}{'dense_us':>10s}{'sparse_us':>10s}{'GB/s':>7s}{'x':>6s}")
     for r in rows:
         print(f"{r['group']:8s}{r['batch']:3d}{100 * r['sparsity']:5.0f}{r['dense_us']:10.1f}"

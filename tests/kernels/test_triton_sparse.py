@@ -157,3 +157,15 @@ def test_llama_sized_groups_match_reference_inside_a_cuda_graph(triton_kernels, 
                 graph.replay()
                 torch.cuda.synchronize()
                 assert _rel_err(out, masked_reference(x, pw, thr)) < 1e-2, (outs, rows, value)
+
+
+def test_fused_input_mask_zeroes_exactly_the_channels_under_threshold(device, gen, triton_kernels):
+    from dynasparse_worker.kernels.triton_mask import mask_input_triton
+
+    x = _x(gen, 3, 1100, device)  # two blocks along K, the second ragged
+    scale = (0.5 + torch.rand(1100, generator=gen)).to(device)
+    thr = torch.tensor(0.8, device=device)
+    out = torch.full_like(x, float("nan"))
+    mask_input_triton(x, thr, scale, out=out)
+    expected = torch.where(keep_mask(x, thr, scale), x, torch.zeros_like(x))
+    assert torch.equal(out, expected)

@@ -9,7 +9,9 @@ device before capturing graphs, and on every step calls
 
 `threshold` is a one-element view into `SparsityState.thresholds`, so `set_budget` changes it in
 place with no re-compile and no graph re-capture. `mode="dense"` masks x the same way and runs
-one dense `x @ W_t` (same result, dense cost). CUDA runs the Triton kernel (`triton_sparse`, loaded lazily); the CPU runs
+one dense `x @ W_t` (same result, dense cost). At budget 1.0 (every threshold 0) the engine can
+call `dense_matmul(x, packed)` directly: threshold 0 keeps every nonzero channel, so the mask
+changes nothing and its launches are pure overhead. CUDA runs the Triton kernel (`triton_sparse`, loaded lazily); the CPU runs
 `embedding_bag` over the kept rows (`torch_ops`).
 """
 
@@ -58,6 +60,11 @@ def linear(x: torch.Tensor, pw: PackedWeight, threshold: torch.Tensor,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """One projection group under the gating contract; `mode` comes from `choose`."""
     if mode == "dense":
-        y = dense_matmul(x, pw, threshold, col_scale)
+        if x.device.type == "cuda":  # one fused mask launch, then cuBLAS
+            from dynasparse_worker.kernels.triton_mask import mask_input_triton
+
+            y = dense_matmul(mask_input_triton(x, threshold, col_scale), pw)
+        else:
+            y = dense_matmul(x, pw, threshold, col_scale)
         return y if out is None else out.copy_(y)
     return sparse_matmul(x, pw, threshold, col_scale, out=out)
