@@ -72,7 +72,9 @@ def run(args) -> int:
     from dynasparse_worker.evaluation.plot import plot_quality
     from dynasparse_worker.evaluation.quality import evaluate
     from dynasparse_worker.gating import install_gates
+    from dynasparse_worker.errors import UserError
     from dynasparse_worker.gating.artifact import calibration_for
+    from dynasparse_worker.gating.calibrate import CalibrationSettings
     from dynasparse_worker.models import load_model
 
     started = time.monotonic()
@@ -86,6 +88,12 @@ def run(args) -> int:
     source = args.text or "the fortunes corpus"
     ids = corpora.token_sequences(loaded.tokenizer, text, args.sequences, args.seq_len, source)  # [N, T]
     gated = install_gates(loaded.model)
+    if args.calibration is None:  # the default floor is known before calibrating: fail fast
+        floor = CalibrationSettings().floor
+        low = [b for b in budgets if b < floor - 1e-9]
+        if low:
+            raise UserError(f"budget {low[0]:g} is below the calibrated floor {floor:.2f}: "
+                            f"pass budgets >= {floor:.2f}")
     calibration = calibration_for(loaded, gated, path=args.calibration, progress=not args.quiet)
     for budget in budgets:
         gated.check_budget(budget)
@@ -99,7 +107,7 @@ def run(args) -> int:
         table.add_row(row.method, f"{row.budget:.2f}", f"{100 * row.bytes_skipped:.1f} %", f"{row.ppl:.3f}",
                       f"{row.ppl_ratio:.3f}", f"{row.kl:.4f}", f"{row.top1:.3f}",
                       "" if row.expected_kl is None else f"{row.expected_kl:.4f}")
-    console = Console()
+    console = Console(width=max(120, Console().width))
     console.print(table)
     console.print("bytes skipped = measured fraction of the decoder blocks' linear-projection weight bytes "
                   f"not read (mean over tokens; embeddings and lm_head excluded). {elapsed:.0f} s.")

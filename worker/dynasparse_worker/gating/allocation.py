@@ -53,13 +53,13 @@ def summarise(samples: list[torch.Tensor], bucket_edges, generator: torch.Genera
 
 
 def _width(dist: GroupDistributions, bucket: int, thresholds: torch.Tensor):
-    """Fractions of channels skipped at `bucket`, and per-token cost, for per-group thresholds [G]."""
-    t = thresholds.unsqueeze(1)  # [G, 1]
-    frac_bucket = torch.searchsorted(dist.sorted_scores[bucket], t, right=True).squeeze(1) / _POINTS  # [G]
-    count = torch.searchsorted(dist.sorted_single, t, right=True).squeeze(1)  # [G]
-    cost = torch.where(count > 0, dist.cum_cost.gather(1, (count - 1).clamp(min=0).unsqueeze(1)).squeeze(1),
-                       torch.zeros(()))  # [G]
-    return frac_bucket.double(), cost.double()
+    """Fractions of channels skipped at `bucket`, and per-token cost, for thresholds [K, G] → [K, G] x2."""
+    t = thresholds.t().contiguous()  # [G, K]
+    frac_bucket = torch.searchsorted(dist.sorted_scores[bucket], t, right=True) / _POINTS  # [G, K]
+    count = torch.searchsorted(dist.sorted_single, t, right=True)  # [G, K]
+    picked = dist.cum_cost.gather(1, (count - 1).clamp(min=0))  # [G, K]
+    cost = torch.where(count > 0, picked, torch.zeros(()))  # [G, K]
+    return frac_bucket.t().double(), cost.t().double()
 
 
 @dataclass
@@ -73,55 +73,57 @@ class Allocation:
     def build(self, dist: GroupDistributions, budgets: list[float]):
         """→ thresholds [K, NB, L, 4], layer_keep [K, NB, L, 2], estimated loss [K, NB]."""
         nl = self.group_elements.shape[0]
-        total = float(self.group_elements.sum())
-        share = (self.group_elements / total).reshape(-1)  # [G] byte share of each group
-        row_share = share / dist.channels  # [G] per skipped channel
-        half_share = torch.stack([share.view(nl, 4)[:, :2].sum(1), share.view(nl, 4)[:, 2:].sum(1)], 1)  # [L, 2]
-        half_price = self.half_cost.double() / half_share  # [L, 2]
         k, nb = len(budgets), len(self.bucket_edges)
+        targets = 1.0 - torch.tensor(budgets, dtype=torch.float64)  # [K] byte fraction to skip
         out_t = torch.zeros(k, nb, nl, 4)
         out_keep = torch.ones(k, nb, nl, 2)
         out_loss = torch.zeros(k, nb)
         for bi in range(nb):
-            for ki, budget in enumerate(budgets):
-                if budget >= 1.0:
-                    continue
-                target = 1.0 - budget
-                mixed = self._solve(dist, bi, row_share, share, half_price, target, nl, width=True)
-                depth = self._solve(dist, bi, row_share, share, half_price, target, nl, width=False)
-                best = min((p for p in (mixed, depth) if p is not None), key=lambda p: p[2], default=None)
-                if best is None:
-                    best = mixed or depth
-                out_t[ki, bi], out_keep[ki, bi], out_loss[ki, bi] = best[0], best[1], best[2]
+            mixed = self._solve(dist, bi, targets, width=True)
+            depth = self._solve(dist, bi, targets, width=False)
+            use_depth = depth[2] < mixed[2]  # [K] the cheaper plan that meets the target
+            out_t[:, bi] = torch.where(use_depth.view(k, 1, 1), depth[0], mixed[0])
+            out_keep[:, bi] = torch.where(use_depth.view(k, 1, 1), depth[1], mixed[1])
+            out_loss[:, bi] = torch.where(use_depth, depth[2], mixed[2]).float()
+        dense = targets <= 0
+        out_t[dense], out_keep[dense], out_loss[dense] = 0.0, 1.0, 0.0
         _make_monotone(out_t, out_keep, out_loss)
         return out_t, out_keep, out_loss
 
-    def _evaluate(self, dist, bucket, row_share, share, half_price, lam, nl, width):
-        thresholds = (2 * lam * row_share).sqrt() if width else torch.zeros_like(row_share)  # [G]
-        frac, cost = _width(dist, bucket, thresholds.float())
-        w_saved = (frac * share).view(nl, 4)  # [L, 4]
-        w_cost = cost.view(nl, 4)
-        halves_saved = torch.stack([w_saved[:, :2].sum(1), w_saved[:, 2:].sum(1)], 1)  # [L, 2]
-        halves_cost = torch.stack([w_cost[:, :2].sum(1), w_cost[:, 2:].sum(1)], 1)
-        half_share = torch.stack([share.view(nl, 4)[:, :2].sum(1), share.view(nl, 4)[:, 2:].sum(1)], 1)
-        net_bytes = (half_share - halves_saved).clamp(min=1e-12)
-        net_cost = half_price * half_share - halves_cost
-        skip = net_cost / net_bytes < lam  # [L, 2]
-        saved = torch.where(skip, half_share, halves_saved).sum()
-        loss = torch.where(skip, half_price * half_share, halves_cost).sum()
-        return thresholds.view(nl, 4), (~skip).float(), float(loss), float(saved)
+    def _evaluate(self, dist, bucket, lam: torch.Tensor, width: bool):
+        """Plans at prices `lam` [K] → thresholds [K, L, 4], keep [K, L, 2], loss [K], saved [K]."""
+        nl = self.group_elements.shape[0]
+        share = (self.group_elements.double() / float(self.group_elements.sum())).reshape(-1)  # [G]
+        row_share = share / dist.channels  # [G] bytes share per skipped channel
+        if width:
+            thresholds = (2 * lam.view(-1, 1) * row_share.view(1, -1)).sqrt()  # [K, G]
+        else:
+            thresholds = torch.zeros(lam.numel(), share.numel(), dtype=torch.float64)
+        frac, cost = _width(dist, bucket, thresholds.float())  # [K, G] x2
+        halves = lambda v: torch.stack([v[..., :2].sum(-1), v[..., 2:].sum(-1)], -1)  # noqa: E731
+        saved_w = halves((frac * share).view(-1, nl, 4))  # [K, L, 2]
+        cost_w = halves(cost.view(-1, nl, 4))  # [K, L, 2]
+        half_share = halves(share.view(nl, 4))  # [L, 2]
+        half_cost = self.half_cost.double()  # [L, 2]
+        net_bytes = (half_share - saved_w).clamp(min=1e-12)
+        skip = (half_cost - cost_w) / net_bytes < lam.view(-1, 1, 1)  # [K, L, 2]
+        saved = torch.where(skip, half_share, saved_w).sum((1, 2))  # [K]
+        loss = torch.where(skip, half_cost, cost_w).sum((1, 2))  # [K]
+        return thresholds.view(-1, nl, 4).float(), (~skip).float(), loss, saved
 
-    def _solve(self, dist, bucket, row_share, share, half_price, target, nl, width):
-        lo, hi = -40.0, 40.0  # bisection on log λ
-        best = None
-        for _ in range(40):
+    def _solve(self, dist, bucket, targets: torch.Tensor, width: bool):
+        """Bisection on log2 λ, all levels at once: the cheapest price whose plan meets each target."""
+        lo = torch.full_like(targets, -60.0)
+        hi = torch.full_like(targets, 40.0)
+        for _ in range(48):
             mid = (lo + hi) / 2
-            t, keep, loss, saved = self._evaluate(dist, bucket, row_share, share, half_price, 2.0 ** mid, nl, width)
-            if saved >= target:
-                hi, best = mid, (t, keep, loss)
-            else:
-                lo = mid
-        return best
+            saved = self._evaluate(dist, bucket, 2.0 ** mid, width)[3]
+            ok = saved >= targets
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        thresholds, keep, loss, saved = self._evaluate(dist, bucket, 2.0 ** hi, width)
+        loss = torch.where(saved >= targets - 1e-9, loss, torch.full_like(loss, float("inf")))
+        return thresholds, keep, loss
 
 
 def _make_monotone(thresholds, keep, loss) -> None:

@@ -175,9 +175,9 @@ def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings:
 
 @torch.no_grad()
 def measure_levels(gated, ids: torch.Tensor, settings: CalibrationSettings, progress: bool = True) -> dict:
-    """Measured KL(dense‖sparse) per token at every 5th level (bucket 1), on held-out calibration text."""
+    """Measured KL(dense‖sparse) per token at every 10th level (bucket 1), on held-out calibration text."""
     budgets = settings.budgets()
-    chosen = [b for i, b in enumerate(budgets) if i % 5 == 0 and b < 1.0] or budgets[-1:]
+    chosen = [b for i, b in enumerate(budgets) if i % 10 == 0 and b < 1.0] or budgets[-1:]
     if budgets[-1] not in chosen:
         chosen.append(budgets[-1])
     device = next(gated.model.parameters()).device
