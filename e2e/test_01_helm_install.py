@@ -26,14 +26,18 @@ def test_rbac_grants_the_operator_what_it_reconciles_and_not_pod_deletion(chart_
     who = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_SA}"
 
     def can(verb: str, resource: str, ns: str = "default") -> bool:
-        out = chart_installed.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", who, check=False)
-        return out.stdout.strip() == "yes"
+        resource, _, sub = resource.partition("/")
+        args = ["auth", "can-i", verb, resource, "-n", ns, "--as", who] + ([f"--subresource={sub}"] if sub else [])
+        return chart_installed.kubectl(*args, check=False).stdout.strip() == "yes"
 
     for verb, resource in [("watch", "adaptivemodels.dynasparse.io"), ("patch", "adaptivemodels.dynasparse.io/status"),
                            ("create", "deployments.apps"), ("create", "services"), ("create", "secrets"),
-                           ("list", "pods"), ("list", "nodes"), ("create", "events")]:
+                           ("list", "pods"), ("list", "nodes"), ("create", "events"),
+                           ("list", "customresourcedefinitions.apiextensions.k8s.io")]:
         assert can(verb, resource), f"the chart's RBAC does not let the operator {verb} {resource}"
-    assert not can("delete", "pods") and not can("create", "pods/eviction") and not can("delete", "nodes")
+    for verb, resource in [("delete", "pods"), ("create", "pods/eviction"), ("delete", "nodes"),
+                           ("patch", "nodes"), ("create", "clusterrolebindings.rbac.authorization.k8s.io")]:
+        assert not can(verb, resource), f"the chart's RBAC lets the operator {verb} {resource}"
 
 
 def test_the_operator_pod_runs_with_the_charts_service_account_token(operator_running):
