@@ -37,8 +37,8 @@ def tls_dir(tmp_path_factory) -> Path:
 class RunningWorker:
     """A WorkerRuntime running in a background thread; `url` and `control_target` to reach it."""
 
-    def __init__(self, settings: ServeSettings, loaded, tls_dir: Path):
-        self.runtime = WorkerRuntime(settings, loaded=loaded)
+    def __init__(self, settings: ServeSettings, loaded, tls_dir: Path, gated=None):
+        self.runtime = WorkerRuntime(settings, loaded=loaded, gated=gated)
         self.tls_dir = tls_dir
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._main, daemon=True)
@@ -84,8 +84,8 @@ def settings(**overrides) -> ServeSettings:
 
 
 @contextlib.contextmanager
-def running_worker(loaded, tls_dir, **overrides):
-    worker = RunningWorker(settings(tls_dir=tls_dir, **overrides), loaded, tls_dir)
+def running_worker(loaded, tls_dir, gated=None, **overrides):
+    worker = RunningWorker(settings(tls_dir=tls_dir, **overrides), loaded, tls_dir, gated)
     try:
         yield worker
     finally:
@@ -124,8 +124,12 @@ def session_class():
 
 @pytest.fixture
 def start_worker(loaded_model, tls_dir):
-    """A context manager starting a fresh worker with settings overrides; stopped on exit."""
-    return lambda **overrides: running_worker(loaded_model, tls_dir, **overrides)
+    """A context manager starting a fresh worker (optionally with another loaded model and its
+    gated model) with settings overrides; stopped on exit."""
+    def start(loaded=None, gated=None, **overrides):
+        return running_worker(loaded or loaded_model, tls_dir, gated=gated, **overrides)
+
+    return start
 
 
 @pytest.fixture(scope="session")

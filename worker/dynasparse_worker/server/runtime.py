@@ -68,9 +68,12 @@ class _QuietServer(uvicorn.Server):
 
 
 class WorkerRuntime:
-    def __init__(self, settings: ServeSettings, loaded: Any | None = None):
+    def __init__(self, settings: ServeSettings, loaded: Any | None = None, gated: Any | None = None):
+        """`loaded` / `gated`: an already loaded model and its calibrated `GatedModel` (tests, the
+        demo); by default both come from `settings.model` and `settings.calibration`."""
         self.settings = settings
         self._preloaded = loaded
+        self._pregated = gated
         self.metrics = WorkerMetrics()
         self.actuator = UncalibratedActuator(settings.uncalibrated_min_budget)
         self.supervisor = Supervisor(
@@ -200,7 +203,9 @@ class WorkerRuntime:
             from dynasparse_worker.models.loading import load_model
 
             loaded = load_model(s.model, device=device)
-        gated = _load_gated(loaded, s.calibration) if s.calibration else None
+        gated = self._pregated
+        if gated is None and s.calibration:
+            gated = _load_gated(loaded, s.calibration)
         config = EngineConfig(max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
                               kv_capacity_tokens=s.kv_tokens, cuda_graphs=device.startswith("cuda"))
         state = gated.state if gated is not None else None
