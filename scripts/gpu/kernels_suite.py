@@ -11,6 +11,9 @@
    then dense cuBLAS vs sparse at 0-80 % union sparsity, timed as CUDA-graph replays over
    rotating weight copies (so L2 does not serve them) with triton.testing.do_bench (median);
 3. writes $OUT/kernels.json (rows, tuned configs, crossover per batch) and prints a table last.
+
+`--dry-run` runs the same code on the CPU under TRITON_INTERPRET=1 with tiny shapes and a host
+timer (its numbers mean nothing): a check of the script itself before spending device time.
 """
 
 from __future__ import annotations
@@ -18,27 +21,55 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+from dataclasses import dataclass, field
 
-import torch
-import triton
+if "--dry-run" in sys.argv:  # must precede the first import of the Triton kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from dynasparse_worker.kernels import (
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from dynasparse_worker.kernels import (  # noqa: E402
     SplitKWorkspace,
     dense_matmul,
     linear,
     masked_reference,
     pack_projection,
 )
-from dynasparse_worker.kernels.configs import KernelConfig, pick_config
-from dynasparse_worker.kernels.triton_sparse import sparse_matmul_triton
+from dynasparse_worker.kernels.configs import KernelConfig, pick_config  # noqa: E402
+from dynasparse_worker.kernels.triton_sparse import sparse_matmul_triton  # noqa: E402
 
-DEV = "cuda"
-SHAPES = {"qkv": (4096, [4096, 1024, 1024], False), "o": (4096, [4096], False),
-          "gate_up": (4096, [14336, 14336], True), "down": (14336, [4096], False)}
-BATCHES = (1, 4, 16, 32)
-SPARSITIES = (0.0, 0.25, 0.40, 0.50, 0.65, 0.80)
 THRESHOLD = 0.75
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run covers."""
+
+    dev: str = "cuda"
+    shapes: dict = field(default_factory=lambda: {
+        "qkv": (4096, [4096, 1024, 1024], False), "o": (4096, [4096], False),
+        "gate_up": (4096, [14336, 14336], True), "down": (14336, [4096], False)})
+    """group -> (in, fused outputs, gated): the Llama-3-8B projection groups."""
+    batches: tuple = (1, 4, 16, 32)
+    sparsities: tuple = (0.0, 0.25, 0.40, 0.50, 0.65, 0.80)
+    cases: tuple = ((1, 96, [80], False), (3, 300, [136, 40], False), (16, 512, [256, 256], True),
+                    (1, 4096, [4096], False), (4, 4096, [4096, 1024, 1024], False),
+                    (16, 4096, [2048, 2048], True), (32, 14336, [4096], False),
+                    (70, 1024, [512], False))
+    """Correctness cases (rows, in, fused outputs, gated)."""
+    graphs: bool = True
+    """Time CUDA-graph replays with do_bench; False: a host timer (the CPU dry run)."""
+    workspace: dict = field(default_factory=lambda: dict(
+        max_batch=70, max_out=2 * 14336, max_split=64, max_in=2 * 14336))
+
+
+DRY_RUN = Plan(dev="cpu", shapes={"qkv": (64, [32, 16, 16], False), "gate_up": (64, [32, 32], True)},
+               batches=(1, 3), sparsities=(0.0, 0.5),
+               cases=((1, 48, [32], False), (3, 64, [32, 32], True)), graphs=False,
+               workspace=dict(max_batch=4, max_out=128, max_split=64, max_in=128))
 T0 = time.time()
 LOG: list[str] = []
 
@@ -49,11 +80,12 @@ def log(msg: str) -> None:
 
 
 def make_x(rows: int, k: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    dev = gen.device
     """Tokens whose |x| is below THRESHOLD exactly on a shared random `sparsity` share of channels."""
-    skip = torch.randperm(k, generator=gen, device=DEV)[: int(round(sparsity * k))]  # [S]
-    mag = 1.0 + torch.rand((rows, k), generator=gen, device=DEV)  # [B, K] in [1, 2)
-    mag[:, skip] = 0.7 * torch.rand((rows, skip.numel()), generator=gen, device=DEV)
-    sign = torch.randint(0, 2, (rows, k), generator=gen, device=DEV) * 2 - 1
+    skip = torch.randperm(k, generator=gen, device=dev)[: int(round(sparsity * k))]  # [S]
+    mag = 1.0 + torch.rand((rows, k), generator=gen, device=dev)  # [B, K] in [1, 2)
+    mag[:, skip] = 0.7 * torch.rand((rows, skip.numel()), generator=gen, device=dev)
+    sign = torch.randint(0, 2, (rows, k), generator=gen, device=dev) * 2 - 1
     return (mag * sign).to(torch.bfloat16)
 
 
@@ -61,24 +93,22 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def check_correctness(ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
+def check_correctness(plan: Plan, ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
     results = []
-    cases = [(1, 96, [80], False), (3, 300, [136, 40], False), (16, 512, [256, 256], True),
-             (1, 4096, [4096], False), (4, 4096, [4096, 1024, 1024], False),
-             (16, 4096, [2048, 2048], True), (32, 14336, [4096], False), (70, 1024, [512], False)]
-    for rows, k, outs, gated in cases:
+    dev = plan.dev
+    for rows, k, outs, gated in plan.cases:
         for fixup in (True, False, "compact"):
             for with_scale in (False, True):
-                ws_ = [torch.randn(n, k, device=DEV, generator=gen).to(torch.bfloat16) / math.sqrt(k)
+                ws_ = [torch.randn(n, k, device=dev, generator=gen).to(torch.bfloat16) / math.sqrt(k)
                        for n in outs]
                 pw = pack_projection(ws_, gated=gated, workspace=ws)
-                scale = (0.5 + torch.rand(k, device=DEV, generator=gen)) if with_scale else None
-                thr = torch.full((), 0.8, device=DEV)
+                scale = (0.5 + torch.rand(k, device=dev, generator=gen)) if with_scale else None
+                thr = torch.full((), 0.8, device=dev)
                 errs = []
                 try:
                     for _ in range(5):  # fresh x per check, repeated launches catch split-K races
-                        x = torch.randn(rows, k, device=DEV, generator=gen).to(torch.bfloat16)
-                        out = torch.full((rows, pw.out_features), float("nan"), device=DEV,
+                        x = torch.randn(rows, k, device=dev, generator=gen).to(torch.bfloat16)
+                        out = torch.full((rows, pw.out_features), float("nan"), device=dev,
                                          dtype=torch.bfloat16)
                         cfg = pick_config(rows, k, pw.out_features, gated)
                         if fixup == "compact":
@@ -95,16 +125,19 @@ def check_correctness(ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
                 if not ok:
                     log(f"FAIL correctness {results[-1]}")
     # a threshold changed in place between replays of one captured graph takes effect
-    pw = pack_projection([torch.randn(1024, 2048, device=DEV).to(torch.bfloat16)], workspace=ws)
-    x = torch.randn(1, 2048, device=DEV).to(torch.bfloat16)
-    thresholds = torch.zeros(4, device=DEV)  # stands in for SparsityState.thresholds
-    out = torch.empty(1, 1024, device=DEV, dtype=torch.bfloat16)
-    graph = _capture([lambda: sparse_matmul_triton(x, pw, thresholds[2], out=out)])
+    n, k = (1024, 2048) if plan.graphs else (32, 64)
+    pw = pack_projection([torch.randn(n, k, device=dev).to(torch.bfloat16)], workspace=ws)
+    x = torch.randn(1, k, device=dev).to(torch.bfloat16)
+    thresholds = torch.zeros(4, device=dev)  # stands in for SparsityState.thresholds
+    out = torch.empty(1, n, device=dev, dtype=torch.bfloat16)
+    step = lambda: sparse_matmul_triton(x, pw, thresholds[2], out=out)  # noqa: E731
+    replay = _capture([step]).replay if plan.graphs else step
     errs = []
     for value in (0.0, 0.5, 1.2, 0.1):
         thresholds[2].fill_(value)
-        graph.replay()
-        torch.cuda.synchronize()
+        replay()
+        if plan.graphs:
+            torch.cuda.synchronize()
         errs.append(rel_err(out, masked_reference(x, pw, thresholds[2])))
     results.append(dict(case="threshold updated in place between graph replays",
                         max_rel_err=max(errs), ok=max(errs) < 1.5e-2))
@@ -127,8 +160,16 @@ def _capture(fns) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def time_per_call(fns) -> float:
+def time_per_call(fns, plan: Plan) -> float:
     """Median microseconds per call of a graph that runs `fns` back to back."""
+    if not plan.graphs:  # dry run: a host timer, numbers meaningless
+        ts = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for f in fns:
+                f()
+            ts.append(time.perf_counter() - t0)
+        return 1e6 * min(ts) / len(fns)
     graph = _capture(fns)
     ms = triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
     return 1000.0 * ms / len(fns)
@@ -152,25 +193,27 @@ def candidates(rows: int, k: int, n: int, gated: bool) -> list[KernelConfig]:
     return out
 
 
-def bench_group(name: str, ws: SplitKWorkspace, gen: torch.Generator, rows_out: list) -> dict:
-    k, outs, gated = SHAPES[name]
-    w_nk = [torch.randn(n, k, device=DEV, generator=gen).to(torch.bfloat16) / math.sqrt(k)
+def bench_group(plan: Plan, name: str, ws: SplitKWorkspace, gen: torch.Generator,
+                rows_out: list) -> dict:
+    dev = plan.dev
+    k, outs, gated = plan.shapes[name]
+    w_nk = [torch.randn(n, k, device=dev, generator=gen).to(torch.bfloat16) / math.sqrt(k)
             for n in outs]
     pw0 = pack_projection(w_nk, gated=gated, workspace=ws)
     n_total = pw0.w_t.shape[1]
     bytes_w = pw0.w_t.numel() * 2
-    copies = max(2, math.ceil(3 * 60e6 / bytes_w))  # rotate so L2 (60 MB) never holds the next
+    copies = max(2, math.ceil(3 * 60e6 / bytes_w)) if plan.graphs else 2  # L2 (60 MB) misses
     pws = [pw0] + [pack_projection([w.clone() for w in w_nk], gated=gated, workspace=ws)
                    for _ in range(copies - 1)]
     del w_nk
-    thr = torch.full((), THRESHOLD, device=DEV)
+    thr = torch.full((), THRESHOLD, device=dev)
     tuned = {}
-    for rows in BATCHES:
+    for rows in plan.batches:
         if time.time() - T0 > 290:
             log(f"time limit: skipping {name} B={rows}")
             break
-        outs_buf = torch.empty(rows, pw0.out_features, device=DEV, dtype=torch.bfloat16)
-        dense_buf = torch.empty(rows, n_total, device=DEV, dtype=torch.bfloat16)
+        outs_buf = torch.empty(rows, pw0.out_features, device=dev, dtype=torch.bfloat16)
+        dense_buf = torch.empty(rows, n_total, device=dev, dtype=torch.bfloat16)
         x50 = make_x(rows, k, 0.5, gen)
         best = (float("inf"), None)
         sweep: list[dict] = []
@@ -179,7 +222,7 @@ def bench_group(name: str, ws: SplitKWorkspace, gen: torch.Generator, rows_out: 
                 break  # keep the run inside its lease: fewer configs swept
             try:
                 t = time_per_call([lambda p=p, c=cfg: sparse_matmul_triton(
-                    x50, p, thr, out=outs_buf, config=c) for p in pws])
+                    x50, p, thr, out=outs_buf, config=c) for p in pws], plan)
             except Exception as exc:  # an unbuildable tile: note it, keep sweeping
                 log(f"config {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
                 continue
@@ -187,27 +230,27 @@ def bench_group(name: str, ws: SplitKWorkspace, gen: torch.Generator, rows_out: 
             best = min(best, (t, cfg), key=lambda b: b[0])
         cfg = best[1] or pick_config(rows, k, pw0.out_features, gated)
         t_reduce = time_per_call([lambda p=p: sparse_matmul_triton(
-            x50, p, thr, out=outs_buf, config=cfg, fixup=False) for p in pws])
+            x50, p, thr, out=outs_buf, config=cfg, fixup=False) for p in pws], plan)
         x_none = make_x(rows, k, 1.0, gen)  # every channel skipped: the kernel's fixed cost
         t_floor = time_per_call([lambda p=p: sparse_matmul_triton(
-            x_none, p, thr, out=outs_buf, config=cfg) for p in pws])
+            x_none, p, thr, out=outs_buf, config=cfg) for p in pws], plan)
         tuned[rows] = dict(config=cfg.__dict__, us_fixup=best[0], us_two_kernel=t_reduce,
                            us_all_skipped=t_floor, sweep=sweep,
                            heuristic=pick_config(rows, k, pw0.out_features, gated).__dict__)
-        dense_us = time_per_call([lambda p=p: torch.mm(x50, p.w_t, out=dense_buf) for p in pws])
+        dense_us = time_per_call([lambda p=p: torch.mm(x50, p.w_t, out=dense_buf) for p in pws], plan)
         w_nk = [p.w_t.t().contiguous() for p in pws]  # nn.Linear layout, for reference
-        dense_nk_us = time_per_call([lambda w=w: torch.mm(x50, w.t(), out=dense_buf) for w in w_nk])
+        dense_nk_us = time_per_call([lambda w=w: torch.mm(x50, w.t(), out=dense_buf) for w in w_nk], plan)
         del w_nk
-        masked_us = time_per_call([lambda p=p: dense_matmul(x50, p, thr) for p in pws])
-        fused_us = time_per_call([lambda p=p: linear(x50, p, thr, mode="dense") for p in pws])
+        masked_us = time_per_call([lambda p=p: dense_matmul(x50, p, thr) for p in pws], plan)
+        fused_us = time_per_call([lambda p=p: linear(x50, p, thr, mode="dense") for p in pws], plan)
         tuned[rows].update(dense_mm_us=dense_us, dense_linear_layout_us=dense_nk_us,
                            dense_masked_us=masked_us,  # gated dense: torch-op mask, mm, epilogue
                            dense_fused_mask_us=fused_us)  # same with the one-launch Triton mask
         dense_us = min(dense_us, dense_nk_us)
-        for s in SPARSITIES:
+        for s in plan.sparsities:
             x = make_x(rows, k, s, gen)
             sp_us = time_per_call([lambda p=p: sparse_matmul_triton(
-                x, p, thr, out=outs_buf, config=cfg) for p in pws])
+                x, p, thr, out=outs_buf, config=cfg) for p in pws], plan)
             kept = int((x.float().abs() > THRESHOLD).any(0).sum())
             read = kept * n_total * 2 + x.numel() * 2 + outs_buf.numel() * 2
             rows_out.append(dict(group=name, batch=rows, sparsity=s, union_kept=kept / k,
@@ -220,18 +263,18 @@ def bench_group(name: str, ws: SplitKWorkspace, gen: torch.Generator, rows_out: 
 
 
 def copy_bandwidth() -> float:
-    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device=DEV)
+    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
     ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=5, rep=30, return_mode="median")
     return 2 * a.numel() / ms / 1e6  # GB/s, bytes read + written
 
 
-def layer_summary(rows: list[dict]) -> list[dict]:
+def layer_summary(plan: Plan, rows: list[dict]) -> list[dict]:
     out = []
-    for b in BATCHES:
-        for s in SPARSITIES:
+    for b in plan.batches:
+        for s in plan.sparsities:
             sel = [r for r in rows if r["batch"] == b and r["sparsity"] == s]
-            if len(sel) == len(SHAPES):
+            if len(sel) == len(plan.shapes):
                 d = sum(r["dense_us"] for r in sel)
                 sp = sum(r["sparse_us"] for r in sel)
                 best = sum(min(r["dense_us"], r["sparse_us"]) for r in sel)
@@ -240,10 +283,10 @@ def layer_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def crossover(summary: list[dict]) -> dict[int, float]:
+def crossover(plan: Plan, summary: list[dict]) -> dict[int, float]:
     """Per batch: the union sparsity where the per-layer speed-up crosses 1 (1.01 = never)."""
     table = {}
-    for b in BATCHES:
+    for b in plan.batches:
         pts = [(r["sparsity"], r["speedup"]) for r in summary if r["batch"] == b]
         table[b] = 1.01
         for (s0, v0), (s1, v1) in zip([(-1.0, 0.0)] + pts, pts):
@@ -254,28 +297,30 @@ def crossover(summary: list[dict]) -> dict[int, float]:
 
 
 def main() -> None:
+    plan = DRY_RUN if "--dry-run" in sys.argv else Plan()
     out_dir = os.environ.get("OUT", ".")
-    gen = torch.Generator(device=DEV).manual_seed(1234)
-    log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
-    report: dict = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+    gen = torch.Generator(device=plan.dev).manual_seed(1234)
+    device = torch.cuda.get_device_name() if plan.graphs else "cpu (dry run, interpreter)"
+    log(f"{device} torch {torch.__version__} triton {triton.__version__}")
+    report: dict = dict(device=device, torch=torch.__version__,
                         triton=triton.__version__, threshold=THRESHOLD)
-    report["copy_gbps"] = copy_bandwidth()
-    log(f"copy bandwidth {report['copy_gbps']:.0f} GB/s")
-    ws = SplitKWorkspace.allocate(DEV, max_batch=70, max_out=2 * 14336, max_split=64,
-                                  max_in=2 * 14336)
-    report["correctness"] = check_correctness(ws, gen)
+    if plan.graphs:
+        report["copy_gbps"] = copy_bandwidth()
+        log(f"copy bandwidth {report['copy_gbps']:.0f} GB/s")
+    ws = SplitKWorkspace.allocate(plan.dev, **plan.workspace)
+    report["correctness"] = check_correctness(plan, ws, gen)
     n_ok = sum(c["ok"] for c in report["correctness"])
     log(f"correctness: {n_ok}/{len(report['correctness'])} ok ({time.time() - T0:.0f}s)")
     rows: list[dict] = []
     report["groups"] = {}
-    for name in SHAPES:
-        report["groups"][name] = bench_group(name, ws, gen, rows)
+    for name in plan.shapes:
+        report["groups"][name] = bench_group(plan, name, ws, gen, rows)
         log(f"{name} done ({time.time() - T0:.0f}s)")
         with open(os.path.join(out_dir, "kernels.json"), "w") as fh:
             json.dump(dict(report, rows=rows, log=LOG), fh, indent=1)
     report["rows"] = rows
-    report["layer"] = layer_summary(rows)
-    report["crossover"] = crossover(report["layer"])
+    report["layer"] = layer_summary(plan, rows)
+    report["crossover"] = crossover(plan, report["layer"])
     report["log"] = LOG
     with open(os.path.join(out_dir, "kernels.json"), "w") as fh:
         json.dump(report, fh, indent=1)

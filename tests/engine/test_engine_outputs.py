@@ -119,3 +119,36 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_llama):
     alone = tokens(0)
     assert alone == tokens(2)
     assert alone != _hf_greedy(tiny_llama, [4, 5, 6], 10)  # it really sampled
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("qwen3", {"head_dim": 32}),  # per-head q/k RMSNorm
+    ("qwen2", {}),  # q/k/v bias
+    ("mistral", {"sliding_window": None}),
+    ("llama", {"max_position_embeddings": 512, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}),  # Llama-3 rope scaling
+])
+def test_other_families_match_hf_greedy_through_chunked_prefill(family, extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=97, **extra)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    engine = Engine(model, None, EngineConfig(max_batch_size=2, max_seq_len=128,
+                                              kv_capacity_tokens=256, max_prefill_tokens=7))
+    prompt = list(range(3, 60))
+    engine.add_request("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True))
+    got = [t for e in _run(engine)["a"] for t in e.token_ids]
+    assert got == _hf_greedy(model, prompt, 8)
+
+
+def test_unsupported_families_are_refused_with_a_user_error():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dynasparse_worker.errors import UserError
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50)).eval()
+    with pytest.raises(UserError, match="gpt2"):
+        Engine(model, None, EngineConfig(max_batch_size=1, max_seq_len=16, kv_capacity_tokens=16))

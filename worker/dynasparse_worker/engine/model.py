@@ -110,12 +110,31 @@ def _fuse(modules: list[Any], share: bool) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def check_supported(cfg: Any, max_positions: int) -> None:
+    """Refuse (UserError) models whose forward this module would compute wrongly."""
+    from dynasparse_worker.errors import UserError
+
+    family = getattr(cfg, "model_type", "?")
+    if family not in SUPPORTED_FAMILIES:
+        raise UserError(f"the engine runs {', '.join(SUPPORTED_FAMILIES)} models, not {family!r}: "
+                        "pass a model of one of those families")
+    window = getattr(cfg, "sliding_window", None)
+    windowed = family == "mistral" or getattr(cfg, "use_sliding_window", False)
+    if window and windowed and max_positions > window:
+        raise UserError(f"this model uses a {window}-token sliding window, which the engine does not "
+                        f"implement: set max_seq_len <= {window}")
+
+
 class DecoderModel:
     """Weights and the forward of a Llama-family decoder; no state of its own beyond weights."""
 
     def __init__(self, hf_model: Any, max_positions: int, ops: LinearOps | None = None,
                  share_weights: bool = True):
         cfg = hf_model.config
+        check_supported(cfg, max_positions)
         base = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else hf_model.model
         attn0 = base.layers[0].self_attn
         heads = cfg.num_attention_heads
