@@ -12,6 +12,8 @@ from dynasparse.devcluster.rest import Api
 def test_the_chart_installs_its_crd_and_every_object_on_a_real_api_server(chart_installed):
     status = chart_installed.helm("status", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "json").stdout
     assert '"status":"deployed"' in status.replace(" ", "")
+    notes = chart_installed.helm("status", RELEASE, "-n", RELEASE_NAMESPACE).stdout
+    assert "kubectl get am" in notes  # NOTES.txt tells the user how to see their models
     crd = chart_installed.api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
                                   "adaptivemodels.dynasparse.io")
     assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
