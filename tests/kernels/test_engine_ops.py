@@ -1,0 +1,74 @@
+"""`SparseLinearOps` serves the engine's `project` calls under the real `SparsityState`'s gates.
+
+Same contract as the engine's default `LinearOps`: `F.linear(x masked by |x|·col_scale >
+thresholds[bucket, layer, group], weight, bias)`, here through packed input-major weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dynasparse_worker.gating.state import SparsityState
+from dynasparse_worker.kernels.engine_ops import SparseLinearOps
+
+
+def _expected(x, weight, bias, state, bucket, layer, group):
+    keep = x.abs() * state.col_scale(layer, group) > state.thresholds[bucket, layer, group]
+    return F.linear(torch.where(keep, x, torch.zeros_like(x)), weight, bias)
+
+
+def _state():
+    return SparsityState([[32, 32, 32, 64], [32, 32, 32, 64]])  # 2 layers, hidden 32, mlp 64
+
+
+def test_projection_matches_the_engine_contract_on_every_group(gen):
+    state = _state()
+    state.thresholds.uniform_(0.2, 1.0, generator=gen)  # as set_budget would, in place
+    state.col_scale(1, 2).uniform_(0.5, 1.5, generator=gen)
+    ops = SparseLinearOps(state)
+    for group, (n_out, n_in) in enumerate([(48, 32), (32, 32), (128, 32), (32, 64)]):
+        weight = torch.randn(n_out, n_in, generator=gen)
+        bias = torch.randn(n_out, generator=gen) if group == 0 else None
+        for rows in (1, 3):
+            x = torch.randn(rows, n_in, generator=gen)
+            y = ops.project(x, weight, bias, layer=1, group=group, bucket=2)
+            ref = _expected(x, weight, bias, state, 2, 1, group)
+            assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5), (group, rows, gen.initial_seed())
+
+
+def test_budget_change_in_place_takes_effect_without_repacking(gen):
+    state = _state()
+    ops = SparseLinearOps(state, policy=lambda rows, group: "sparse")
+    weight = torch.randn(32, 64, generator=gen)
+    x = torch.randn(1, 64, generator=gen)
+    dense = ops.project(x, weight, None, layer=0, group=3, bucket=0)
+    packed = dict(ops._packed)
+    state.thresholds[0, 0, 3].fill_(0.8)
+    sparse = ops.project(x, weight, None, layer=0, group=3, bucket=0)
+    assert ops._packed == packed  # same packed weights: nothing rebuilt
+    assert torch.allclose(dense, x @ weight.t(), atol=1e-5)
+    assert torch.allclose(sparse, _expected(x, weight, None, state, 0, 0, 3), atol=1e-5)
+    assert not torch.allclose(sparse, dense)
+
+
+def test_sparse_and_dense_policies_give_the_same_result(gen):
+    state = _state()
+    state.thresholds.fill_(0.6)
+    weight = torch.randn(40, 32, generator=gen)
+    x = torch.randn(2, 32, generator=gen)
+    ys = [SparseLinearOps(state, policy=lambda r, g, m=m: m).project(x, weight, None, 0, 0, 1)
+          for m in ("sparse", "dense")]
+    assert torch.allclose(ys[0], ys[1], atol=1e-5)
+
+
+def test_bf16_cpu_packing_stays_within_bf16_error(gen):
+    state = _state()
+    state.thresholds.fill_(0.5)
+    ops = SparseLinearOps(state, cpu_dtype=torch.bfloat16)
+    weight = torch.randn(64, 32, generator=gen) / 6
+    x = torch.randn(1, 32, generator=gen)
+    y = ops.project(x, weight, None, layer=0, group=2, bucket=0)
+    ref = _expected(x, weight, None, state, 0, 0, 2)
+    assert y.dtype == torch.float32
+    assert float((y - ref).norm() / ref.norm()) < 1e-2

@@ -1,0 +1,88 @@
+"""`SparseLinearOps`: the engine's projection dispatch point (`ops=` of `engine.Engine`), backed
+by the input-sparse kernels of this package.
+
+The engine's `DecoderModel` calls `ops.project(x, weight, bias, layer, group, bucket)` for every
+projection group, with `weight` in `nn.Linear` layout (`[out, in]`, q|k|v and gate|up already fused
+by the engine) and `layer`, `group`, `bucket` fixed per captured graph. This class has the same
+interface as `engine.model.LinearOps` (duck-typed, so the kernels never import the engine):
+
+* it packs each weight input-major once, on its first call (the engine's warm-up, before graph
+  capture), and keeps that copy;
+* it reads the threshold as a view `state.thresholds[bucket, layer, group]` and the column scale
+  from the same `SparsityState`, so `set_budget` needs no re-capture;
+* `policy(rows, group)` picks "sparse" or "dense" per call shape; it runs at capture time, so it
+  may not read device tensors. The default sends a call to the sparse kernel where the measured
+  crossover (`configs.choose`) says it wins at `expected_sparsity`; dense calls mask x the same
+  way, so both give the contract's result.
+
+Gate/up stays un-gated here (`[N, 2I]` out) because the engine applies its own SiLU·up kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dynasparse_worker.kernels import linear
+from dynasparse_worker.kernels.configs import choose
+from dynasparse_worker.kernels.layout import PackedWeight, SplitKWorkspace, pack_projection
+
+GROUP_NAMES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+class SparseLinearOps:
+    """Projection dispatch over input-major packed weights: Triton on CUDA, embedding_bag on CPU."""
+
+    def __init__(self, state: Any | None = None, expected_sparsity: float = 0.5,
+                 policy: Callable[[int, str], str] | None = None,
+                 cpu_dtype: torch.dtype | None = None, max_batch: int = 64):
+        self.state = state
+        self.expected_sparsity = expected_sparsity
+        self.policy = policy or self._default_policy
+        self.cpu_dtype = cpu_dtype  # e.g. torch.bfloat16: half the bytes per step on the CPU
+        self.max_batch = max_batch
+        self._packed: dict[tuple[int, int], PackedWeight] = {}
+        self._workspace: SplitKWorkspace | None = None
+        self._device_type = "cpu"
+
+    def _default_policy(self, rows: int, group: str) -> str:
+        return choose(rows, self.expected_sparsity, self._device_type, group)
+
+    def _pack(self, weight: torch.Tensor, layer: int, group: int) -> PackedWeight:
+        key = (layer, group)
+        pw = self._packed.get(key)
+        if pw is None or pw.w_t.shape != (weight.shape[1], weight.shape[0]):
+            cuda = weight.device.type == "cuda"
+            if cuda and self._workspace is None:
+                self._workspace = SplitKWorkspace.allocate(
+                    weight.device, max_batch=self.max_batch, max_out=max(weight.shape[0], 65536))
+            dtype = None if cuda else self.cpu_dtype
+            pw = pack_projection([weight], workspace=self._workspace if cuda else None,
+                                 dtype=dtype)
+            self._packed[key] = pw
+        return pw
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                layer: int, group: int, bucket: int) -> torch.Tensor:
+        """`x [N, in]` -> `[N, out]` under the gating contract of (bucket, layer, group)."""
+        self._device_type = x.device.type
+        if self.state is None:  # no gates: plain dense projection
+            y = x @ weight.t()  # [N, out]
+            return y if bias is None else y + bias
+        pw = self._pack(weight, layer, group)
+        threshold = self.state.thresholds[bucket, layer, group]  # [] float32 view, in place
+        scale = _col_scale(self.state, layer, group)  # [in] float32 or None
+        rows = x.shape[0]
+        mode = self.policy(rows, GROUP_NAMES[group]) if rows <= self.max_batch else "dense"
+        y = linear(x.contiguous(), pw, threshold, scale, mode=mode)  # [N, out]
+        return y if bias is None else y + bias
+
+
+def _col_scale(state: Any, layer: int, group: int) -> torch.Tensor | None:
+    """`SparsityState.col_scale(layer, group)` (or a nested list of tensors), if it has one."""
+    scale = getattr(state, "col_scale", None)
+    if scale is None:
+        return None
+    return scale(layer, group) if callable(scale) else scale[layer][group]
