@@ -86,3 +86,9 @@ def test_mount_paths_in_args_and_env_are_rewritten_to_the_pod_directory():
 def test_wildcard_listen_addresses_are_bound_to_the_pod_ip():
     argv = podspec.rebind_wildcard(["--host", "0.0.0.0", "--liveness=http://0.0.0.0:8080/healthz"], "127.9.1.2")
     assert argv == ["--host", "127.9.1.2", "--liveness=http://127.9.1.2:8080/healthz"]
+
+
+def test_a_rewritten_path_is_not_rewritten_again_by_a_shorter_mount():
+    mounts = {"/tmp": "/tmp/c/pods/p/volumes/tmp", "/etc/cfg": "/tmp/c/pods/p/volumes/cfg"}
+    assert podspec.rewrite_paths("/etc/cfg/config.yaml", mounts) == "/tmp/c/pods/p/volumes/cfg/config.yaml"
+    assert podspec.rewrite_paths("--scratch=/tmp/x", mounts) == "--scratch=/tmp/c/pods/p/volumes/tmp/x"

@@ -160,13 +160,13 @@ def mount_map(container: dict, volume_dirs: dict[str, str]) -> dict[str, str]:
 
 
 def rewrite_paths(value: str, mounts: dict[str, str]) -> str:
-    """Replace each mount path (as a whole path component prefix) by its local directory."""
-    for mount_path in sorted(mounts, key=len, reverse=True):
-        if mount_path == "/":
-            continue
-        pattern = rf"(?<![\w.\-/]){re.escape(mount_path)}(?=$|/|[\s,:;=\"'])"
-        value = re.sub(pattern, lambda _m, m=mount_path: mounts[m], value)
-    return value
+    """Replace each mount path (as a whole path-component prefix) by its local directory, in one
+    pass, so a local directory that itself starts with another mount path (/tmp) is left alone."""
+    paths = sorted((m for m in mounts if m != "/"), key=len, reverse=True)
+    if not paths:
+        return value
+    pattern = rf"(?<![\w.\-/])({'|'.join(re.escape(m) for m in paths)})(?=$|/|[\s,:;=\"'])"
+    return re.sub(pattern, lambda match: mounts[match.group(1)], value)
 
 
 def rebind_wildcard(argv: list[str], pod_ip: str) -> list[str]:
