@@ -6,8 +6,10 @@ projection group, with `weight` in `nn.Linear` layout (`[out, in]`, q|k|v and ga
 by the engine) and `layer`, `group`, `bucket` fixed per captured graph. This class has the same
 interface as `engine.model.LinearOps` (duck-typed, so the kernels never import the engine):
 
-* it packs each weight input-major once, on its first call (the engine's warm-up, before graph
-  capture), and keeps that copy;
+* sparse calls pack the weight input-major once, on their first call (the engine's warm-up, before
+  graph capture), and keep that copy; dense calls mask x (one fused launch on CUDA) and run
+  `F.linear` on the engine's own weight, so groups that never go sparse cost no extra memory
+  (and a bf16 CPU copy never slows the dense path: bf16 GEMV is slow on AVX2 CPUs);
 * it reads the threshold as a view `state.thresholds[bucket, layer, group]` and the column scale
   from the same `SparsityState`, so `set_budget` needs no re-capture;
 * `policy(rows, group)` picks "sparse" or "dense" per call shape; it runs at capture time, so it
@@ -24,10 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from dynasparse_worker.kernels import linear
+from dynasparse_worker.kernels import sparse_matmul
 from dynasparse_worker.kernels.configs import choose
 from dynasparse_worker.kernels.layout import PackedWeight, SplitKWorkspace, pack_projection
+from dynasparse_worker.kernels.torch_ops import keep_mask
 
 GROUP_NAMES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 
@@ -71,13 +75,24 @@ class SparseLinearOps:
         if self.state is None:  # no gates: plain dense projection
             y = x @ weight.t()  # [N, out]
             return y if bias is None else y + bias
-        pw = self._pack(weight, layer, group)
         threshold = self.state.thresholds[bucket, layer, group]  # [] float32 view, in place
         scale = _col_scale(self.state, layer, group)  # [in] float32 or None
         rows = x.shape[0]
         mode = self.policy(rows, GROUP_NAMES[group]) if rows <= self.max_batch else "dense"
-        y = linear(x.contiguous(), pw, threshold, scale, mode=mode)  # [N, out]
+        if mode == "dense":
+            return F.linear(_masked(x, threshold, scale), weight, bias)  # [N, out]
+        pw = self._pack(weight, layer, group)
+        y = sparse_matmul(x.contiguous(), pw, threshold, scale)  # [N, out]
         return y if bias is None else y + bias
+
+
+def _masked(x: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x with the channels under the gate zeroed: one Triton launch on CUDA. `[N, in]`."""
+    if x.device.type == "cuda":
+        from dynasparse_worker.kernels.triton_mask import mask_input_triton
+
+        return mask_input_triton(x.contiguous(), threshold, scale)
+    return torch.where(keep_mask(x, threshold, scale), x, torch.zeros_like(x))
 
 
 def _col_scale(state: Any, layer: int, group: int) -> torch.Tensor | None:
