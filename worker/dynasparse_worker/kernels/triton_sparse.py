@@ -16,14 +16,16 @@ Design (split-K with an in-kernel fix-up):
 * B == 1 multiplies elementwise into a `[BLOCK_K, BLOCK_N]` fp32 accumulator reduced once at the
   end; larger batches pad to 16/32/64 rows and use `tl.dot` (fp32 accumulation in both).
 
-Measured (H200, `measured_h200.json`): correct everywhere, but the cost of a skipped row is not
-zero: with every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
-predicated-off row still costs its load, convert and FMA instructions. See `configs.py` for the
-crossover this gives.
 * split-K partial sums go to a shared float32 scratch; the last program to arrive at a column
   block (an acq_rel arrival counter) sums them, applies the epilogue (bf16 cast, or
   `silu(gate) * up` for gated groups) and resets the counter: one launch per projection group.
   `fixup=False` instead reduces in a second small kernel (kept as a measured alternative).
+
+Measured (H200, `measured_h200.json`): correct everywhere, but the cost of a skipped row is not
+zero: with every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
+predicated-off row still costs its load, convert and FMA instructions. See `configs.py` for the
+crossover this gives.
+`KernelConfig(compact=True)` routes to `triton_compact`, whose work scales with the kept rows.
 """
 
 from __future__ import annotations
