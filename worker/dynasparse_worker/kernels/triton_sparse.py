@@ -14,8 +14,7 @@ Design (split-K with an in-kernel fix-up):
 * the loop is software-pipelined by hand: the next block's weight rows and the block after's x
   are loaded before the current block is accumulated, so loads stay in flight;
 * B == 1 multiplies elementwise into a `[BLOCK_K, BLOCK_N]` fp32 accumulator reduced once at the
-  end; larger batches pad to 16/32/64 rows and use `tl.dot` (fp32 accumulation in both).
-
+  end; larger batches pad to 16/32/64 rows and use `tl.dot` (fp32 accumulation in both);
 * split-K partial sums go to a shared float32 scratch; the last program to arrive at a column
   block (an acq_rel arrival counter) sums them, applies the epilogue (bf16 cast, or
   `silu(gate) * up` for gated groups) and resets the counter: one launch per projection group.
@@ -24,8 +23,7 @@ Design (split-K with an in-kernel fix-up):
 Measured (H200, `measured_h200.json`): correct everywhere, but the cost of a skipped row is not
 zero: with every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
 predicated-off row still costs its load, convert and FMA instructions. See `configs.py` for the
-crossover this gives.
-`KernelConfig(compact=True)` routes to `triton_compact`, whose work scales with the kept rows.
+crossover this gives. `KernelConfig(compact=True)` routes to `triton_compact`, whose work scales with the kept rows.
 """
 
 from __future__ import annotations
