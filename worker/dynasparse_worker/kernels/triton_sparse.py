@@ -23,7 +23,8 @@ Design (split-K with an in-kernel fix-up):
 Measured (H200, `measured_h200.json`): correct everywhere, but the cost of a skipped row is not
 zero: with every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
 predicated-off row still costs its load, convert and FMA instructions. See `configs.py` for the
-crossover this gives. `KernelConfig(compact=True)` routes to `triton_compact`, whose work scales with the kept rows.
+crossover this gives. `KernelConfig(compact=True)` routes to `triton_compact`, whose work
+scales with the kept rows.
 """
 
 from __future__ import annotations
