@@ -61,6 +61,11 @@ def ca_namespace(settings: OperatorSettings) -> str:
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """A fresh registry has no default login: in a pod the ServiceAccount, else $KUBECONFIG."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         ctx: OperatorContext = memo.ctx
