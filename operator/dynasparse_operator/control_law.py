@@ -75,6 +75,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
     draining = [p for p in pods if p.disruption]
     survivors = [p for p in pods if not p.disruption]
     budget = min(max(state.budget, floor), params.max_budget)
+    bounded = abs(budget - state.budget) > 1e-9  # the floor or ceiling moved past the budget
     events: list[str] = []
 
     budget, ff_reason, new_drains = _feed_forward_disruption(budget, floor, draining, survivors, state)
@@ -86,6 +87,10 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
                                  error=state.last_error)
     elif ff_reason:
         fb = dataclasses.replace(fb, reason=f"{ff_reason}; {fb.reason}")
+    elif bounded and fb.kind in ("hold", "no-data"):
+        fb = dataclasses.replace(fb, kind="bounds", reason=(
+            f"bounds [{floor:.2f}, {params.max_budget:.2f}] ({floor_why}): "
+            f"budget {state.budget:.2f} → {budget:.2f}"))
     budget = fb.budget
 
     commands, pressure_events = _commands(pods, budget, floor, params, fb.reason)
@@ -100,7 +105,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
     )
     return Decision(
         at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
-        reason=fb.reason if fb.kind != "hold" or not changed else f"{fb.reason} ({floor_why})",
+        reason=fb.reason,
         kind=fb.kind, floor=floor, ceiling=params.max_budget, worst_ratio=fb.worst_ratio,
         ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms, observation=fb.observation,
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,

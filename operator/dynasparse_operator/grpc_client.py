@@ -93,9 +93,10 @@ class WorkerStream:
                 detail = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
                 detail = f"{type(exc).__name__}: {exc}"
+            log.log(logging.INFO if self.connected or detail != self.last_error else logging.DEBUG,
+                    "control stream to %s (%s) lost: %s; retrying in %.1fs", self.pod,
+                    self.address, detail, delay)
             self._set_state(False, detail)
-            log.info("control stream to %s (%s) lost: %s; retrying in %.1fs", self.pod,
-                     self.address, detail, delay)
             if time.monotonic() - started > 10 * self._settings.backoff_max_s:
                 delay = self._settings.backoff_initial_s  # it had been up a while: start over
             await asyncio.sleep(delay)

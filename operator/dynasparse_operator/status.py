@@ -112,10 +112,12 @@ def _pod_entry(pod: PodFacts, inp: StatusInput) -> dict[str, Any]:
 def status_patch(inp: StatusInput) -> dict[str, Any]:
     """The whole status we own, as one merge patch."""
     d = inp.decision
-    reps = [inp.reports[p.name] for p in inp.pods if p.name in inp.reports and not p.disruption]
+    reps = [inp.reports[p.name] for p in inp.pods if p.name in inp.reports and not p.disruption
+            and inp.reports[p.name].samples > 0]  # an empty window says nothing about latency
     worst_ttft = max((r.ttft_p95_ms for r in reps), default=None)
     worst_itl = max((r.inter_token_p95_ms for r in reps), default=None)
-    loss = max((r.expected_loss for r in reps), default=None)
+    loss = max((inp.reports[p.name].expected_loss for p in inp.pods
+                if p.name in inp.reports and not p.disruption), default=None)
     status: dict[str, Any] = {
         "observedGeneration": inp.generation,
         "replicas": inp.existing_pods,
@@ -155,6 +157,8 @@ def event_for(decision: Decision) -> tuple[str, str, str] | None:
         return "Warning", "Disruption", decision.reason
     if decision.kind == "slo-violation":
         return "Warning", "BudgetLowered", decision.reason
+    if decision.kind == "bounds":
+        return "Normal", "BudgetBounded", decision.reason
     if decision.to_budget < decision.from_budget:
         return "Normal", "BudgetLowered", decision.reason
     return "Normal", "BudgetRaised", decision.reason

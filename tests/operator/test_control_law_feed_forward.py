@@ -49,3 +49,10 @@ def test_inter_token_slo_alone_triggers_a_cut():
 def test_too_few_samples_say_nothing_about_the_slo():
     quiet = PodReport(name="a", received_at=10.0, ttft_p95_ms=5000, samples=2)
     assert not violates_slo(quiet, PARAMS)
+
+
+def test_a_budget_moved_by_its_bounds_says_so():
+    capped = LawParams(ttft_slo_ms=500, min_budget=0.4, max_budget=0.7)
+    d = decide({}, [PodFacts("a")], capped, LawState(budget=1.0), now=1.0)
+    assert d.to_budget == pytest.approx(0.7) and d.kind == "bounds"
+    assert d.reason == "bounds [0.40, 0.70] (minBudget 0.40): budget 1.00 → 0.70"

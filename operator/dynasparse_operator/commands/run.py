@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per pod/node event handled is noise at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = load_settings()
     _check_credentials()
     if args.health_port is not None:
