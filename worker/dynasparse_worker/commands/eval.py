@@ -78,6 +78,10 @@ def run(args) -> int:
     from dynasparse_worker.models import load_model
 
     started = time.monotonic()
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     budgets = parse_budgets(args.budgets)
     _check_writable(args.json, "--json")
     _check_writable(args.plot, "--plot")
