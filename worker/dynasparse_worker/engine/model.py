@@ -76,6 +76,14 @@ class LinearOps:
             x = x * (score > threshold).to(x.dtype)  # [N, in]
         return F.linear(x, weight, bias)
 
+    def project_gated(self, x: Tensor, gate_up: Tensor, act: Callable[[Tensor], Tensor], layer: int,
+                      bucket: int) -> Tensor:
+        """The MLP input group: act(x Wg) * (x Wu) [N, I] from the fused [2I, hidden] weight.
+
+        Override to run a kernel that fuses the activation (e.g. `pack_projection(gated=True)`).
+        """
+        return silu_mul(self.project(x, gate_up, None, layer, GROUP_MLP_IN, bucket), act)  # [N, I]
+
 
 def _col_scale(state: Any, layer: int, group: int) -> Tensor:
     """`SparsityState.col_scale(layer, group)` (or a nested list of tensors)."""
@@ -212,8 +220,8 @@ class DecoderModel:
             o = attend(index, q).reshape(-1, n_q)  # [N, H D]
             o = self.ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
             h, x = add_rms_norm(o if keep is None else o * keep[0], x, w.mlp_norm, s.eps)
-            gu = self.ops.project(h, w.gate_up, None, index, GROUP_MLP_IN, bucket)  # [N, 2I]
-            m = self.ops.project(silu_mul(gu, w.act), w.down, None, index, GROUP_MLP_OUT, bucket)
+            a = self.ops.project_gated(h, w.gate_up, w.act, index, bucket)  # [N, I]
+            m = self.ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
             delta = m if keep is None else m * keep[1]  # [N, hidden]
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
 
