@@ -21,11 +21,14 @@ from dynasparse.devcluster.fixture import DevCluster, dev_cluster as _start
 def dev_cluster(tmp_path_factory) -> DevCluster:
     state_dir = tmp_path_factory.mktemp("dev-cluster")
     nodes = int(os.environ.get("DYNASPARSE_DEV_NODES", "4"))
+    problem = None
     try:
         manager = _start(state_dir, gpu_nodes=nodes)
         cluster = manager.__enter__()
     except DevClusterError as exc:
-        pytest.fail(f"cannot start the dev cluster: {exc}", pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(f"cannot start the dev cluster: {problem}", pytrace=False)
     try:
         yield cluster
     finally:
