@@ -267,8 +267,9 @@ def _commands(pods: Sequence[PodFacts], budget: float, floor: float, params: Law
         pod_reason = reason
         if pod.pressure:
             lowered = max(floor, params.max_budget * params.pressure_ceiling_factor)
-            pod_reason = (f"node {pod.node or '?'} has {', '.join(pod.pressure)}: "
-                          f"ceiling {ceiling:.2f} → {lowered:.2f}")
+            where = f"node {pod.node or '?'} has {', '.join(pod.pressure)}"
+            pod_reason = (f"{where}: ceiling {ceiling:.2f} → {lowered:.2f}" if lowered < ceiling
+                          else f"{where}: ceiling held at the quality floor {floor:.2f}")
             events.append(pod_reason + f" for pod {pod.name}")
             ceiling = lowered
         commands[pod.name] = PodCommand(pod.name, min(budget, ceiling), floor, ceiling,

@@ -56,3 +56,11 @@ def test_a_budget_moved_by_its_bounds_says_so():
     d = decide({}, [PodFacts("a")], capped, LawState(budget=1.0), now=1.0)
     assert d.to_budget == pytest.approx(0.7) and d.kind == "bounds"
     assert d.reason == "bounds [0.40, 0.70] (minBudget 0.40): budget 1.00 → 0.70"
+
+
+def test_pressure_never_pushes_the_ceiling_under_the_quality_floor():
+    dense_only = PodReport(name="a", received_at=10.0, samples=0, min_budget=1.0)
+    d = decide({"a": dense_only}, [PodFacts("a", "n1", pressure=("DiskPressure",))], PARAMS,
+               LawState(), now=10.0)
+    assert d.commands["a"].ceiling == 1.0 and d.commands["a"].floor == 1.0
+    assert d.events == ("node n1 has DiskPressure: ceiling held at the quality floor 1.00 for pod a",)
