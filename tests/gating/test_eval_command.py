@@ -77,3 +77,14 @@ def test_calibration_made_for_another_model_is_refused(tiny_dir, tmp_path, capsy
     code = main(["eval", "--model", str(tiny_dir), "--calibration", str(path), "--sequences", "1",
                  "--seq-len", "16", "--quiet"])
     assert code == 2 and "calibrated for model" in capsys.readouterr().err
+
+
+def test_calibrate_writes_an_artifact_that_eval_accepts(tiny_dir, tmp_path):
+    from dynasparse_worker.gating.artifact import load_artifact
+
+    path = tmp_path / "calib.safetensors"
+    code = main(["calibrate", "--model", str(tiny_dir), "--sequences", "2", "--seq-len", "32", "--out", str(path)])
+    assert code == 0 and load_artifact(path).model_name == str(tiny_dir)
+    code = main(["eval", "--model", str(tiny_dir), "--calibration", str(path), "--budgets", "1,0.8",
+                 "--sequences", "1", "--seq-len", "32", "--quiet"])
+    assert code == 0

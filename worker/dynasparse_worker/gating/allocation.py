@@ -29,6 +29,15 @@ class GroupDistributions:
     channels: torch.Tensor  # [G] input channels per group
 
 
+_SORTED = 1 << 17  # elements sorted per distribution (random subset beyond this)
+
+
+def _subsample(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if values.numel() <= _SORTED:
+        return values
+    return values[torch.randint(0, values.numel(), (_SORTED,), generator=generator)]
+
+
 def summarise(samples: list[torch.Tensor], bucket_edges, generator: torch.Generator) -> GroupDistributions:
     """`samples[G]`: [S, in] scores of S calibration tokens → quantile summaries per bucket."""
     nb, g_count = len(bucket_edges), len(samples)
@@ -37,17 +46,22 @@ def summarise(samples: list[torch.Tensor], bucket_edges, generator: torch.Genera
     for gi, scores in enumerate(samples):
         scores = scores.float()  # [S, in]
         tokens = scores.shape[0]
-        single = scores.reshape(-1).sort().values  # [S*in]
+        flat = _subsample(scores.reshape(-1), generator)  # [<=_SORTED] an unbiased subset
+        single = flat.sort().values
         picks = torch.linspace(0, single.numel() - 1, _POINTS).round().long()  # [P]
-        cost = (0.5 * single.double() ** 2).cumsum(0) / tokens  # [S*in] per-token KL so far
+        scale = scores.numel() / single.numel() / tokens  # subset sums -> per-token sums
+        cost = (0.5 * single.double() ** 2).cumsum(0) * scale  # per-token KL of skipping up to here
         cum_cost[gi] = cost[picks].float()
+        sorted_scores[0, gi] = single[picks]
         perm = torch.randperm(tokens, generator=generator)
         for bi, edge in enumerate(bucket_edges):
             size = min(int(edge), tokens)
+            if bi == 0 and size == 1:
+                continue
             usable = tokens // size * size
             union = scores[perm[:usable]].reshape(-1, size, scores.shape[1]).amax(1)  # [S/B, in]
-            flat = union.reshape(-1).sort().values  # [S/B*in]
-            sorted_scores[bi, gi] = flat[torch.linspace(0, flat.numel() - 1, _POINTS).round().long()]
+            ordered = _subsample(union.reshape(-1), generator).sort().values
+            sorted_scores[bi, gi] = ordered[torch.linspace(0, ordered.numel() - 1, _POINTS).round().long()]
     channels = torch.tensor([s.shape[1] for s in samples], dtype=torch.float64)
     return GroupDistributions(sorted_scores, cum_cost, sorted_scores[0].clone(), channels)
 
