@@ -121,9 +121,10 @@ def test_model_owns_deployment_service_and_a_certificate_signed_by_the_operator_
                60, "owned objects to be garbage-collected")
 
 
-def test_spot_notice_drains_that_nodes_pod_with_an_event_and_budget_survives_restart(operator, crd, namespace):
+def test_spot_notice_drains_that_nodes_pod_adds_a_replica_and_budget_survives_restart(operator, crd, namespace):
     procs, start, _ = operator
-    crd.api.post(AM_PATH.format(ns=namespace), model(replicas=3))
+    crd.api.post(AM_PATH.format(ns=namespace),
+                 model(replicas=3, control={"intervalSeconds": 1, "replaceDisruptedPods": True}))
     wait_until(lambda: (get_am(crd, namespace).get("status") or {}).get("readyReplicas") == 3,
                240, "3 ready pods")
     pods = crd.api.get(f"/api/v1/namespaces/{namespace}/pods",
@@ -140,6 +141,8 @@ def test_spot_notice_drains_that_nodes_pod_with_an_event_and_budget_survives_res
                                      if e.get("reason") == "Disruption"], 30, "a Disruption event")
         assert events[0]["message"].startswith(f"node {doomed} has {SPOT}: draining 1 pod")
         budget = am["status"]["budget"]
+        wait_until(lambda: crd.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker")
+                   ["spec"]["replicas"] == 4, 30, "a replacement replica requested before the node goes")
 
         procs[0].terminate()
         procs[0].wait(20)
