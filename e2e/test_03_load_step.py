@@ -26,7 +26,7 @@ def p95(values: list[float]) -> float:
 def test_a_3x_load_step_lowers_the_budget_and_relaxes_after(operator_running, namespace):
     needs("dynasparse_worker.commands.serve", "the worker's `dynasparse serve` command")
     cluster = operator_running
-    spec = {"model": "default", "replicas": 2, "slo": {"ttftP95Ms": 60000}, "quality": {"maxLoss": 1.0},
+    spec = {"model": "default", "replicas": 2, "slo": {"ttftP95Ms": 60000}, "quality": {"minBudget": 0.2},
             "control": {"intervalSeconds": 1, "responsiveness": 0.8}}
     apply_model(cluster, namespace, "step", spec)
     wait_until(lambda: len(ready_worker_pods(cluster, namespace, "step")) == 2, 420, "2 workers Ready", interval=2)

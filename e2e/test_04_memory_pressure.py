@@ -8,7 +8,7 @@ from e2e_support import apply_model, events_for, model_status, needs, ready_work
 from dynasparse.devcluster import nodeops
 from dynasparse.devcluster.fixture import wait_until
 
-SPEC = {"model": "default", "replicas": 2, "slo": {"ttftP95Ms": 2000}, "quality": {"maxLoss": 0.5},
+SPEC = {"model": "default", "replicas": 2, "slo": {"ttftP95Ms": 2000}, "quality": {"minBudget": 0.3},
         "control": {"intervalSeconds": 1}}
 
 

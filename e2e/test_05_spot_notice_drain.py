@@ -14,7 +14,7 @@ from e2e_load import OpenLoopLoad
 from dynasparse.devcluster import nodeops
 from dynasparse.devcluster.fixture import wait_until
 
-SPEC = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 3000}, "quality": {"maxLoss": 0.5},
+SPEC = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 3000}, "quality": {"minBudget": 0.3},
         "control": {"intervalSeconds": 1}, "worker": {"drainGraceSeconds": 20}}
 NOTICE_SECONDS = 5  # AWS gives 2 minutes; compressed so CI stays fast
 
