@@ -68,9 +68,27 @@ def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
             assert httpx.get(f"{url}/readyz").json() == {"ready": False, "reason": "draining"}
             assert httpx.post(f"{url}/v1/completions", json=body).status_code == 503
             results = [f.result() for f in futures]
-        assert [r.status_code for r in results] == [200, 200]
+        assert [r.status_code for r in results] == [200, 200], "".join(lines[-40:])
         assert [r.json()["usage"]["completion_tokens"] for r in results] == [24, 24]
         assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "dynasparse.cli", "serve", "--port", "0",
+                             "--control-port", "0", "--max-seq-len", "256", "--kv-tokens", "1024"],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    try:
+        url = f"http://127.0.0.1:{_wait_for_port(proc, lines)}"
+        assert httpx.get(f"{url}/readyz").json() == {"ready": False, "reason": "loading the model"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert any("stopped while the model was still loading" in line for line in lines)
     finally:
         if proc.poll() is None:
             proc.kill()

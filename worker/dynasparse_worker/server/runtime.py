@@ -107,11 +107,11 @@ class WorkerRuntime:
         self._health = health
         self.started.set()
         try:
-            await self._load_and_start_engine()
-            if health is not None:
-                await health.set_ready(self.supervisor.ready)
-            self.loaded.set()
-            await self._done.wait()
+            if await self._load_unless_drained():
+                if health is not None:
+                    await health.set_ready(self.supervisor.ready)
+                self.loaded.set()
+                await self._done.wait()
         finally:
             if health is not None:
                 await health.set_ready(False)
@@ -172,8 +172,32 @@ class WorkerRuntime:
         log.info("control endpoint (mTLS) on %s:%d", s.control_host, port)
         return server, health
 
-    async def _load_and_start_engine(self) -> None:
-        engine, loaded, gated = await asyncio.to_thread(self._build_engine)
+    async def _load_unless_drained(self) -> bool:
+        """Load the model and start the engine; False if a drain ended the process first (the load
+        runs in a daemon thread, so a SIGTERM during a long calibration does not wait for it)."""
+        assert self._done is not None
+        loop = asyncio.get_running_loop()
+        built: asyncio.Future = loop.create_future()
+
+        def build() -> None:
+            try:
+                result = self._build_engine()
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                loop.call_soon_threadsafe(_settle, built, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, built, result, None)
+
+        threading.Thread(target=build, name="model-load", daemon=True).start()
+        done = asyncio.ensure_future(self._done.wait())
+        await asyncio.wait({built, done}, return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        if not built.done():
+            log.warning("stopped while the model was still loading")
+            return False
+        self._start_engine(*built.result())
+        return True
+
+    def _start_engine(self, engine: Any, loaded: Any, gated: Any) -> None:
         if gated is not None:
             self.actuator = GatedActuator(gated)
             self.supervisor.attach(self.actuator)
@@ -228,6 +252,15 @@ class WorkerRuntime:
         await asyncio.sleep(0.2)  # let the last responses flush
         assert self._done is not None
         self._done.set()
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _load_gated(loaded: Any, calibration: str) -> Any:
