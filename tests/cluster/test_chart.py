@@ -106,3 +106,14 @@ def test_the_service_monitor_appears_only_when_asked_and_its_api_exists(helm):
 
 def test_the_crd_ships_with_the_chart(helm):
     assert ("CustomResourceDefinition", "adaptivemodels.dynasparse.io") in render(helm)
+
+
+def test_peering_renders_its_crd_and_peering_object_and_is_required_for_several_replicas(helm):
+    objs = render(helm, "--set", "operator.peering=dynasparse", "--set", "operator.replicas=2")
+    assert ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev") in objs
+    peering = objs[("ClusterKopfPeering", "dynasparse")]
+    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]  # after its CRD exists
+    args = objs[("Deployment", "rel-dynasparse-operator")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=dynasparse" in args
+    refused = run_helm(helm, "template", "rel", str(CHART), "--set", "operator.replicas=2", check=False)
+    assert refused.returncode != 0 and "operator.peering" in refused.stderr
