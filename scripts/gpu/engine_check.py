@@ -77,11 +77,14 @@ def kernel_checks() -> dict:
 
 
 @torch.inference_mode()
-def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1) -> dict:
+def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1,
+              prompt_ids: list[list[int]] | None = None) -> dict:
+    """Random-token prompts unless `prompt_ids` are given (real text for a trained model)."""
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(7)
-    ids = [torch.randint(0, vocab, (int(n),), generator=g).tolist()
-           for n in torch.randint(16, 64, (prompts,), generator=g)]
+    ids = prompt_ids or [torch.randint(0, vocab, (int(n),), generator=g).tolist()
+                         for n in torch.randint(16, 64, (prompts,), generator=g)]
+    prompts = len(ids)
     engine = Engine(model, None, EngineConfig(max_batch_size=16, max_seq_len=512,
                                               kv_memory_fraction=0.2, batch_buckets=(1, 2, 4, 8, 16)))
     for i, p in enumerate(ids):
