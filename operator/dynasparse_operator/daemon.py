@@ -193,8 +193,10 @@ class ControlLoop:
             return
         self.surge = decision.surge_replicas
         await self.deps.scale_workers(self.owner.namespace, self.owner.name, spec.replicas + self.surge)
-        self.deps.emit_event("Normal", "ReplacingCapacity",
-                             f"replicas {spec.replicas} + {self.surge} while pods drain")
+        self.deps.emit_event("Normal", "ReplacingCapacity", (
+            f"{self.surge} draining pod{'s' if self.surge != 1 else ''}: replicas "
+            f"{spec.replicas} → {spec.replicas + self.surge} until they are gone") if self.surge
+            else f"no pods draining: replicas back to {spec.replicas}")
 
     def _events(self, decision: Decision) -> None:
         event = status_mod.event_for(decision)
