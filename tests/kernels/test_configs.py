@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynasparse_worker.kernels import choose, crossover
-from dynasparse_worker.kernels.configs import TUNED, block_rows, pick_config
+from dynasparse_worker.kernels.configs import TUNED, TUNED_PREDICATED, block_rows, pick_config
 
 
 def test_single_token_goes_sparse_only_above_its_measured_crossover():
@@ -47,6 +47,11 @@ def test_untuned_shapes_get_a_split_that_fits_the_input(batch, k, n, gated):
 
 
 def test_tuned_shapes_come_from_the_measured_table():
-    key = next(iter(TUNED))
-    rows, k, n, gated = key
-    assert pick_config(rows, k, n, gated) is TUNED[key]
+    for table, predicated in ((TUNED, False), (TUNED_PREDICATED, True)):
+        for key, cfg in table.items():
+            assert pick_config(*key, predicated=predicated) is cfg
+
+
+def test_compacting_kernel_is_the_default_and_predicated_stays_selectable():
+    assert pick_config(1, 4096, 4096, False).compact
+    assert not pick_config(1, 4096, 4096, False, predicated=True).compact

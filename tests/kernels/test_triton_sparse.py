@@ -20,6 +20,8 @@ from dynasparse_worker.kernels import (
 
 SMALL = KernelConfig(block_n=32, block_k=16, split_k=3)  # several column blocks and K splits
 COMPACT = KernelConfig(block_n=32, block_k=16, split_k=3, compact=True)  # list kept rows first
+COMPACT_DOT = KernelConfig(block_n=32, block_k=16, split_k=3, compact=True, dot=True)
+TWO_LAUNCH = KernelConfig(block_n=32, block_k=16, split_k=3, compact=True, fused=False)
 
 
 def _weights(gen, outs, k, device, dtype=torch.bfloat16):
@@ -78,7 +80,8 @@ def test_each_token_keeps_only_its_own_channels_whatever_the_batch(triton_kernel
     assert _rel_err(alone, ref[2:3]) < 1e-2, gen.initial_seed()
 
 
-@pytest.mark.parametrize("config", [SMALL, COMPACT], ids=["predicated", "compact"])
+@pytest.mark.parametrize("config", [SMALL, COMPACT, COMPACT_DOT],
+                         ids=["predicated", "compact", "compact-dot"])
 def test_skipped_weight_rows_are_never_read(triton_kernels, device, gen, config):
     k = 64
     w = _weights(gen, [64], k, device)[0]  # [N, K]
@@ -94,9 +97,11 @@ def test_skipped_weight_rows_are_never_read(triton_kernels, device, gen, config)
     assert _rel_err(y, masked_reference(x, pw_clean, thr)) < 1e-2, gen.initial_seed()
 
 
-@pytest.mark.parametrize("rows,gated", [(1, True), (18, False)])
+@pytest.mark.parametrize("rows,gated,config", [
+    (1, True, COMPACT), (1, False, COMPACT_DOT), (18, False, COMPACT), (3, True, TWO_LAUNCH)],
+    ids=["fma-gated", "dot-one-token", "dot-batch", "two-launch"])
 def test_compacting_variant_matches_reference_over_several_slices(triton_kernels, device, gen,
-                                                                  rows, gated):
+                                                                  rows, gated, config):
     k = 96
     ws = SplitKWorkspace.allocate(device, max_batch=rows, max_out=128, max_in=k)
     pw = pack_projection(_weights(gen, [48, 48] if gated else [40, 24], k, device), gated=gated,
@@ -104,9 +109,36 @@ def test_compacting_variant_matches_reference_over_several_slices(triton_kernels
     x = _x(gen, rows, k, device)  # 18 rows: the union is built 16 tokens at a time
     scale = (0.5 + torch.rand(k, generator=gen)).to(device)
     thr = torch.tensor(0.7, device=device)
-    y = _run(triton_kernels, x, pw, thr, scale, config=COMPACT)
+    y = _run(triton_kernels, x, pw, thr, scale, config=config)
     assert _rel_err(y, masked_reference(x, pw, thr, scale)) < 1e-2, gen.initial_seed()
     assert int(ws.counters.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["one-launch", "two-launch"])
+def test_compacting_variant_lists_a_long_slice_in_several_chunks(triton_kernels, device, gen,
+                                                                  fused):
+    k = 600  # one slice of 600 channels, listed 256 at a time for a batch of 18
+    ws = SplitKWorkspace.allocate(device, max_batch=18, max_out=64, max_in=k)
+    pw = pack_projection(_weights(gen, [32], k, device), workspace=ws)
+    x = _x(gen, 18, k, device)
+    x[:, 100:400] *= 0.1  # a run of mostly skipped channels
+    thr = torch.tensor(1.2, device=device)
+    config = KernelConfig(block_n=32, block_k=64, split_k=1, compact=True, fused=fused)
+    y = _run(triton_kernels, x, pw, thr, config=config)
+    assert _rel_err(y, masked_reference(x, pw, thr)) < 1e-2, gen.initial_seed()
+
+
+def test_compacting_variant_writes_zeros_when_every_row_is_skipped(triton_kernels, device, gen):
+    k = 64
+    ws = SplitKWorkspace.allocate(device, max_batch=2, max_out=64, max_in=k)
+    pw = pack_projection(_weights(gen, [32], k, device), workspace=ws)
+    x = _x(gen, 2, k, device)
+    thr = torch.tensor(1e9, device=device)  # an empty kept list: zero loop trips everywhere
+    for config in (COMPACT, COMPACT_DOT):
+        assert torch.equal(_run(triton_kernels, x[:1].contiguous(), pw, thr, config=config),
+                           torch.zeros(1, 32, dtype=x.dtype, device=device))
+    assert torch.equal(_run(triton_kernels, x, pw, thr, config=COMPACT),
+                       torch.zeros(2, 32, dtype=x.dtype, device=device))
 
 
 def test_threshold_is_read_from_device_memory_at_every_call(triton_kernels, device, gen):

@@ -31,26 +31,25 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     compact: bool = False
-    """Compact the kept rows first (`triton_compact`): work scales with kept rows. Not yet
-    measured on a GPU; the suite sweeps it."""
+    """Loop over a list of the kept rows only (`triton_compact`): work scales with kept rows."""
+    fused: bool = True
+    """compact: each program lists its slice's kept rows itself (one launch); False: a separate
+    listing launch first."""
+    dot: bool = False
+    """compact, one token: `tl.dot` over the batch padded to 16 instead of elementwise FMA
+    (batches of 2+ always use `tl.dot`)."""
 
 
 _C8 = KernelConfig(block_n=128, block_k=64, split_k=8)
-# (block_rows, in, out, gated) -> best of the suite's sweep at 50 % on the H200 (measured_h200.json)
-TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {
+# Predicated kernel (v2), best of the 50 % sweep on the H200; kept for comparison and fallback.
+TUNED_PREDICATED: dict[tuple[int, int, int, bool], KernelConfig] = {
     (1, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=6),  # q|k|v 18.4 us
-    (16, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=6),
-    (32, 4096, 6144, False): KernelConfig(block_n=128, block_k=64, split_k=11),
     (1, 4096, 4096, False): _C8,  # o 14.5 us
-    (16, 4096, 4096, False): _C8,
-    (32, 4096, 4096, False): _C8,
     (1, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),  # gate|up 53.1 us
-    (16, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),
-    (32, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),
     (1, 14336, 4096, False): _C8,  # down 35.9 us
-    (16, 14336, 4096, False): _C8,
-    (32, 14336, 4096, False): _C8,
 }
+# (block_rows, in, out, gated) -> compacting config, best of the suite's 50 % sweep on the H200
+TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {}
 
 
 def block_rows(batch: int) -> int:
@@ -63,19 +62,22 @@ def block_rows(batch: int) -> int:
     return size
 
 
-def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0) -> KernelConfig:
+def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0,
+                predicated: bool = False) -> KernelConfig:
     """The tuned config for this shape if measured, else the sweep's winning pattern.
 
-    Every winner of the H200 sweep was 128 columns x 64 rows, 4 warps, with the split chosen so
-    that about two programs per multiprocessor run (1.7 to 2.2 waves).
+    Compacting (`compact=True`) unless `predicated`: 128 columns x 64 rows, 4 warps, a split
+    giving about two programs per multiprocessor; batches use the tl.dot path, 3 stages.
     """
-    tuned = TUNED.get((block_rows(batch), k, n_out, gated))
+    table = TUNED_PREDICATED if predicated else TUNED
+    tuned = table.get((block_rows(batch), k, n_out, gated))
     if tuned is not None:
         return tuned
     block_n, block_k = 128, 64
     n_blocks = -(-n_out // block_n)
     split = max(1, min(32, round(waves * SM_COUNT / n_blocks), k // (2 * block_k)))
-    return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4)
+    return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
+                        num_stages=2 if batch <= 1 else 3, compact=not predicated)
 
 
 Choice = Literal["sparse", "dense"]

@@ -61,7 +61,8 @@ class SparseLinearOps:
             cuda = weight.device.type == "cuda"
             if cuda and self._workspace is None:
                 self._workspace = SplitKWorkspace.allocate(
-                    weight.device, max_batch=self.max_batch, max_out=max(weight.shape[0], 65536))
+                    weight.device, max_batch=self.max_batch, max_out=max(weight.shape[0], 65536),
+                    max_in=65536)  # kept-row lists of the compacting kernel
             dtype = None if cuda else self.cpu_dtype
             pw = pack_projection([weight], workspace=self._workspace if cuda else None,
                                  dtype=dtype)

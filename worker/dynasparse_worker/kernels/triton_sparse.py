@@ -229,11 +229,11 @@ def _launch(x, pw, threshold, scale, has_scale, out, config, fixup) -> None:
     rows, k = x.shape
     n_out = pw.out_features
     cfg = config or pick_config(rows, k, n_out, pw.gated)
-    if cfg.compact and pw.workspace is not None and pw.workspace.rows is not None:
+    ws = pw.workspace
+    if cfg.compact and ws is not None and ws.rows is not None and ws.rows.numel() >= k:
         from dynasparse_worker.kernels.triton_compact import launch_compact
 
-        launch_compact(x, pw, threshold, scale, has_scale, out, cfg, _block_b(rows),
-                       x.device.type == "cpu")
+        launch_compact(x, pw, threshold, scale, has_scale, out, cfg, x.device.type == "cpu")
         return
     n_blocks = triton.cdiv(n_out, cfg.block_n)
     split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k)))
