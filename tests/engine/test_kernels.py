@@ -21,11 +21,11 @@ from dynasparse_worker.engine import attention, fused
 torch.manual_seed(0)
 q = torch.randn(3, 8, 32); k = torch.randn(4, 200, 2, 32); v = torch.randn(4, 200, 2, 32)
 slots = torch.tensor([2, 0, 3]); lens = torch.tensor([1, 130, 200]); starts = torch.tensor([0, 10, 150])
-for st in (None, starts):
+for st, sinks in ((None, 0), (starts, 0), (starts, 4), (starts, 64)):
     for splits in (1, 3):
-        ref = attention.decode_attention_torch(q, k, v, slots, lens, st, 0.2)
-        got = attention._decode_triton(q, k, v, slots, lens, st, 0.2, splits)
-        assert (got - ref).abs().max() < 1e-5, ("attention", splits)
+        ref = attention.decode_attention_torch(q, k, v, slots, lens, st, 0.2, sinks)
+        got = attention._decode_triton(q, k, v, slots, lens, st, 0.2, splits, sinks)
+        assert (got - ref).abs().max() < 1e-5, ("attention", splits, sinks)
 for dtype in (torch.float32, torch.bfloat16):
     qkv = torch.randn(3, 8 * 16, dtype=dtype)
     cos, sin = torch.randn(20, 16, dtype=dtype), torch.randn(20, 16, dtype=dtype)

@@ -4,7 +4,14 @@ Same weights, same run: for each batch size, the engine's decode tok/s and per-t
 `generate`'s (eager), and the roofline (decode weight bytes per step ÷ the device-to-device copy
 bandwidth measured here, read + write). `--shape` builds random weights of a real model's shape
 (speed does not depend on the values); `--model` loads a real one. Runs on the CPU too (CI smoke).
-Called by the CLI (`dynasparse/cli.py`); `--budgets` rows beyond 1.0 come with the sparse kernels.
+
+`--budgets 1,0.75,0.5,floor` adds the gated engine (issue 4): the model gets gates
+(`gating.install_gates`) and a calibration (the cached one for `--model`; for `--shape`, a synthetic
+plan from activation quantiles on random tokens, `engine.synthetic_plan`, and the JSON says so); then
+per batch size and budget: tok/s, speed-up over the dense engine of the same run, gate overhead at
+1.0, the expected quality loss the gated model reports, and the cost of a budget change
+(`engine.budget_bench`). `--plot` then draws the frontier: speed-up against expected loss.
+Called by the CLI (`dynasparse/cli.py`).
 """
 
 from __future__ import annotations
@@ -53,7 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-gen-len", type=int, default=32,
                         help="new tokens for HF generate (it is slow; its decode rate is per token)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face rows")
-    parser.add_argument("--budgets", default="1.0", help="comma-separated budgets in (0, 1]")
+    parser.add_argument("--budgets", default="1.0",
+                        help="comma-separated budgets in (0, 1]; 'floor' = the sparsest calibrated")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
+    parser.add_argument("--floor", type=float, default=0.3,
+                        help="--shape: sparsest level of the synthetic plan")
+    parser.add_argument("--depth-share", type=float, default=0.5,
+                        help="--shape: share of a level's saved bytes taken by skipped halves")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw tok/s per batch size (PNG)")
 
@@ -76,28 +89,42 @@ def run(args: argparse.Namespace) -> int:
     from dynasparse_worker.errors import UserError
 
     batch_sizes = _numbers(args.batch_sizes, int, "batch-sizes")
-    budgets = _numbers(args.budgets, float, "budgets")
-    if any(not 0 < b <= 1 for b in budgets):
+    budgets = _budgets(args.budgets, args.floor)
+    if any(not 0 < b <= 1 for b in budgets if b != -1.0) or not 0 < args.floor <= 1:
         raise UserError("--budgets must lie in (0, 1], e.g. --budgets 1,0.75,0.5")
     if min(batch_sizes) < 1 or args.prompt_len < 1 or args.gen_len < 2:
         raise UserError("batch sizes and --prompt-len must be >= 1, --gen-len >= 2")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is visible: pass --device cpu")
-    model, tokenizer, name = _load(args, device)
+    model, tokenizer, name, loaded = _load(args, device)
     result = bench(model, tokenizer, device, batch_sizes, args.prompt_len, args.gen_len,
-                   0 if args.no_hf else args.hf_gen_len)
+                   0 if args.no_hf else args.hf_gen_len, args.repeats)
     result.update(model=name, budgets_requested=budgets)
-    if any(b < 1.0 for b in budgets):
-        result["notes"].append("sparse budgets need a gated model and the sparse kernels (issue 4): "
-                               "only budget 1.0 rows are measured")
+    if any(b < 1.0 for b in budgets) or "floor" in args.budgets:
+        from dynasparse_worker.commands.bench_gated import bench_gated
+
+        result.update(bench_gated(model, tokenizer, loaded, device, batch_sizes, budgets, args,
+                                  result["rows"], bench_engine))
     _print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
-        _plot(result, args.plot)
+        if result.get("frontier"):
+            from dynasparse_worker.commands.bench_gated import plot_frontier
+
+            plot_frontier(result, args.plot)
+        else:
+            _plot(result, args.plot)
     return 0
+
+
+def _budgets(text: str, floor: float) -> list[float]:
+    """'1,0.75,floor' -> [1.0, 0.75, -1.0]: 'floor' (-1) is resolved once the plan is known."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    numbers = _numbers(",".join(p for p in parts if p != "floor") or "1", float, "budgets")
+    return numbers + ([-1.0] if "floor" in parts else [])
 
 
 def _load(args, device):
@@ -112,22 +139,34 @@ def _load(args, device):
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return model.eval(), None, f"{args.shape} (random weights)"
+        return model.eval(), None, f"{args.shape} (random weights)", None
     from dynasparse_worker.models import load_model
 
     loaded = load_model(args.model or "default", device=device)
-    return loaded.model, loaded.tokenizer, loaded.name
+    return loaded.model, loaded.tokenizer, loaded.name, loaded
 
 
-def bench(model, tokenizer, device, batch_sizes, prompt_len, gen_len, hf_gen_len) -> dict:
+def engine_config(batch_sizes, prompt_len: int, gen_len: int, kv_fraction: float = 0.4):
+    """The engine the benchmark builds: graphs only for the measured batch sizes."""
+    from dynasparse_worker.engine import EngineConfig
+
+    seq = prompt_len + gen_len + 8
+    return EngineConfig(max_batch_size=max(batch_sizes), max_seq_len=seq,
+                        kv_memory_fraction=kv_fraction, kv_capacity_tokens=max(batch_sizes) * seq,
+                        max_prefill_tokens=max(2048, prompt_len),
+                        batch_buckets=tuple(sorted(set(batch_sizes))))
+
+
+def bench(model, tokenizer, device, batch_sizes, prompt_len, gen_len, hf_gen_len,
+          repeats: int = 1) -> dict:
     """Measure every row; returns the JSON document (see module docstring)."""
+    import statistics
+
     import torch
 
-    from dynasparse_worker.engine import Engine, EngineConfig
+    from dynasparse_worker.engine import Engine
 
-    config = EngineConfig(max_batch_size=max(batch_sizes), max_seq_len=prompt_len + gen_len + 8,
-                          kv_memory_fraction=0.4, kv_capacity_tokens=max(batch_sizes) * (prompt_len + gen_len + 8),
-                          max_prefill_tokens=max(2048, prompt_len))
+    config = engine_config(batch_sizes, prompt_len, gen_len)
     started = time.perf_counter()
     engine = Engine(model, tokenizer, config)
     startup_s = time.perf_counter() - started
@@ -138,7 +177,8 @@ def bench(model, tokenizer, device, batch_sizes, prompt_len, gen_len, hf_gen_len
     for batch in batch_sizes:
         if batch > engine.runner.cache.num_slots:
             continue
-        tps, ms = bench_engine(engine, batch, prompt_len, gen_len, vocab)
+        runs = [bench_engine(engine, batch, prompt_len, gen_len, vocab) for _ in range(max(1, repeats))]
+        tps, ms = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         rows.append(dict(engine="dynasparse", batch_size=batch, budget=1.0, tokens_per_s=tps,
                          ms_per_token=ms, gen_len=gen_len, graph_ms=graph_replay_ms(engine, batch)))
         if hf_gen_len:
@@ -223,7 +263,8 @@ def graph_replay_ms(engine, batch: int) -> float | None:
     runner = engine.runner
     if not runner.graphs:
         return None
-    graph = runner.graphs[runner.buckets[bisect.bisect_left(runner.buckets, batch)]][0]
+    bucket = runner.buckets[bisect.bisect_left(runner.buckets, batch)]
+    graph = next(g for (b, _), (g, *_rest) in runner.graphs.items() if b == bucket)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -260,11 +301,20 @@ def _print_table(result: dict) -> None:
     print(f"{result['model']} on {result['device']}: roofline {result['roofline_tokens_per_s']:.0f} tok/s "
           f"at batch 1 ({result['weight_bytes_per_step'] / 1e9:.2f} GB/step at "
           f"{result['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s)")
-    print(f"{'engine':<11} {'batch':>5} {'budget':>6} {'tok/s':>10} {'ms/token':>9} {'graph ms':>9}")
+    print(f"{'engine':<16} {'batch':>5} {'budget':>6} {'tok/s':>10} {'ms/token':>9} {'graph ms':>9} "
+          f"{'speed-up':>8} {'exp. loss':>9}")
     for row in result["rows"]:
         graph = f"{row['graph_ms']:.2f}" if row.get("graph_ms") is not None else "-"
-        print(f"{row['engine']:<11} {row['batch_size']:>5} {row['budget']:>6.2f} "
-              f"{row['tokens_per_s']:>10.1f} {row['ms_per_token']:>9.2f} {graph:>9}")
+        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        loss = f"{row['expected_loss']:.3f}" if "expected_loss" in row else "-"
+        print(f"{row['engine']:<16} {row['batch_size']:>5} {row['budget']:>6.2f} "
+              f"{row['tokens_per_s']:>10.1f} {row['ms_per_token']:>9.2f} {graph:>9} {speedup:>8} "
+              f"{loss:>9}")
+    for row in result.get("budget_switch", []):
+        print(f"budget -> {row['budget']:.2f} (batch {row['batch_size']}): set_budget "
+              f"{row['set_budget_ms']:.3f} ms, first step {row['first_step_ms']:.2f} ms (steady "
+              f"{row['steady_step_ms']:.2f}), new plan used: {row['used_new_plan']}, captures "
+              f"{row['captures_during']}, allocated bytes {row['allocated_bytes_during']}")
     for note in result["notes"]:
         print(f"note: {note}")
 

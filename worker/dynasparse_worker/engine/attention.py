@@ -44,20 +44,22 @@ def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, st
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
-                     starts: Tensor | None, scale: float, num_splits: int = 0) -> Tensor:
+                     starts: Tensor | None, scale: float, num_splits: int = 0,
+                     sinks: int = 0) -> Tensor:
     """One query token per sequence. q [B, H, D]; caches [slots, T, Hkv, D]; slots/lens/starts [B].
 
-    Sequence b attends to its cache entries [starts[b], lens[b]) (starts None = from 0).
+    Sequence b attends to its cache entries [starts[b], lens[b]) (starts None = from 0), plus the
+    attention sinks [0, min(sinks, starts[b])) when a KV cap moved its window.
     `num_splits` (CUDA only) is fixed per captured graph; 0 picks one from the shapes.
     """
     dim = q.shape[-1]
     if q.is_cuda and triton is not None and dim >= 16 and dim & (dim - 1) == 0:
-        return _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits)
-    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale)
+        return _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits, sinks)
+    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale, sinks)
 
 
 def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
-                           starts: Tensor | None, scale: float) -> Tensor:
+                           starts: Tensor | None, scale: float, sinks: int = 0) -> Tensor:
     """Reference / CPU path: gather each sequence's first max(lens) entries and mask the rest."""
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[2]
@@ -67,7 +69,7 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: T
     pos = torch.arange(longest, device=q.device)[None, :]  # [1, Tm]
     valid = pos < lens[:, None]  # [B, Tm]
     if starts is not None:
-        valid &= pos >= starts[:, None]
+        valid &= (pos >= starts[:, None]) | (pos < sinks)
     query = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, Hkv, G, D]
     scores = torch.einsum("bhgd,bthd->bhgt", query.float(), keys.float()) * scale  # [B, Hkv, G, Tm]
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
@@ -83,7 +85,7 @@ def pick_num_splits(batch: int, kv_heads: int, max_len: int, sm_count: int = 132
     return int(max(1, min(want, -(-max_len // 512), 64)))
 
 
-def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits):
+def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits, sinks=0):
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[2]
     group = heads // kv_heads
@@ -102,7 +104,8 @@ def _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits):
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         *strides, scale,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
-        BLOCK_N=64, SPLITS=num_splits, HAS_START=has_start, num_warps=4, num_stages=3,
+        BLOCK_N=64, SPLITS=num_splits, HAS_START=has_start, SINKS=sinks if has_start else 0,
+        num_warps=4, num_stages=3,
     )
     if num_splits > 1:
         _decode_combine[(batch, heads)](
@@ -120,7 +123,8 @@ if triton is not None:
                         stride_qb, stride_qh, stride_ks, stride_kt, stride_kh,
                         stride_pb, stride_ph, stride_ps, scale,
                         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
-                        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_START: tl.constexpr):
+                        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_START: tl.constexpr,
+                        SINKS: tl.constexpr = 0):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -129,10 +133,12 @@ if triton is not None:
         if HAS_START:
             first = tl.load(Starts + b).to(tl.int32)
         slot = tl.load(Slots + b).to(tl.int64)
-        span = length - first
+        # virtual index i over [0, sunk + length - first): the sinks [0, sunk), then the window
+        sunk = tl.minimum(first, SINKS)
+        span = sunk + length - first
         chunk = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_N) * BLOCK_N
-        lo = first + split * chunk
-        hi = tl.minimum(lo + chunk, length)
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, span)
 
         g = tl.arange(0, GROUP_PAD)  # query heads of this kv head
         d = tl.arange(0, DIM)
@@ -144,8 +150,9 @@ if triton is not None:
         acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
         base = slot * stride_ks + kvh * stride_kh
         for n0 in range(lo, hi, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            valid = n < hi
+            i = n0 + tl.arange(0, BLOCK_N)
+            valid = i < hi
+            n = tl.where(i < sunk, i, i - sunk + first)  # cache position of virtual index i
             offs = base + n[:, None].to(tl.int64) * stride_kt + d[None, :]
             k = tl.load(K + offs, mask=valid[:, None], other=0.0)  # [N, D]
             v = tl.load(V + offs, mask=valid[:, None], other=0.0)  # [N, D]

@@ -28,6 +28,8 @@ class EngineConfig:
     max_prefill_tokens: int = 512  # prompt tokens prefilled per step (chunked prefill)
     cuda_graphs: bool = True  # capture decode graphs per batch bucket at start-up (CUDA only)
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    kv_sinks: int = 4  # first tokens kept in attention when the plan caps the KV cache
+    cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the rows the input-sparse path reads
 
     def runner_config(self) -> RunnerConfig:
         names = {f.name for f in fields(RunnerConfig)}
@@ -39,12 +41,17 @@ class Engine:
                  state: Any | None = None, ops: Any | None = None):
         """`model`: a HF causal LM (eval mode, on its device) or a `gating.GatedModel`; `state`: the
         gated model's `SparsityState` (taken from a GatedModel when not given); `ops`: a
-        `model.LinearOps` subclass (the sparse kernels' dispatch point)."""
-        if state is None and hasattr(model, "set_budget") and hasattr(model, "state"):
-            state, model = model.state, model.model  # a gating.GatedModel: run its plan here
+        `model.LinearOps`-like dispatch (default: `kernels.SparseLinearOps` when there is a state).
+        A GatedModel's calibrated table decides which depth plans get a CUDA graph each."""
+        self.gated = None
+        table = None
+        if hasattr(model, "set_budget") and hasattr(model, "state"):
+            self.gated, table = model, getattr(model, "table", None)  # a gating.GatedModel
+            state, model = state if state is not None else model.state, model.model
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
-        self.runner = ModelRunner(model, self.config.runner_config(), state=state, ops=ops)
+        self.runner = ModelRunner(model, self.config.runner_config(), state=state, ops=ops,
+                                  table=table)
         cache = self.runner.cache
         self.scheduler = Scheduler(SchedulerConfig(
             num_slots=cache.num_slots, max_seq_len=cache.max_seq_len,
@@ -61,6 +68,18 @@ class Engine:
                     ops: Any | None = None) -> "Engine":
         """Build from `dynasparse_worker.models.load_model(spec, device)`'s `LoadedModel`."""
         return cls(loaded.model, loaded.tokenizer, config, state=state, ops=ops)
+
+    # -- the budget ----------------------------------------------------------------------------
+    def set_budget(self, budget: float, kv_cap: int | None = None) -> Any:
+        """`GatedModel.set_budget` (in-place copies), then the host view the next step picks its
+        graph from. Calling `GatedModel.set_budget` directly works too: the runner notices the
+        state's tensors moved at the next step. Returns the plan."""
+        if self.gated is None:
+            raise UserError("this engine has no gated model: build it from a GatedModel "
+                            "(gating.install_gates) to change the budget")
+        plan = self.gated.set_budget(budget, kv_cap)
+        self.runner.current_plan()
+        return plan
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int],
@@ -148,7 +167,8 @@ class Engine:
             kv_capacity_tokens=cache.capacity_tokens, tokens_generated_total=self._tokens_total,
             steps_total=self._steps_total,
             extra={"kv_reserved": sched.reserved_tokens / cache.capacity_tokens,
-                   "cuda_graphs": float(len(self.runner.graphs))},
+                   "cuda_graphs": float(len(self.runner.graphs)),
+                   "graph_captures": float(self.runner.captures)},
         )
 
 

@@ -8,8 +8,9 @@ scaling and other rope types come for free), GQA. Attention itself is a callback
 The gated model's plan runs here: every projection goes through `LinearOps.project(x, ..., layer,
 group, bucket)`, the dispatch point where the width gates are applied (dense path: mask inputs whose
 score does not pass the threshold read from the `SparsityState` tensors) and where the sparse kernels
-of `dynasparse_worker.kernels` plug in; attention/MLP halves are predicated by `layer_keep`, also a
-device tensor. Nothing is a Python float, so a budget change needs no graph re-capture.
+of `dynasparse_worker.kernels` plug in (thresholds are device tensors, so a threshold change needs
+no re-capture). Depth is a host-side plan (`Depth`): a skipped attention/MLP half is not run at all;
+the runner captures one graph per depth plan the planner offers and picks one per step.
 
 Built by `ModelRunner`; nothing else calls it.
 """
@@ -29,6 +30,8 @@ GROUP_ATTN_IN, GROUP_ATTN_OUT, GROUP_MLP_IN, GROUP_MLP_OUT = 0, 1, 2, 3
 
 # attend(layer, q [N, H, D]) -> [N, H, D], over the cache that `forward` has just written
 AttendFn = Callable[[int, Tensor], Tensor]
+# per layer: (run the attention half, run the MLP half), read on the host
+Depth = tuple[tuple[bool, bool], ...]
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ class LinearOps:
         Override to run a kernel that fuses the activation (e.g. `pack_projection(gated=True)`).
         """
         return silu_mul(self.project(x, gate_up, None, layer, GROUP_MLP_IN, bucket), act)  # [N, I]
+
+
+def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int) -> Tensor:
+    """act(h Wg) * (h Wu) [N, I] through `ops.project_gated` when the ops define it."""
+    fused = getattr(ops, "project_gated", None)
+    if fused is not None:
+        return fused(h, w.gate_up, w.act, layer, bucket)
+    return silu_mul(ops.project(h, w.gate_up, None, layer, GROUP_MLP_IN, bucket), w.act)  # [N, I]
 
 
 def _col_scale(state: Any, layer: int, group: int) -> Tensor:
@@ -196,34 +207,53 @@ class DecoderModel:
 
     # -- the forward ---------------------------------------------------------------------------
     def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
-                v_cache: Tensor, attend: AttendFn, bucket: int = 0) -> Tensor:
+                v_cache: Tensor, attend: AttendFn, bucket: int = 0, ops: Any | None = None,
+                depth: Depth | None = None) -> Tensor:
         """tokens/positions/slots [N]; caches [L, slots, T, Hkv, D] -> normed hidden [N, hidden].
 
-        Token i's K/V are written at (slots[i], positions[i]) of every layer's cache.
+        Token i's K/V are written at (slots[i], positions[i]) of every layer whose attention half
+        runs. `ops` overrides `self.ops` (e.g. the ungated dense ops of the budget-1.0 graph);
+        `depth[layer] = (attention kept, MLP kept)` is the host-side depth plan: a skipped half is
+        not run at all (no projection, no KV write), so a graph captured with it never launches
+        that half's kernels. `None` runs every half.
         """
         s = self.shape
-        state = self.ops.state
+        ops = ops if ops is not None else self.ops
         x = F.embedding(tokens, self.embed)  # [N, hidden] (the residual stream)
-        n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        delta = None  # the previous block's output, added to x by the next fused norm
+        delta = None  # the previous half's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
-            keep = state.layer_keep[bucket, index].to(x.dtype) if state is not None else None  # [2]
-            h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
-            qkv = self.ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
-            if w.q_norm is not None:  # Qwen3: per-head RMSNorm of q and k before RoPE
-                rows = qkv.shape[0]
-                q = rms_norm_torch(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
-                k = rms_norm_torch(qkv[:, n_q:n_q + n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
-                qkv = torch.cat([q.reshape(rows, -1), k.reshape(rows, -1), qkv[:, n_q + n_kv:]], -1)
-            q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache[index],
-                               v_cache[index], s.num_heads, s.num_kv_heads, s.head_dim)  # [N, H, D]
-            o = attend(index, q).reshape(-1, n_q)  # [N, H D]
-            o = self.ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
-            h, x = add_rms_norm(o if keep is None else o * keep[0], x, w.mlp_norm, s.eps)
-            a = self.ops.project_gated(h, w.gate_up, w.act, index, bucket)  # [N, I]
-            m = self.ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
-            delta = m if keep is None else m * keep[1]  # [N, hidden]
+            run_attn, run_mlp = depth[index] if depth is not None else (True, True)
+            if run_attn:
+                h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
+                delta = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache,
+                                        attend, bucket)  # [N, hidden]
+            if run_mlp:
+                h, x = add_rms_norm(delta, x, w.mlp_norm, s.eps)  # [N, hidden] each
+                a = _project_gated(ops, h, w, index, bucket)  # [N, I]
+                delta = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
+
+    def _attention(self, ops: Any, h: Tensor, w: LayerWeights, index: int, positions: Tensor,
+                   slots: Tensor, k_cache: Tensor, v_cache: Tensor, attend: AttendFn,
+                   bucket: int) -> Tensor:
+        """The attention half of layer `index` on the normed input h [N, hidden] -> [N, hidden]."""
+        s = self.shape
+        n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        qkv = ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
+        if w.q_norm is not None:  # Qwen3: per-head RMSNorm of q and k before RoPE
+            rows = qkv.shape[0]
+            q = rms_norm_torch(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
+            k = rms_norm_torch(qkv[:, n_q:n_q + n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
+            qkv = torch.cat([q.reshape(rows, -1), k.reshape(rows, -1), qkv[:, n_q + n_kv:]], -1)
+        q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache[index],
+                           v_cache[index], s.num_heads, s.num_kv_heads, s.head_dim)  # [N, H, D]
+        o = attend(index, q).reshape(-1, n_q)  # [N, H D]
+        return ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
+
+    def half_bytes(self) -> list[tuple[int, int]]:
+        """Weight bytes of each layer's (attention, MLP) half: what skipping it saves per step."""
+        size = lambda t: t.numel() * t.element_size()  # noqa: E731
+        return [(size(w.qkv) + size(w.o), size(w.gate_up) + size(w.down)) for w in self.layers]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """[N, hidden] -> [N, V] float32."""

@@ -4,6 +4,14 @@
 slot's cached prefix), the decode sequences run as one batch — on CUDA by replaying the graph
 captured at start-up for the smallest batch bucket that holds them, on the CPU by the same code
 eagerly — and the rows that need a token are sampled together, with one device→host sync per step.
+
+With a `SparsityState` the runner serves the gated model's plan (issue 4): per batch bucket it
+captures the ungated dense graph (budget 1.0: no gate cost at all) and one gated graph per depth
+plan the calibrated `PlanTable` offers (skipped attention/MLP halves are not in the graph; width
+gates read the state's thresholds inside it, through `kernels.SparseLinearOps`, whose measured
+crossover picks the sparse kernel or the masked dense matmul per call shape). Each step picks a
+graph on the host from `plans.read_plan`, re-read only when the state's tensors were written
+(their version counters move), so a budget change costs one small read and no capture.
 Called by `Engine.step()`; imports point one way (engine → runner → model/attention/kv_cache).
 """
 
@@ -19,6 +27,7 @@ from torch import Tensor
 from dynasparse_worker.engine.attention import decode_attention, pick_num_splits, prefill_attention
 from dynasparse_worker.engine.kv_cache import KVCache, allocate, plan_slots
 from dynasparse_worker.engine.model import DecoderModel, LinearOps
+from dynasparse_worker.engine.plans import DENSE, HostPlan, Variant, fallback, read_plan, variants_of
 from dynasparse_worker.engine.sampling import sample
 from dynasparse_worker.engine.scheduler import Batch, PrefillChunk
 from dynasparse_worker.engine.sequence import Sequence
@@ -34,15 +43,28 @@ class RunnerConfig:
     kv_capacity_tokens: int = 65536  # CPU: KV tokens to preallocate
     cuda_graphs: bool = True  # capture one decode graph per batch bucket on CUDA
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    kv_sinks: int = 4  # first tokens every sequence keeps attending to when the plan caps the KV
+    cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the input-major rows the sparse path reads
 
 
 class ModelRunner:
     def __init__(self, hf_model: Any, config: RunnerConfig, state: Any | None = None,
-                 ops: LinearOps | None = None):
+                 ops: Any | None = None, table: Any | None = None):
+        """`state`: a `SparsityState` (None: the plain dense engine); `ops`: the gated projection
+        dispatch (default `kernels.SparseLinearOps`); `table`: the calibrated `PlanTable` whose
+        depth plans get a graph each."""
         self.config = config
         self.state = state
-        self.model = DecoderModel(hf_model, config.max_seq_len, ops or LinearOps(state))
+        self.table = table
+        self.dense_ops = LinearOps(None)
+        self.model = DecoderModel(hf_model, config.max_seq_len, self.dense_ops)
         self.device, self.dtype = self.model.device, self.model.dtype
+        self.gated_ops = ops if ops is not None or state is None else self._sparse_ops(state)
+        self.half_bytes = self.model.half_bytes()  # [L] (attention, MLP) weight bytes
+        self.plan: HostPlan | None = None
+        self._plan_versions: tuple[int, ...] | None = None
+        self.captures = 0  # CUDA graphs captured so far (all at start-up)
+        self.last_variant: tuple[int, Variant] | None = None  # (bucket, variant) of the last decode
         slots = plan_slots(self.model.shape, self.dtype, self.device, config.max_batch_size,
                            config.max_seq_len, config.kv_memory_fraction, config.kv_capacity_tokens)
         self.cache: KVCache = allocate(self.model.shape, slots, config.max_seq_len, self.dtype,
@@ -52,9 +74,37 @@ class ModelRunner:
         self.host = torch.zeros(4, self.buckets[-1], dtype=torch.long,
                                 pin_memory=self.device.type == "cuda")  # [4, Bmax]
         self.host_np = self.host.numpy()
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self.graphs: dict[tuple[int, Variant], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
+
+    def _sparse_ops(self, state: Any) -> Any:
+        from dynasparse_worker.kernels.engine_ops import SparseLinearOps
+
+        cpu_dtype = getattr(torch, self.config.cpu_sparse_dtype) if self.device.type == "cpu" else None
+        return SparseLinearOps(state, cpu_dtype=cpu_dtype, max_batch=64)
+
+    # -- the plan ------------------------------------------------------------------------------
+    def current_plan(self) -> HostPlan | None:
+        """The host view of the state's plan, re-read only after `set_budget` (or any in-place
+        write) moved the version counters of its tensors."""
+        state = self.state
+        if state is None:
+            return None
+        versions = tuple(t._version for t in (state.thresholds, state.layer_keep, state.kv_cap,
+                                              state.budget))
+        if versions != self._plan_versions:
+            self.plan = read_plan(state, self.half_bytes)
+            self._plan_versions = versions
+        return self.plan
+
+    def _ops_for(self, variant: Variant, width: float) -> Any:
+        if not variant[0]:
+            return self.dense_ops
+        ops = self.gated_ops
+        if hasattr(ops, "expected_sparsity"):
+            ops.expected_sparsity = width  # what `choose` compares with the measured crossover
+        return ops
 
     # -- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -90,13 +140,20 @@ class ModelRunner:
         def attend(layer: int, q: Tensor) -> Tensor:
             return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale)
 
-        hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend)  # [n, hidden]
+        plan = self.current_plan()
+        variant = plan.variants[0] if plan is not None else DENSE
+        ops = self._ops_for(variant, plan.width_sparsity[0] if plan is not None else 0.0)
+        hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend, ops=ops,
+                                    depth=variant[1])  # [n, hidden]
         return self.model.logits(hidden[-1:]) if chunk.completes_prompt else None  # [1, V]
 
     def _decode(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor]:
         """-> logits [count, V] and their argmax [count] (computed in the graph on CUDA)."""
         count = len(seqs)
         bucket = self.buckets[bisect.bisect_left(self.buckets, count)] if self.graphs else count
+        plan = self.current_plan()
+        plan_bucket = self._plan_bucket(bucket)
+        variant = plan.variants[plan_bucket] if plan is not None else DENSE
         host = self.host_np  # [4, Bmax] pinned on CUDA: tokens, positions, slots, lens
         host[0, :count] = [s.last_token for s in seqs]
         host[1, :count] = [s.num_cached for s in seqs]
@@ -105,30 +162,42 @@ class ModelRunner:
         host[:, count:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
         # async from pinned memory: the host buffer is next written after this step's sync
         self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
-        if bucket in self.graphs:
-            graph, out, top = self.graphs[bucket]
-            graph.replay()
-            return out[:count], top[:count]
-        out = self._decode_forward(bucket)[:count]  # [count, V]
+        if self.graphs:
+            captured = fallback(variant, {v for b, v in self.graphs if b == bucket})
+            if captured is not None:
+                self.last_variant = (bucket, captured)
+                graph, out, top = self.graphs[bucket, captured]
+                graph.replay()
+                return out[:count], top[:count]
+        self.last_variant = (bucket, variant)  # eager: CPU, or a plan no graph was captured for
+        width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
+        out = self._decode_forward(bucket, variant, width)[:count]  # [count, V]
         return out, out.argmax(dim=-1)
 
-    def _decode_forward(self, bucket: int) -> Tensor:
-        """Decode one token for the first `bucket` rows of `self.inputs` -> logits [bucket, V]."""
+    def _decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0) -> Tensor:
+        """Decode one token for the first `bucket` rows of `self.inputs` -> logits [bucket, V].
+
+        `variant` = (width gates on, depth plan); the KV cap and thresholds are read from the
+        state's device tensors, so one capture serves every budget with this depth plan."""
         tokens, positions, slots, lens = self.inputs[:, :bucket]  # [bucket] each
         cache, shape = self.cache, self.model.shape
         plan_bucket = self._plan_bucket(bucket)
-        starts = None
+        starts, sinks = None, 0
         if self.state is not None and hasattr(self.state, "kv_cap"):
             cap = self.state.kv_cap[plan_bucket]  # [] int64, 0 = unlimited
-            starts = torch.where(cap > 0, (lens - cap).clamp(min=0), torch.zeros_like(lens))  # [bucket]
+            sinks = self.config.kv_sinks
+            # the window keeps `cap` entries: `sinks` first ones + the most recent cap - sinks
+            recent = (cap - sinks).clamp(min=1)  # []
+            starts = torch.where(cap > 0, (lens - recent).clamp(min=0), torch.zeros_like(lens))  # [bucket]
         splits = pick_num_splits(bucket, shape.num_kv_heads, cache.max_seq_len)
 
         def attend(layer: int, q: Tensor) -> Tensor:
             return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens, starts,
-                                    shape.scale, splits)
+                                    shape.scale, splits, sinks=sinks)
 
         hidden = self.model.forward(tokens, positions, slots, cache.k, cache.v, attend,
-                                    bucket=plan_bucket)  # [bucket, hidden]
+                                    bucket=plan_bucket, ops=self._ops_for(variant, width),
+                                    depth=variant[1])  # [bucket, hidden]
         return self.model.logits(hidden)  # [bucket, V]
 
     def _plan_bucket(self, batch_size: int) -> int:
@@ -148,24 +217,32 @@ class ModelRunner:
         return sample(logits, params[:, 0], params[:, 1], ints[:, 0], ints[:, 1], ints[:, 2]).tolist()
 
     # -- CUDA graphs -------------------------------------------------------------------------------
+    def graph_variants(self, bucket: int) -> dict[Variant, float]:
+        """Variants captured for an engine batch bucket -> width sparsity each is built for."""
+        if self.state is None:
+            return {DENSE: 0.0}
+        return variants_of(self.table, self._plan_bucket(bucket), self.half_bytes)
+
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
         self.inputs[1].zero_()
         self.inputs[2].fill_(self.cache.scratch_slot)
         self.inputs[3].fill_(1)
+        todo = [(b, v, w) for b in self.buckets for v, w in self.graph_variants(b).items()]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for bucket in self.buckets:  # warm-up: Triton compiles, cuBLAS picks kernels
-                self._decode_forward(bucket)
+            for bucket, variant, width in todo:  # warm-up: packing, Triton compiles, cuBLAS picks
+                self._decode_forward(bucket, variant, width)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         pool = None
-        for bucket in reversed(self.buckets):  # largest first so smaller ones reuse its pool
+        for bucket, variant, width in sorted(todo, key=lambda t: -t[0]):  # largest first: shared pool
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self._decode_forward(bucket)  # [bucket, V]
+                out = self._decode_forward(bucket, variant, width)  # [bucket, V]
                 top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
-            self.graphs[bucket] = (graph, out, top)
+            self.graphs[bucket, variant] = (graph, out, top)
+            self.captures += 1
         torch.cuda.synchronize()

@@ -1,0 +1,137 @@
+"""Measurements of the gated engine per budget, for `dynasparse bench --budgets` (issue 4).
+
+Per batch size and budget: decode tok/s of the gated engine, its speed-up over our own dense engine
+(the same engine built without a state), the gate overhead at budget 1.0, and the cost of a budget
+change: the `set_budget` call, the first decode step after it (which must already use the new
+plan), graph captures and `torch.cuda.memory_allocated` before and after (both must not move).
+`bench_decode` is the shared timing loop (passed in by the command, which owns it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from dynasparse_worker.engine.types import SamplingParams
+
+# bench_decode(engine, batch, prompt_len, gen_len, vocab) -> (tok/s, ms per step)
+DecodeTimer = Callable[[Any, int, int, int, int], tuple[float, float]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(timer: DecodeTimer, engine: Any, batch: int, prompt_len: int, gen_len: int,
+                vocab: int, repeats: int) -> tuple[float, float]:
+    """Median tok/s and ms/step over `repeats` runs (the CPU here is shared and noisy)."""
+    runs = [timer(engine, batch, prompt_len, gen_len, vocab) for _ in range(max(1, repeats))]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def plan_summary(engine: Any, batch: int) -> dict:
+    """What the active plan does at this batch size: halves skipped, width sparsity, KV cap."""
+    runner = engine.runner
+    plan = runner.current_plan()
+    if plan is None:
+        return {}
+    nb = runner._plan_bucket(batch)
+    gated, depth = plan.variants[nb]
+    skipped = 0 if depth is None else sum((not a) + (not m) for a, m in depth)
+    return dict(width_gates=gated, halves_skipped=skipped,
+                width_sparsity_target=round(plan.width_sparsity[nb], 4), kv_cap=plan.kv_cap[nb])
+
+
+def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[int],
+                budgets: list[float], prompt_len: int, gen_len: int, timer: DecodeTimer,
+                repeats: int = 1) -> list[dict]:
+    """One row per (batch, budget) for the gated engine, with speed-up over the dense engine."""
+    vocab = engine.runner.model.shape.vocab
+    rows = []
+    for batch in batch_sizes:
+        if batch > engine.runner.cache.num_slots or batch not in dense_rates:
+            continue
+        for budget in budgets:
+            engine.set_budget(budget)
+            tps, ms = median_rate(timer, engine, batch, prompt_len, gen_len, vocab, repeats)
+            row = dict(engine="dynasparse-gated", batch_size=batch, budget=budget,
+                       tokens_per_s=tps, ms_per_token=ms, gen_len=gen_len,
+                       graph_ms=graph_replay_ms(engine), speedup=tps / dense_rates[batch],
+                       expected_loss=engine.gated.expected_loss(budget, batch))
+            row.update(plan_summary(engine, batch))
+            if budget >= 1.0:
+                row["gate_overhead"] = dense_rates[batch] / tps - 1.0
+            rows.append(row)
+    engine.set_budget(1.0)
+    return rows
+
+
+def graph_replay_ms(engine: Any) -> float | None:
+    """GPU time of one replay of the graph the last decode step used (None on the CPU)."""
+    runner = engine.runner
+    if not runner.graphs or runner.last_variant not in runner.graphs:
+        return None
+    graph = runner.graphs[runner.last_variant][0]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(20):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 20
+
+
+def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int = 8) -> list[dict]:
+    """Budget changes while `batch` sequences decode: time to the first step on the new plan.
+
+    For each budget (from the previous one): `set_budget_ms` (the call), `first_step_ms` (the
+    call plus the next step, synced), `steady_step_ms` (a step without a change), whether that
+    first step ran the new plan's variant, and the captures / allocated bytes around the change.
+    """
+    runner, device = engine.runner, engine.runner.device
+    vocab = runner.model.shape.vocab
+    batch = min(batch, runner.cache.num_slots)
+    steps_needed = 4 * len(budgets) + 8
+    generator = torch.Generator().manual_seed(7)
+    for i in range(batch):
+        prompt = torch.randint(0, vocab, (prompt_len,), generator=generator).tolist()
+        engine.add_request(f"switch{i}", prompt, SamplingParams(max_tokens=steps_needed, ignore_eos=True))
+    while engine.scheduler.waiting or engine.scheduler.prefilling:
+        engine.step()
+    for budget in budgets:  # warm every plan once (CPU packing happens on first use)
+        engine.set_budget(budget)
+        engine.step()
+    rows = []
+    for budget in budgets:
+        _sync(device)
+        start = time.perf_counter()
+        engine.step()
+        _sync(device)
+        steady = time.perf_counter() - start
+        captures = runner.captures
+        allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        _sync(device)
+        start = time.perf_counter()
+        engine.gated.set_budget(budget)  # the path the server's actuator takes
+        called = time.perf_counter() - start
+        engine.step()
+        _sync(device)
+        first = time.perf_counter() - start
+        wanted = runner.plan.variants[runner._plan_bucket(runner.last_variant[0])]
+        rows.append(dict(
+            budget=budget, batch_size=batch, set_budget_ms=1000 * called, first_step_ms=1000 * first,
+            steady_step_ms=1000 * steady, switch_overhead_ms=1000 * (first - steady),
+            used_new_plan=runner.last_variant[1] in (wanted, (True, wanted[1])),
+            captures_during=runner.captures - captures,
+            allocated_bytes_during=(torch.cuda.memory_allocated(device) - allocated
+                                    if allocated is not None else None),
+        ))
+    while engine.has_work():
+        engine.step()
+    engine.set_budget(1.0)
+    return rows

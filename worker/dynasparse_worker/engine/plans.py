@@ -1,0 +1,94 @@
+"""Host-side view of the gated model's plan: which captured decode graph serves a step.
+
+The `SparsityState` tensors stay the truth (thresholds are read inside the graphs); this module turns
+them, on the host, into a *variant* per plan bucket: `(gated, depth)` where `gated` says whether any
+width gate can skip a channel (False: the ungated dense graph, so budget 1.0 costs nothing) and
+`depth` is the per-layer `(attention kept, MLP kept)` plan (None: every half runs). `variants_of`
+lists the finite set of variants a calibrated `PlanTable` can produce, so the runner captures them
+all at start-up. Pure functions over small CPU tensors; called by `ModelRunner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dynasparse_worker.engine.model import Depth
+
+Variant = tuple[bool, Depth | None]  # (width gates on, depth plan or None = all halves run)
+DENSE: Variant = (False, None)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """The active plan, per plan bucket, as host values (refreshed when the state's tensors change)."""
+
+    variants: tuple[Variant, ...]  # [NB]
+    width_sparsity: tuple[float, ...]  # [NB] expected fraction of kept-half rows the gates skip
+    kv_cap: tuple[int, ...]  # [NB] 0 = unlimited
+
+
+def depth_of(keep: torch.Tensor) -> Depth | None:
+    """[L, 2] keep flags -> the depth plan, or None when every half runs."""
+    flags = tuple((bool(a > 0.5), bool(m > 0.5)) for a, m in keep.tolist())
+    return None if all(a and m for a, m in flags) else flags
+
+
+def kept_fraction(depth: Depth | None, half_bytes: list[tuple[int, int]]) -> float:
+    """Fraction of the projections' weight bytes that the depth plan still reads."""
+    total = sum(a + m for a, m in half_bytes)
+    if depth is None:
+        return 1.0
+    kept = sum(a * ka + m * km for (a, m), (ka, km) in zip(half_bytes, depth))
+    return kept / total
+
+
+def width_sparsity(budget: float, depth: Depth | None, half_bytes: list[tuple[int, int]]) -> float:
+    """The width sparsity that, on top of `depth`, meets `budget` (bytes read / dense bytes)."""
+    kept = kept_fraction(depth, half_bytes)
+    if kept <= 0.0:
+        return 0.0
+    return float(min(0.95, max(0.0, 1.0 - budget / kept)))
+
+
+def read_plan(state: Any, half_bytes: list[tuple[int, int]]) -> HostPlan:
+    """Copy the state's plan to the host (one small device->host read) and classify it."""
+    thresholds = state.thresholds.detach().float().cpu()  # [NB, L, 4]
+    keep = state.layer_keep.detach().float().cpu()  # [NB, L, 2]
+    budget = float(state.budget.detach().cpu())
+    caps = tuple(int(c) for c in state.kv_cap.detach().cpu().tolist())
+    variants, widths = [], []
+    for nb in range(thresholds.shape[0]):
+        depth = depth_of(keep[nb])
+        gated = bool((thresholds[nb] > 0).any())
+        variants.append((gated, depth))
+        widths.append(width_sparsity(budget, depth, half_bytes) if gated else 0.0)
+    return HostPlan(tuple(variants), tuple(widths), caps)
+
+
+def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]]
+                ) -> dict[Variant, float]:
+    """Every variant plan bucket `nb` can take -> the width sparsity its graph is built for.
+
+    Without a table: dense and gated-with-all-halves. With one: each calibrated level's depth plan,
+    gated, built for the sparsest budget that uses it (the crossover `choose` reads that number).
+    """
+    found: dict[Variant, float] = {DENSE: 0.0, (True, None): 0.5}
+    if table is None:
+        return found
+    found[(True, None)] = 0.0
+    for level, budget in enumerate(table.budgets.tolist()):
+        depth = depth_of(table.layer_keep[level, nb])
+        key = (True, depth)
+        found[key] = max(found.get(key, 0.0), width_sparsity(float(budget), depth, half_bytes))
+    return found
+
+
+def fallback(wanted: Variant, captured: set[Variant]) -> Variant | None:
+    """The captured variant that computes `wanted`'s result (ungated depth -> gated depth), or None."""
+    if wanted in captured:
+        return wanted
+    gated_twin = (True, wanted[1])
+    return gated_twin if gated_twin in captured else None

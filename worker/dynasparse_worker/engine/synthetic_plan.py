@@ -1,0 +1,117 @@
+"""A synthetic calibrated plan for random-weight models (`dynasparse bench --shape ...`).
+
+Random weights have no calibration text worth the name, yet the benchmark needs a `PlanTable` of the
+same kind the real planner makes (a monotone path of levels from dense to a floor, each with width
+thresholds and a depth plan) to time the gated engine at the H200's Llama-3-8B shape. This builds
+one from measured activations:
+
+* width: per (layer, group), |x| of the projection inputs over a few random-token forward passes;
+  the threshold of level k is the quantile of |x| at the width sparsity that level needs;
+* depth: a `depth_share` of the bytes a level saves comes from whole attention/MLP halves, skipped
+  from the second-to-last layer downwards (MLP first, it holds most bytes), a growing prefix so the
+  levels stay monotone; the first and last layers are never skipped;
+* expected loss: KL(dense‖sparse) per token, measured at each level on random tokens through the
+  gated HF model (meaningless for quality on random weights, but the same kind of number).
+
+Called by `commands/bench.py` (and the engine tests); the JSON says the plan is synthetic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dynasparse_worker.gating.planner import PlanTable
+
+
+def skip_order(num_layers: int) -> list[tuple[int, int]]:
+    """(layer, half) in the order depth plans drop them: MLP then attention, from layer L-2 down."""
+    return [(layer, half) for layer in range(num_layers - 2, 0, -1) for half in (1, 0)]
+
+
+def level_depth(budget: float, depth_share: float, half_bytes: list[tuple[int, int]]) -> torch.Tensor:
+    """[L, 2] keep flags: the longest prefix of `skip_order` within depth_share · (1 - budget)."""
+    total = sum(a + m for a, m in half_bytes)
+    target = depth_share * (1.0 - budget) * total
+    keep = torch.ones(len(half_bytes), 2)
+    skipped = 0.0
+    for layer, half in skip_order(len(half_bytes)):
+        size = half_bytes[layer][half]
+        if skipped + size > target:
+            break
+        keep[layer, half] = 0.0
+        skipped += size
+    return keep
+
+
+@torch.inference_mode()
+def activation_samples(gated: Any, vocab: int, device: torch.device, passes: int = 2,
+                       tokens: int = 64, per_group: int = 8192) -> list[list[torch.Tensor]]:
+    """|x| of each (layer, group) input over `passes` random-token forwards -> [L][4] of [n] fp32."""
+    blocks = gated.structure.blocks
+    samples: list[list[list[torch.Tensor]]] = [[[] for _ in range(4)] for _ in blocks]
+    hooks = []
+    for layer, block in enumerate(blocks):
+        for group in range(4):
+            def hook(module, args, layer=layer, group=group):
+                flat = args[0].detach().abs().float().reshape(-1)  # [tokens * in]
+                pick = torch.randint(0, flat.numel(), (per_group,), device=flat.device)
+                samples[layer][group].append(flat[pick].cpu())
+            hooks.append(block.groups[group][0].module.register_forward_pre_hook(hook))
+    generator = torch.Generator().manual_seed(1)
+    try:
+        for _ in range(passes):
+            ids = torch.randint(0, vocab, (1, tokens), generator=generator).to(device)
+            gated.model(ids, use_cache=False)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return [[torch.cat(group) for group in layer] for layer in samples]
+
+
+@torch.inference_mode()
+def measure_kl(gated: Any, table: PlanTable, vocab: int, device: torch.device,
+               tokens: int = 64) -> list[float]:
+    """KL(dense‖sparse) per token at each level, on one random-token sequence."""
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(2)).to(device)
+    gated.set_budget(1.0)
+    dense = torch.log_softmax(gated.model(ids, use_cache=False).logits.float(), -1)  # [1, T, V]
+    losses = []
+    for budget in table.budgets.tolist():
+        gated.set_budget(float(budget))
+        sparse = torch.log_softmax(gated.model(ids, use_cache=False).logits.float(), -1)
+        losses.append(float((dense.exp() * (dense - sparse)).sum(-1).mean()))
+    gated.set_budget(1.0)
+    return losses
+
+
+def synthetic_table(gated: Any, half_bytes: list[tuple[int, int]], budgets: list[float],
+                    vocab: int, device: torch.device, depth_share: float = 0.5) -> PlanTable:
+    """Build, attach and return a synthetic `PlanTable` with levels at `budgets` (1.0 added)."""
+    levels = sorted({1.0, *[round(float(b), 6) for b in budgets]}, reverse=True)
+    samples = activation_samples(gated, vocab, device)  # [L][4]
+    nb = len(gated.state.bucket_edges)
+    num_layers = len(half_bytes)
+    thresholds = torch.zeros(len(levels), nb, num_layers, 4)
+    keeps = torch.ones(len(levels), nb, num_layers, 2)
+    total = sum(a + m for a, m in half_bytes)
+    for k, budget in enumerate(levels):
+        keep = level_depth(budget, depth_share, half_bytes)  # [L, 2]
+        kept = sum(a * float(keep[i, 0]) + m * float(keep[i, 1]) for i, (a, m) in enumerate(half_bytes))
+        width = min(0.95, max(0.0, 1.0 - budget * total / kept)) if budget < 1.0 else 0.0
+        for layer in range(num_layers):
+            for group in range(4):
+                if width > 0:
+                    values = samples[layer][group]
+                    thresholds[k, :, layer, group] = torch.quantile(values, width)
+        keeps[k] = keep
+    col_scale = [[torch.ones(block.in_features(g)) for g in range(4)] for block in gated.structure.blocks]
+    table = PlanTable(bucket_edges=tuple(gated.state.bucket_edges),
+                      budgets=torch.tensor(levels, dtype=torch.float64), thresholds=thresholds,
+                      layer_keep=keeps, expected_loss=torch.zeros(len(levels), nb),
+                      col_scale=col_scale)
+    gated.attach(table)
+    losses = measure_kl(gated, table, vocab, device)
+    table.expected_loss.copy_(torch.tensor(losses)[:, None].expand(-1, nb))
+    return table
