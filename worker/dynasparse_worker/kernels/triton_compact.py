@@ -207,8 +207,10 @@ def launch_compact(x, pw, threshold, scale, has_scale, out, cfg, upcast) -> None
     if (ws.rows is None or ws.rows.numel() < k or ws.row_counts.numel() < n_slices
             or n_blocks > ws.counters.numel() or ws.partials.numel() < n_slices * rows * width):
         raise ValueError("workspace too small for a compact launch: allocate it with max_in")
-    block_bu = min(triton.next_power_of_2(rows), 16)  # tokens per step of the union
-    chunk = min(triton.next_power_of_2(slice_len), 4096 // block_bu)  # listing tile [BU, CHUNK]
+    # listing tile [BU, CHUNK] of at most 8192 elements: the whole slice in one chunk where it
+    # fits (each chunk is a serial load -> prefix sum -> store step), tokens BU at a time
+    chunk = min(triton.next_power_of_2(slice_len), 4096)
+    block_bu = max(1, min(triton.next_power_of_2(rows), 16, 8192 // chunk))
     if not cfg.fused:
         _compact_rows_kernel[(n_slices,)](
             x, scale, threshold, ws.rows, ws.row_counts, rows, k, slice_len, x.stride(0),
