@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dynasparse_worker.kernels import choose, crossover
-from dynasparse_worker.kernels.configs import TUNED, TUNED_PREDICATED, block_rows, pick_config
+from dynasparse_worker.kernels.configs import (
+    TUNED,
+    TUNED_PREDICATED,
+    batch_bucket,
+    block_rows,
+    pick_config,
+)
 
 
 def test_single_token_goes_sparse_only_above_its_measured_crossover():
@@ -23,8 +29,20 @@ def test_batches_where_width_sparsity_never_paid_stay_dense():
 
 def test_gate_up_crosses_before_the_smaller_groups_at_batch_one():
     assert crossover(1, group="mlp_in") < crossover(1, group="attn_out")
-    assert choose(1, 0.3, group="mlp_in") == "sparse"
-    assert choose(1, 0.3, group="attn_out") == "dense"
+    assert choose(1, 0.2, group="mlp_in") == "sparse"
+    assert choose(1, 0.2, group="attn_out") == "dense"
+
+
+def test_small_groups_fall_back_dense_first_as_the_batch_grows():
+    assert crossover(16, group="attn_in") > 1.0  # q|k|v never paid at 16 rows
+    assert choose(16, 0.5, group="mlp_in") == "sparse"
+    assert crossover(2, group="attn_out") > crossover(1, group="attn_out")
+
+
+@pytest.mark.parametrize("batch,bucket", [(1, 1), (3, 4), (8, 8), (9, 16), (40, 16)])
+def test_batches_take_the_config_measured_for_their_bucket(batch, bucket):
+    assert batch_bucket(batch) == bucket
+    assert pick_config(batch, 14336, 4096, False) is TUNED[(bucket, 14336, 4096, False)]
 
 
 def test_cpu_table_is_separate_and_falls_dense_for_big_batches():

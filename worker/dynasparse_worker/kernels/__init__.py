@@ -11,8 +11,9 @@ device before capturing graphs, and on every step calls
 place with no re-compile and no graph re-capture. `mode="dense"` masks x the same way and runs
 one dense `x @ W_t` (same result, dense cost). At budget 1.0 (every threshold 0) the engine can
 call `dense_matmul(x, packed)` directly: threshold 0 keeps every nonzero channel, so the mask
-changes nothing and its launches are pure overhead. CUDA runs the Triton kernel (`triton_sparse`, loaded lazily); the CPU runs
-`embedding_bag` over the kept rows (`torch_ops`).
+changes nothing and its launches are pure overhead. CUDA runs the Triton kernels (loaded lazily:
+`triton_compact` by default, whose loop runs over the kept rows only; `triton_sparse` holds the
+launcher and the predicated kernel); the CPU runs `embedding_bag` over the kept rows (`torch_ops`).
 """
 
 from __future__ import annotations

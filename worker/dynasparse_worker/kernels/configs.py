@@ -48,8 +48,35 @@ TUNED_PREDICATED: dict[tuple[int, int, int, bool], KernelConfig] = {
     (1, 4096, 14336, True): KernelConfig(block_n=128, block_k=64, split_k=2),  # gate|up 53.1 us
     (1, 14336, 4096, False): _C8,  # down 35.9 us
 }
-# (block_rows, in, out, gated) -> compacting config, best of the suite's 50 % sweep on the H200
-TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {}
+def _cc(bn: int, bk: int, split: int, warps: int, stages: int = 3, dot: bool = True) -> KernelConfig:
+    return KernelConfig(block_n=bn, block_k=bk, split_k=split, num_warps=warps,
+                        num_stages=stages, compact=True, dot=dot)
+
+
+# (batch bucket, in, out, gated) -> compacting config: best of the suite's 50 % sweep on the H200
+# (measured_h200.json, 2026-11-28, v3); comment: that config's time at 50 % union sparsity.
+TUNED: dict[tuple[int, int, int, bool], KernelConfig] = {
+    (1, 4096, 6144, False): _cc(128, 64, 6, 4),  # q|k|v 17.5 us
+    (2, 4096, 6144, False): _cc(128, 64, 6, 4),  # 18.6
+    (4, 4096, 6144, False): _cc(128, 64, 6, 4),  # 19.1
+    (8, 4096, 6144, False): _cc(128, 64, 6, 4),  # 21.3
+    (16, 4096, 6144, False): _cc(128, 64, 6, 4),  # 25.1
+    (1, 4096, 4096, False): _cc(128, 64, 8, 8, stages=2, dot=False),  # o 13.0 us (FMA)
+    (2, 4096, 4096, False): _cc(128, 128, 8, 8),  # 15.0
+    (4, 4096, 4096, False): _cc(128, 64, 8, 4),  # 16.2
+    (8, 4096, 4096, False): _cc(128, 64, 8, 4),  # 17.2
+    (16, 4096, 4096, False): _cc(128, 64, 8, 4),  # 19.9
+    (1, 4096, 14336, True): _cc(64, 128, 1, 4),  # gate|up 43.4 us
+    (2, 4096, 14336, True): _cc(128, 64, 2, 4),  # 47.0
+    (4, 4096, 14336, True): _cc(128, 64, 2, 4),  # 49.2
+    (8, 4096, 14336, True): _cc(128, 64, 2, 4),  # 53.3
+    (16, 4096, 14336, True): _cc(128, 64, 2, 4),  # 54.3
+    (1, 14336, 4096, False): _cc(128, 128, 8, 8),  # down 29.7 us
+    (2, 14336, 4096, False): _cc(128, 128, 8, 8),  # 29.9
+    (4, 14336, 4096, False): _cc(128, 128, 8, 8),  # 32.4
+    (8, 14336, 4096, False): _cc(256, 64, 16, 8),  # 33.8
+    (16, 14336, 4096, False): _cc(256, 64, 16, 8),  # 40.3
+}
 
 
 def block_rows(batch: int) -> int:
@@ -62,36 +89,53 @@ def block_rows(batch: int) -> int:
     return size
 
 
+def batch_bucket(batch: int) -> int:
+    """Key of the compacting table: 1, 2, 4, 8 or 16 (batches over 16 use 16's configs)."""
+    size = 1
+    while size < batch and size < 16:
+        size *= 2
+    return size
+
+
 def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0,
                 predicated: bool = False) -> KernelConfig:
     """The tuned config for this shape if measured, else the sweep's winning pattern.
 
-    Compacting (`compact=True`) unless `predicated`: 128 columns x 64 rows, 4 warps, a split
-    giving about two programs per multiprocessor; batches use the tl.dot path, 3 stages.
+    Compacting (`compact=True`) unless `predicated`. Untuned shapes get what won most often on
+    the H200: the tl.dot loop, 128 columns x 64 rows, 4 warps, 3 stages, a split giving about
+    two programs per multiprocessor.
     """
-    table = TUNED_PREDICATED if predicated else TUNED
-    tuned = table.get((block_rows(batch), k, n_out, gated))
+    if predicated:
+        tuned = TUNED_PREDICATED.get((block_rows(batch), k, n_out, gated))
+    else:
+        tuned = TUNED.get((batch_bucket(batch), k, n_out, gated))
     if tuned is not None:
         return tuned
     block_n, block_k = 128, 64
     n_blocks = -(-n_out // block_n)
     split = max(1, min(32, round(waves * SM_COUNT / n_blocks), k // (2 * block_k)))
-    return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
-                        num_stages=2 if batch <= 1 else 3, compact=not predicated)
+    if predicated:
+        return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4)
+    return _cc(block_n, block_k, split, 4)
 
 
 Choice = Literal["sparse", "dense"]
 
 # Batch bucket upper edges and, per bucket, the union sparsity (fraction of weight rows skipped)
-# from which the input-sparse kernel beats dense cuBLAS for a whole layer (q|k|v + o + gate|up +
-# down), measured on the H200; 1.01 = never. Batches of 2+ rows take the tl.dot path, which lost
-# to cuBLAS at every measured sparsity (4, 16, 32: 0.59x-0.80x per layer), so 2..64 are "never".
+# from which the compacting kernel beats dense cuBLAS for a whole layer (q|k|v + o + gate|up +
+# down), measured on the H200 (v3, measured_h200.json); 1.01 = never. 32 and 64 are not
+# measured with the compacting kernel (v2 lost there everywhere): dense.
 CUDA_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-CUDA_CROSSOVER: tuple[float, ...] = (0.30, 1.01, 1.01, 1.01, 1.01, 1.01, 1.01)
-# Per projection group at batch 1 (gate|up reads the most bytes per launch and crosses first).
-CUDA_GROUP_CROSSOVER_B1: dict[str, float] = {
-    "attn_in": 0.40, "attn_out": 0.41, "mlp_in": 0.23, "mlp_out": 0.40,
+CUDA_CROSSOVER: tuple[float, ...] = (0.21, 0.29, 0.38, 0.44, 0.54, 1.01, 1.01)
+# Per projection group and bucket 1..16 (gate|up reads the most bytes per launch and crosses
+# first; o and q|k|v pay the kernel's ~7 us fixed cost on the fewest bytes).
+CUDA_GROUP_CROSSOVER: dict[str, tuple[float, ...]] = {
+    "attn_in": (0.40, 0.50, 0.56, 0.63, 1.01),
+    "attn_out": (0.25, 0.47, 0.66, 0.65, 0.76),
+    "mlp_in": (0.16, 0.23, 0.29, 0.39, 0.35),
+    "mlp_out": (0.20, 0.23, 0.39, 0.37, 0.60),
 }
+CUDA_GROUP_CROSSOVER_B1: dict[str, float] = {g: t[0] for g, t in CUDA_GROUP_CROSSOVER.items()}
 
 # The CPU path (one embedding_bag per token over bf16-packed rows) against the fp32 dense step,
 # SmolLM2-135M shapes, 30 layers, 1 thread, on this project's shared 2-core CPU (load ~10, so
@@ -105,10 +149,10 @@ CPU_CROSSOVER: tuple[float, ...] = (0.42, 0.42, 0.40, 0.55, 0.70)
 def crossover(batch: int, device_type: str = "cuda", group: str | None = None) -> float:
     """Smallest union sparsity at which the sparse path pays for a batch of `batch` rows.
 
-    `group` (attn_in, attn_out, mlp_in, mlp_out) refines the batch-1 CUDA answer per group.
+    `group` (attn_in, attn_out, mlp_in, mlp_out) refines the CUDA answer per group (batch <= 16).
     """
-    if device_type != "cpu" and batch <= 1 and group in CUDA_GROUP_CROSSOVER_B1:
-        return CUDA_GROUP_CROSSOVER_B1[group]
+    if device_type != "cpu" and batch <= 16 and group in CUDA_GROUP_CROSSOVER:
+        return CUDA_GROUP_CROSSOVER[group][bisect.bisect_left(CUDA_BUCKETS, batch)]
     buckets, table = (CPU_BUCKETS, CPU_CROSSOVER) if device_type == "cpu" else (
         CUDA_BUCKETS, CUDA_CROSSOVER)
     i = bisect.bisect_left(buckets, batch)

@@ -41,8 +41,9 @@ class SplitKWorkspace:
 
     @classmethod
     def allocate(cls, device: torch.device | str, max_batch: int, max_out: int,
-                 max_split: int = 32, max_in: int = 0) -> SplitKWorkspace:
-        """Scratch for calls up to these sizes; `max_in > 0` also enables `compact` configs."""
+                 max_split: int = 32, max_in: int = 65536) -> SplitKWorkspace:
+        """Scratch for calls up to these sizes; `max_in` (the widest input served) sizes the
+        kept-row lists of the compacting kernel, the default; 0 limits calls to the predicated one."""
         partials = torch.empty(max_split * max_batch * max_out, dtype=torch.float32, device=device)
         counters = torch.zeros(max_out // 16 + 1, dtype=torch.int32, device=device)  # [NB]
         rows = torch.empty(max_in, dtype=torch.int32, device=device) if max_in else None  # [K]

@@ -20,11 +20,11 @@ Design (split-K with an in-kernel fix-up):
   `silu(gate) * up` for gated groups) and resets the counter: one launch per projection group.
   `fixup=False` instead reduces in a second small kernel (kept as a measured alternative).
 
-Measured (H200, `measured_h200.json`): correct everywhere, but the cost of a skipped row is not
-zero: with every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
-predicated-off row still costs its load, convert and FMA instructions. See `configs.py` for the
-crossover this gives. `KernelConfig(compact=True)` routes to `triton_compact`, whose work
-scales with the kept rows.
+Measured (H200, NOTES.md): correct everywhere, but the cost of a skipped row is not zero: with
+every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
+predicated-off row still costs its load, convert and FMA instructions. So the default is now
+`KernelConfig(compact=True)`, routed to `triton_compact`, whose work scales with the kept rows;
+this kernel stays for `pick_config(..., predicated=True)` and for workspaces without row lists.
 """
 
 from __future__ import annotations
