@@ -86,7 +86,14 @@ def graph_replay_ms(engine: Any) -> float | None:
     return start.elapsed_time(end) / 20
 
 
-def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int = 8) -> list[dict]:
+def _alloc_count(device: torch.device) -> int | None:
+    """Device allocation requests so far (the caching allocator's counter; None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_stats(device).get("allocation.all.allocated", 0))
+
+
+def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int = 2) -> list[dict]:
     """Budget changes while `batch` sequences decode: time to the first step on the new plan.
 
     For each budget (from the previous one): `set_budget_ms` (the call), `first_step_ms` (the
@@ -96,7 +103,9 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
     runner, device = engine.runner, engine.runner.device
     vocab = runner.model.shape.vocab
     batch = min(batch, runner.cache.num_slots)
-    steps_needed = 4 * len(budgets) + 8
+    steps_needed = 2 * len(budgets) + 4  # warm-up, then a steady and a switching step per budget
+    if prompt_len + steps_needed > runner.cache.max_seq_len:
+        return []
     generator = torch.Generator().manual_seed(7)
     for i in range(batch):
         prompt = torch.randint(0, vocab, (prompt_len,), generator=generator).tolist()
@@ -115,6 +124,7 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
         steady = time.perf_counter() - start
         captures = runner.captures
         allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        allocs = _alloc_count(device)
         _sync(device)
         start = time.perf_counter()
         engine.gated.set_budget(budget)  # the path the server's actuator takes
@@ -130,6 +140,7 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
             captures_during=runner.captures - captures,
             allocated_bytes_during=(torch.cuda.memory_allocated(device) - allocated
                                     if allocated is not None else None),
+            device_allocations_during=(_alloc_count(device) - allocs if allocs is not None else None),
         ))
     while engine.has_work():
         engine.step()
