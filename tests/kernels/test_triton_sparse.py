@@ -128,6 +128,16 @@ def test_compacting_variant_lists_a_long_slice_in_several_chunks(triton_kernels,
     assert _rel_err(y, masked_reference(x, pw, thr)) < 1e-2, gen.initial_seed()
 
 
+def test_compacting_variant_splits_no_further_than_its_scratch_holds(triton_kernels, device, gen):
+    k = 96
+    ws = SplitKWorkspace.allocate(device, max_batch=1, max_out=48, max_split=2, max_in=k)
+    pw = pack_projection(_weights(gen, [48], k, device), workspace=ws)
+    x = _x(gen, 3, k, device)  # 3 rows x 48 columns: room for one partial sum only
+    thr = torch.tensor(0.5, device=device)
+    y = _run(triton_kernels, x, pw, thr, config=COMPACT)  # asks for 3 K slices
+    assert _rel_err(y, masked_reference(x, pw, thr)) < 1e-2, gen.initial_seed()
+
+
 def test_compacting_variant_writes_zeros_when_every_row_is_skipped(triton_kernels, device, gen):
     k = 64
     ws = SplitKWorkspace.allocate(device, max_batch=2, max_out=64, max_in=k)

@@ -62,7 +62,7 @@ class SparseLinearOps:
             if cuda and self._workspace is None:
                 self._workspace = SplitKWorkspace.allocate(
                     weight.device, max_batch=self.max_batch, max_out=max(weight.shape[0], 65536),
-                    max_in=65536)  # kept-row lists of the compacting kernel
+                    max_split=8, max_in=65536)  # 134 MB of partials; the kernels clamp split-K
             dtype = None if cuda else self.cpu_dtype
             pw = pack_projection([weight], workspace=self._workspace if cuda else None,
                                  dtype=dtype)

@@ -199,13 +199,14 @@ def launch_compact(x, pw, threshold, scale, has_scale, out, cfg, upcast) -> None
     n_out = pw.out_features
     dot = cfg.dot or rows > 1
     block_b = max(16, triton.next_power_of_2(rows)) if dot else 1
-    split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k)))
+    width = pw.w_t.shape[1]
+    split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k),
+                       ws.partials.numel() // (rows * width)))  # what the scratch holds
     slice_len = triton.cdiv(triton.cdiv(k, split), 16) * 16  # rows per K slice
     n_slices = triton.cdiv(k, slice_len)
     n_blocks = triton.cdiv(n_out, cfg.block_n)
-    width = pw.w_t.shape[1]
     if (ws.rows is None or ws.rows.numel() < k or ws.row_counts.numel() < n_slices
-            or n_blocks > ws.counters.numel() or ws.partials.numel() < n_slices * rows * width):
+            or n_blocks > ws.counters.numel()):
         raise ValueError("workspace too small for a compact launch: allocate it with max_in")
     # listing tile [BU, CHUNK] of at most 8192 elements: the whole slice in one chunk where it
     # fits (each chunk is a serial load -> prefix sum -> store step), tokens BU at a time
