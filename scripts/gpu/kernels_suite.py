@@ -3,13 +3,14 @@
     PYTHONPATH=worker:proto:operator:. python3 scripts/gpu/kernels_suite.py
 
 1. correctness on CUDA of every kernel variant (predicated with in-kernel or two-kernel split-K
-   reduction; compacting) against the float64 masked reference (fresh random
-   inputs per check, poisoned outputs, repeated launches to catch races in the split-K fix-up,
-   a threshold changed in place between CUDA-graph replays);
+   reduction; compacting with FMA or tl.dot, one or two launches) against the float64 masked
+   reference (fresh random inputs per check, poisoned outputs, repeated launches to catch races
+   in the split-K fix-up, a threshold changed in place between CUDA-graph replays);
 2. per Llama-3-8B projection group (q|k|v 4096->6144, o 4096->4096, gate|up 4096->2x14336 with
-   the SiLU epilogue, down 14336->4096), bf16, batch 1/4/16/32: a small tile/split sweep at 50 %,
-   then dense cuBLAS vs sparse at 0-80 % union sparsity, timed as CUDA-graph replays over
-   rotating weight copies (so L2 does not serve them) with triton.testing.do_bench (median);
+   the SiLU epilogue, down 14336->4096), bf16, batch 1/2/4/8/16: a tile/split sweep of the
+   compacting kernel at 50 %, its all-skipped floor, then dense cuBLAS vs sparse at 0-80 % union
+   sparsity (batch 1 also times the predicated kernel and the two-launch form), as CUDA-graph
+   replays over rotating weight copies (so L2 does not serve them), do_bench medians; ~90 s;
 3. writes $OUT/kernels.json (rows, tuned configs, crossover per batch) and prints a table last.
 
 `--dry-run` runs the same code on the CPU under TRITON_INTERPRET=1 with tiny shapes and a host
