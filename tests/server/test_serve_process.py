@@ -46,7 +46,7 @@ def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "POD_NAME": "pod-under-test"}
     cmd = [sys.executable, "-m", "dynasparse.cli", "serve", "--port", "0", "--control-port", "0",
            "--max-seq-len", "256", "--kv-tokens", "1024", "--max-batch-size", "2",
-           "--drain-grace", "60"]
+           "--drain-grace", "180"]  # generous: CI machines are shared and slow
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
     lines: list[str] = []
@@ -56,9 +56,9 @@ def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
         while httpx.get(f"{url}/readyz").status_code != 200:
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+        body = {"prompt": "Once upon a time", "max_tokens": 10, "temperature": 0, "ignore_eos": True}
         with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(httpx.post, f"{url}/v1/completions", json=body, timeout=120)
+            futures = [pool.submit(httpx.post, f"{url}/v1/completions", json=body, timeout=240)
                        for _ in range(2)]
             while _running(url) < 2:
                 assert time.monotonic() < deadline
@@ -69,7 +69,7 @@ def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
             assert httpx.post(f"{url}/v1/completions", json=body).status_code == 503
             results = [f.result() for f in futures]
         assert [r.status_code for r in results] == [200, 200], "".join(lines[-40:])
-        assert [r.json()["usage"]["completion_tokens"] for r in results] == [24, 24]
+        assert [r.json()["usage"]["completion_tokens"] for r in results] == [10, 10]
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
