@@ -4,6 +4,7 @@ so tests import it by a name no other folder uses)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from dynasparse.devcluster.fixture import DevCluster
 CHART = Path(__file__).resolve().parents[1] / "charts" / "dynasparse"
 RELEASE, RELEASE_NAMESPACE = "dynasparse", "dynasparse-system"
 OPERATOR_SA = "dynasparse-operator"
+# Requests per second across a model's pods that CPU workers on a shared 2-core machine sustain;
+# raise it on faster machines (scenario 3 steps it up 3x).
+BASE_RATE = float(os.environ.get("DYNASPARSE_E2E_BASE_RATE", "0.2"))
 
 def needs(module: str, what: str) -> None:
     """Skip (saying so) when a component another issue delivers is not there yet."""

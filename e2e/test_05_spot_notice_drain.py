@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_support import apply_model, events_for, model_status, needs, ready_worker_pods
+from e2e_support import BASE_RATE, apply_model, events_for, model_status, needs, ready_worker_pods
 from e2e_load import OpenLoopLoad
 
 from dynasparse.devcluster import nodeops
@@ -31,7 +31,7 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
     node = doomed["spec"]["nodeName"]
     survivors = {p["metadata"]["name"] for p in pods[1:]}
     budgets_before = {p["name"]: p.get("budget") for p in model_status(cluster, namespace, name).get("pods") or []}
-    load = OpenLoopLoad(cluster, namespace, name, rate=1.0).start()
+    load = OpenLoopLoad(cluster, namespace, name, rate=BASE_RATE, max_tokens=4).start()
     try:
         time.sleep(3)
         nodeops.taint(cluster.api, node, notice_taint, "NoSchedule")
