@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="1.0",
                         help="comma-separated budgets in (0, 1]; 'floor' = the sparsest calibrated")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU: torch threads (0: torch's default)")
     parser.add_argument("--floor", type=float, default=0.3,
                         help="--shape: sparsest level of the synthetic plan")
     parser.add_argument("--depth-share", type=float, default=0.5,
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if min(batch_sizes) < 1 or args.prompt_len < 1 or args.gen_len < 2:
         raise UserError("batch sizes and --prompt-len must be >= 1, --gen-len >= 2")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is visible: pass --device cpu")
     model, tokenizer, name, loaded = _load(args, device)

@@ -103,7 +103,7 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
     runner, device = engine.runner, engine.runner.device
     vocab = runner.model.shape.vocab
     batch = min(batch, runner.cache.num_slots)
-    steps_needed = 2 * len(budgets) + 4  # warm-up, then a steady and a switching step per budget
+    steps_needed = 3 * len(budgets) + 4  # prefill, warm-up, then a steady and a switching step each
     if prompt_len + steps_needed > runner.cache.max_seq_len:
         return []
     generator = torch.Generator().manual_seed(7)
