@@ -51,15 +51,15 @@ def budget_for_loss(curve: Sequence[tuple[float, float]], max_loss: float) -> fl
 
 
 def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = None) -> float | None:
-    """Worst of p95/SLO over the axes with a target; None when the report has too few samples."""
-    if report.samples < (params.min_samples if min_samples is None else min_samples):
-        return None
+    """Worst of p95/SLO over the axes with a target and enough samples; None when no axis has."""
+    need = params.min_samples if min_samples is None else min_samples
+    itl_samples = report.samples if report.inter_token_samples < 0 else report.inter_token_samples
     ratios = []
-    if params.ttft_slo_ms > 0:
+    if params.ttft_slo_ms > 0 and report.samples >= need:
         ratios.append(report.ttft_p95_ms / params.ttft_slo_ms)
-    if params.inter_token_slo_ms > 0:
+    if params.inter_token_slo_ms > 0 and itl_samples >= need:
         ratios.append(report.inter_token_p95_ms / params.inter_token_slo_ms)
-    return max(ratios, default=0.0)
+    return max(ratios) if ratios else None
 
 
 def violates_slo(report: PodReport, params: LawParams) -> bool:

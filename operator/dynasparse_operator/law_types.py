@@ -23,7 +23,8 @@ class PodReport:
     received_at: float
     ttft_p95_ms: float = 0.0
     inter_token_p95_ms: float = 0.0
-    samples: int = 0  # latency samples in the worker's window
+    samples: int = 0  # TTFT samples (requests) in the worker's window
+    inter_token_samples: int = -1  # inter-token samples; -1: same as `samples`
     queue_depth: int = 0
     applied_budget: float = 1.0
     expected_loss: float = 0.0

@@ -14,14 +14,13 @@ from dynasparse_proto import control_pb2
 
 def report_from_pb(report: control_pb2.Report, received_at: float, pod: str = "") -> PodReport:
     """The law's view of one Report; `received_at` is the operator's monotonic clock."""
-    samples = min(report.ttft.count or report.inter_token.count,
-                  report.inter_token.count or report.ttft.count)
     return PodReport(
         name=pod or report.pod_name,
         received_at=received_at,
         ttft_p95_ms=report.ttft.p95_ms,
         inter_token_p95_ms=report.inter_token.p95_ms,
-        samples=int(samples),
+        samples=int(report.ttft.count),
+        inter_token_samples=int(report.inter_token.count),
         queue_depth=int(report.queue_depth),
         applied_budget=report.applied_budget,
         expected_loss=report.expected_quality_loss,

@@ -16,8 +16,10 @@ import pytest
 
 from dynasparse_operator import manifests, pki
 from dynasparse_operator.daemon import ControlLoop, LoopDeps, ModelRuntime
+from dynasparse_operator.control_law import violates_slo
 from dynasparse_operator.grpc_client import ClientTls
 from dynasparse_operator.settings import OperatorSettings
+from dynasparse_operator.wire import report_from_pb
 
 worker_control = pytest.importorskip("dynasparse_worker.control.service")
 from dynasparse_worker.control.supervisor import Supervisor  # noqa: E402
@@ -69,13 +71,20 @@ def ready_pod(name="w0", ip="127.0.0.1"):
 
 
 class Recorder(ControlLoop):
-    """Notes when the first SLO-violating report arrived (the loop's own callback, unchanged)."""
+    """Notes when the first SLO-violating report arrived and when a decision first saw it (the
+    loop's own callback and step, unchanged)."""
 
     violating_at: float | None = None
+    violation_decided_at: float | None = None
+
+    async def step(self):
+        decision = await super().step()
+        if self.violation_decided_at is None and (decision.worst_ratio or 0) > 1:
+            self.violation_decided_at = time.monotonic()
+        return decision
 
     def _on_report(self, pod, report, at):
-        slo = self.params().ttft_slo_ms
-        if self.violating_at is None and report.ttft.p95_ms > slo and report.ttft.count >= 5:
+        if self.violating_at is None and violates_slo(report_from_pb(report, at, pod), self.params()):
             self.violating_at = time.monotonic()
         super()._on_report(pod, report, at)
 
