@@ -100,7 +100,7 @@ def test_model_owns_deployment_service_and_a_certificate_signed_by_the_operator_
     assert pki.signed_by(base64.b64decode(secret["server.crt"]), ca_pair)
 
     am = wait_until(lambda: (a := get_am(crd, namespace)) and
-                    (a.get("status") or {}).get("readyReplicas") == 2 and a, 90, "2 ready pods in status")
+                    (a.get("status") or {}).get("readyReplicas") == 2 and a, 240, "2 ready pods in status")
     assert am["status"]["selector"].endswith("dynasparse.io/model=chat")
     conds = conditions(am)
     assert conds["Ready"]["status"] == "True"
@@ -113,12 +113,12 @@ def test_model_owns_deployment_service_and_a_certificate_signed_by_the_operator_
 
     crd.kubectl("scale", "-n", namespace, "am/chat", "--replicas=3")
     wait_until(lambda: crd.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker")
-               ["spec"]["replicas"] == 3, 30, "the scale subresource to reach the Deployment")
+               ["spec"]["replicas"] == 3, 90, "the scale subresource to reach the Deployment")
 
     crd.api.delete(f"{AM_PATH.format(ns=namespace)}/chat")
     wait_until(lambda: not crd.api.exists(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker")
                and not crd.api.exists(f"/api/v1/namespaces/{namespace}/secrets/chat-worker-tls"),
-               60, "owned objects to be garbage-collected")
+               120, "owned objects to be garbage-collected")
 
 
 def test_spot_notice_drains_that_nodes_pod_adds_a_replica_and_budget_survives_restart(operator, crd, namespace):
