@@ -9,12 +9,14 @@ plan), graph captures and `torch.cuda.memory_allocated` before and after (both m
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
 
+from dynasparse_worker.engine.plans import fallback
 from dynasparse_worker.engine.types import SamplingParams
 
 # bench_decode(engine, batch, prompt_len, gen_len, vocab) -> (tok/s, ms per step)
@@ -24,13 +26,6 @@ DecodeTimer = Callable[[Any, int, int, int, int], tuple[float, float]]
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def median_rate(timer: DecodeTimer, engine: Any, batch: int, prompt_len: int, gen_len: int,
-                vocab: int, repeats: int) -> tuple[float, float]:
-    """Median tok/s and ms/step over `repeats` runs (the CPU here is shared and noisy)."""
-    runs = [timer(engine, batch, prompt_len, gen_len, vocab) for _ in range(max(1, repeats))]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def plan_summary(engine: Any, batch: int) -> dict:
@@ -55,13 +50,21 @@ def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[in
     for batch in batch_sizes:
         if batch > engine.runner.cache.num_slots or batch not in dense_rates:
             continue
+        runs: dict[float, list[tuple[float, float]]] = {b: [] for b in budgets}
+        for _ in range(max(1, repeats)):  # interleaved: load changes hit every budget alike
+            for budget in budgets:
+                engine.set_budget(budget)
+                runs[budget].append(timer(engine, batch, prompt_len, gen_len, vocab))
         for budget in budgets:
             engine.set_budget(budget)
-            tps, ms = median_rate(timer, engine, batch, prompt_len, gen_len, vocab, repeats)
+            tps = statistics.median(r[0] for r in runs[budget])
+            ms = statistics.median(r[1] for r in runs[budget])
             row = dict(engine="dynasparse-gated", batch_size=batch, budget=budget,
                        tokens_per_s=tps, ms_per_token=ms, gen_len=gen_len,
-                       graph_ms=graph_replay_ms(engine), speedup=tps / dense_rates[batch],
-                       expected_loss=engine.gated.expected_loss(budget, batch))
+                       graph_ms=graph_replay_ms(engine, batch), speedup=tps / dense_rates[batch],
+                       expected_loss=engine.gated.expected_loss(budget, batch),
+                       speedup_over_gated_dense=tps / statistics.median(
+                           r[0] for r in runs[max(budgets)]))
             row.update(plan_summary(engine, batch))
             if budget >= 1.0:
                 row["gate_overhead"] = dense_rates[batch] / tps - 1.0
@@ -70,12 +73,17 @@ def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[in
     return rows
 
 
-def graph_replay_ms(engine: Any) -> float | None:
-    """GPU time of one replay of the graph the last decode step used (None on the CPU)."""
+def graph_replay_ms(engine: Any, batch: int) -> float | None:
+    """GPU time of one replay of the graph the active plan uses at `batch` (None on the CPU)."""
     runner = engine.runner
-    if not runner.graphs or runner.last_variant not in runner.graphs:
+    if not runner.graphs:
         return None
-    graph = runner.graphs[runner.last_variant][0]
+    bucket = runner.buckets[bisect.bisect_left(runner.buckets, batch)]
+    variant = fallback(runner.current_plan().variants[runner._plan_bucket(bucket)],
+                       {v for b, v in runner.graphs if b == bucket})
+    if variant is None:
+        return None
+    graph = runner.graphs[bucket, variant][0]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
