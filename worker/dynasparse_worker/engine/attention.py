@@ -45,7 +45,7 @@ def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, st
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
                      starts: Tensor | None, scale: float, num_splits: int = 0,
-                     sinks: int = 0) -> Tensor:
+                     sinks: int = 0, longest: int | None = None) -> Tensor:
     """One query token per sequence. q [B, H, D]; caches [slots, T, Hkv, D]; slots/lens/starts [B].
 
     Sequence b attends to its cache entries [starts[b], lens[b]) (starts None = from 0), plus the
@@ -55,26 +55,31 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor,
     dim = q.shape[-1]
     if q.is_cuda and triton is not None and dim >= 16 and dim & (dim - 1) == 0:
         return _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits, sinks)
-    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale, sinks)
+    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale, sinks, longest)
 
 
 def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
-                           starts: Tensor | None, scale: float, sinks: int = 0) -> Tensor:
-    """Reference / CPU path: gather each sequence's first max(lens) entries and mask the rest."""
+                           starts: Tensor | None, scale: float, sinks: int = 0,
+                           longest: int | None = None) -> Tensor:
+    """Reference / CPU path: gather each sequence's first max(lens) entries and mask the rest.
+
+    One fused SDPA call (GQA inside) in float32; `longest` = int(lens.max()) when the caller
+    already knows it (the CPU runner computes it once per step, not once per layer).
+    """
     batch, heads, dim = q.shape
-    kv_heads = k_cache.shape[2]
-    longest = int(lens.max())
-    keys = k_cache[slots, :longest]  # [B, Tm, Hkv, D]
-    values = v_cache[slots, :longest]  # [B, Tm, Hkv, D]
+    longest = int(lens.max()) if longest is None else longest
+    keys = k_cache[slots, :longest].transpose(1, 2).float()  # [B, Hkv, Tm, D]
+    values = v_cache[slots, :longest].transpose(1, 2).float()  # [B, Hkv, Tm, D]
     pos = torch.arange(longest, device=q.device)[None, :]  # [1, Tm]
     valid = pos < lens[:, None]  # [B, Tm]
     if starts is not None:
         valid &= (pos >= starts[:, None]) | (pos < sinks)
-    query = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, Hkv, G, D]
-    scores = torch.einsum("bhgd,bthd->bhgt", query.float(), keys.float()) * scale  # [B, Hkv, G, Tm]
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # [B, Hkv, G, Tm]
-    out = torch.einsum("bhgt,bthd->bhgd", probs, values.float())  # [B, Hkv, G, D]
+    if batch > 1:  # entries past a shorter sequence's length may hold anything (even NaN)
+        inside = (pos < lens[:, None])[:, None, :, None]  # [B, 1, Tm, 1]
+        keys, values = keys.where(inside, 0.0), values.where(inside, 0.0)
+    out = F.scaled_dot_product_attention(q.float()[:, :, None, :], keys, values,
+                                         attn_mask=valid[:, None, None, :], scale=scale,
+                                         enable_gqa=True)  # [B, H, 1, D]
     return out.reshape(batch, heads, dim).to(q.dtype)
 
 

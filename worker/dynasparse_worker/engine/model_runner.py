@@ -190,10 +190,11 @@ class ModelRunner:
             recent = (cap - sinks).clamp(min=1)  # []
             starts = torch.where(cap > 0, (lens - recent).clamp(min=0), torch.zeros_like(lens))  # [bucket]
         splits = pick_num_splits(bucket, shape.num_kv_heads, cache.max_seq_len)
+        longest = int(lens.max()) if self.device.type == "cpu" else None  # once per step, not layer
 
         def attend(layer: int, q: Tensor) -> Tensor:
             return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens, starts,
-                                    shape.scale, splits, sinks=sinks)
+                                    shape.scale, splits, sinks=sinks, longest=longest)
 
         hidden = self.model.forward(tokens, positions, slots, cache.k, cache.v, attend,
                                     bucket=plan_bucket, ops=self._ops_for(variant, width),
