@@ -48,6 +48,9 @@ class Engine:
         if hasattr(model, "set_budget") and hasattr(model, "state"):
             self.gated, table = model, getattr(model, "table", None)  # a gating.GatedModel
             state, model = state if state is not None else model.state, model.model
+        elif state is not None and getattr(model, "dynasparse_gated", None) is not None:
+            self.gated = model.dynasparse_gated  # a gated HF model (install_gates' back-reference)
+            table = getattr(self.gated, "table", None)
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config.runner_config(), state=state, ops=ops,
