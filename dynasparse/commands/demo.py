@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--slo-ms", type=float, default=None,
       help="p95 time-to-first-token SLO in ms (default: sized from this machine's measured speed)")
     a("--out", type=Path, default=Path("demo-out"), help="folder for summary.json, demo.png, logs")
+    a("--calibration", default="auto",
+      help="calibration artifact ('auto': the model's cached one, made on first use)")
     a("--min-budget", type=float, default=0.4, help="quality floor as a budget (default 0.4)")
     a("--max-loss", type=float, default=None,
       help="quality floor as an expected loss (KL per token) instead of --min-budget")
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise DemoArgumentError("--slo-ms must be positive")
     config = DemoConfig(model=args.model, duration_s=args.duration, slo_ms=args.slo_ms,
                         out_dir=args.out, max_tokens=args.max_tokens, min_budget=args.min_budget,
-                        max_loss=args.max_loss, interval_s=args.interval, seed=args.seed)
+                        max_loss=args.max_loss, interval_s=args.interval, seed=args.seed,
+                        calibration=args.calibration)
     asyncio.run(run_demo(config, Console()))
     return 0

@@ -53,6 +53,7 @@ class DemoConfig:
     interval_s: float = 1.0
     peak_factor: float = 3.0
     seed: int = 0
+    calibration: str = "auto"  # the model's cached calibration (made once, on first use)
     worker_args: tuple[str, ...] = ()
 
 
@@ -138,7 +139,7 @@ async def run_demo(cfg: DemoConfig, console: Console) -> dict:
     with console.status("starting the worker (first run: the default model is dequantized and "
                         "calibrated, a few minutes on 2 CPU cores)…"):
         worker = await asyncio.to_thread(start_worker, cfg.model, out / "tls", out / "worker.log",
-                                         list(cfg.worker_args))
+                                         ["--calibration", cfg.calibration, *cfg.worker_args])
     try:
         probe_s = max(2.0, min(10.0, cfg.duration_s * 0.08))
         with console.status(f"measuring this machine's dense capacity ({probe_s:.0f} s)…"):

@@ -76,8 +76,8 @@ def worker_args(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[str]:
     args = ["serve", "--model", spec.model, "--host", "$(POD_IP)", "--port", str(settings.http_port),
             "--control-port", str(settings.control_port), "--tls-dir", settings.tls_dir,
             "--pod-name", "$(POD_NAME)", "--drain-grace", str(spec.worker.drain_grace_s)]
-    if spec.calibration:
-        args += ["--calibration", spec.calibration]
+    # No calibration named: the worker's own ("auto": the artifact cached for its model, made once).
+    args += ["--calibration", spec.calibration or "auto"]
     return args + list(spec.worker.extra_args)
 
 

@@ -75,3 +75,9 @@ def test_worker_certificate_is_signed_by_the_operator_ca_for_the_service_name():
     assert "chat.team-a.svc" in names.get_values_for_type(x509.DNSName)
     assert pki.signed_by(leaf.cert_pem, ca) and not pki.signed_by(leaf.cert_pem, pki.make_ca())
     assert not pki.needs_renewal(leaf.cert_pem) and pki.needs_renewal(b"garbage")
+
+
+def test_workers_without_a_named_calibration_use_their_own_cached_one():
+    spec = parse_spec({"model": "default", "slo": {"ttftP95Ms": 500}, "quality": {"minBudget": 0.5}})
+    args = manifests.worker_args(spec, WorkerSettings())
+    assert args[args.index("--calibration") + 1] == "auto"
