@@ -50,6 +50,16 @@ class LocalController:
         self._last_sent: tuple[tuple, float] | None = None
         self.view = ControllerView()
 
+    async def wait_until_applied(self, timeout_s: float = 15.0) -> bool:
+        """True once the worker acks this controller's first update (its budget is ours)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            report = self.view.report
+            if report is not None and report.applied_epoch == self._epoch and report.applied_sequence >= 1:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
         self.view.report = report
         self.view.law_report = wire.report_from_pb(report, time.monotonic(), pod)

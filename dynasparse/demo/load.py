@@ -44,9 +44,11 @@ class RampSchedule:
 
 
 def poisson_arrivals(schedule: RampSchedule, seed: int = 0) -> list[float]:
-    """Arrival times of a Poisson process with the schedule's varying rate (by thinning)."""
+    """Arrival times of a Poisson process with the schedule's varying rate (by thinning).
+
+    The first request leaves at t = 0, so even a few-second run measures something."""
     rng = random.Random(seed)
-    times, t = [], 0.0
+    times, t = [0.0], 0.0
     while True:
         t += rng.expovariate(schedule.max_rate)
         if t >= schedule.duration_s:

@@ -68,6 +68,9 @@ async def _one_run(name: str, cfg: DemoConfig, worker, schedule: RampSchedule, p
     controller = LocalController("127.0.0.1", worker.control_port, tls, params, fixed_budget)
     stop = asyncio.Event()
     control_task = asyncio.create_task(controller.run(stop))
+    # Start the load only once the worker runs this run's first command (the fixed run's 1.0 must
+    # not be measured at the adaptive run's last budget).
+    await controller.wait_until_applied()
     samples: list[TimelineSample] = []
     state.phase = f"{name} run"
     state.total_s = schedule.duration_s
