@@ -31,6 +31,8 @@ from dynasparse_operator.grpc_client import ClientTls
 from dynasparse_operator.law_types import LawParams
 from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
 
+WORKER_WINDOW_S = 30.0  # dynasparse serve's sliding latency window (control/window.py)
+
 PROMPTS = [
     "Explain in one sentence why the sky is blue.",
     "Write a haiku about autumn leaves.",
@@ -156,12 +158,17 @@ async def run_demo(cfg: DemoConfig, console: Console) -> dict:
         params = LawParams(ttft_slo_ms=slo_ms, interval_s=cfg.interval_s, responsiveness=0.6,
                            min_budget=None if cfg.max_loss is not None else cfg.min_budget,
                            max_loss=cfg.max_loss, min_samples=3, stale_after_s=3 * cfg.interval_s)
+        # The worker's p95 is over a 30 s window: let it forget the capacity probe (and, below, the
+        # previous run) so that the controller does not react to load that is no longer there.
+        settle_s = min(WORKER_WINDOW_S, cfg.duration_s / 2)
+        with console.status(f"letting the worker's latency window forget the probe ({settle_s:.0f} s)…"):
+            await _settle(worker, settle_s)
         state = LiveState(slo_ms=slo_ms)
         with Live(render(state), console=console, refresh_per_second=4, transient=False) as live:
             adaptive = await _one_run("adaptive", cfg, worker, schedule, params, tls, None, live, state)
             state.phase = "settling"
             live.update(render(state))
-            await _settle(worker, min(5.0, cfg.duration_s * 0.05))
+            await _settle(worker, settle_s)
             fixed = await _one_run("fixed", cfg, worker, schedule, params, tls, 1.0, live, state)
     finally:
         await asyncio.to_thread(worker.stop)
