@@ -261,21 +261,14 @@ def graph_replay_ms(engine, batch: int) -> float | None:
     """GPU time of one decode graph replay alone (no scheduling, sampling or sync): the step's floor."""
     import bisect
 
-    import torch
+    from dynasparse_worker.engine.budget_bench import replay_ms
 
     runner = engine.runner
     if not runner.graphs:
         return None
     bucket = runner.buckets[bisect.bisect_left(runner.buckets, batch)]
     graph = next(g for (b, _), (g, *_rest) in runner.graphs.items() if b == bucket)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(20):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 20
+    return replay_ms(graph)
 
 
 def bench_hf(model, batch: int, prompt_len: int, gen_len: int, vocab: int, device) -> tuple[float, float]:

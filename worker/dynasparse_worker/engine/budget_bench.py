@@ -83,15 +83,19 @@ def graph_replay_ms(engine: Any, batch: int) -> float | None:
                        {v for b, v in runner.graphs if b == bucket})
     if variant is None:
         return None
-    graph = runner.graphs[bucket, variant][0]
+    return replay_ms(runner.graphs[bucket, variant][0])
+
+
+def replay_ms(graph, repeats: int = 20) -> float:
+    """Mean time of one CUDA graph replay (ms) over `repeats`, after one warm-up replay."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
-    for _ in range(20):
+    for _ in range(repeats):
         graph.replay()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) / 20
+    return start.elapsed_time(end) / repeats
 
 
 def _alloc_count(device: torch.device) -> int | None:
