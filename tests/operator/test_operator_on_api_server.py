@@ -92,7 +92,9 @@ def test_model_owns_deployment_service_and_a_certificate_signed_by_the_operator_
                      180, "the worker Deployment (the operator starts slowly on a busy machine)")
     assert dep["spec"]["replicas"] == 2
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "AdaptiveModel"
-    svc = crd.api.get(f"/api/v1/namespaces/{namespace}/services/chat")
+    # the Service is applied right after the Deployment, in a later API call: wait for it too
+    svc = wait_until(lambda: crd.api.get(f"/api/v1/namespaces/{namespace}/services/chat"), 30,
+                     "the model's Service")
     assert {p["name"] for p in svc["spec"]["ports"]} == {"http", "control"}
     secret = crd.api.get(f"/api/v1/namespaces/{namespace}/secrets/chat-worker-tls")["data"]
     ca = crd.api.get(f"/api/v1/namespaces/{namespace}/secrets/dynasparse-ca")["data"]
