@@ -64,16 +64,23 @@ def recorded(state_dir: Path) -> dict[str, int]:
     return out
 
 
+def signal_group(pid: int, sig: int) -> bool:
+    """Send `sig` to the process group `pid` leads (or to `pid` alone); False if it is gone."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+    return True
+
+
 def terminate(pid: int, grace: float) -> None:
     """SIGTERM the process group `pid` leads, wait up to `grace` s, then SIGKILL it."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
+        if not signal_group(pid, sig):
+            return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if not alive(pid):

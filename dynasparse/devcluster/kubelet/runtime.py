@@ -8,7 +8,6 @@ grace period is over, checked on each `poll`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 from concurrent.futures import Executor, Future
@@ -18,6 +17,7 @@ from typing import Callable
 from dynasparse.devcluster.kubelet import podspec, probes, volumes
 from dynasparse.devcluster.kubelet.status import ContainerView
 from dynasparse.devcluster.nodes import now_rfc3339
+from dynasparse.devcluster.processes import signal_group
 
 BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET_AFTER = 1.0, 16.0, 60.0
 
@@ -160,7 +160,7 @@ class PodRuntime:
     def _reap(self, c: Container, now: float, policy: str | None) -> None:
         if c.process is None or c.process.poll() is None:
             if c.kill_deadline is not None and now >= c.kill_deadline and c.process is not None:
-                _signal(c.process.pid, signal.SIGKILL)
+                signal_group(c.process.pid, signal.SIGKILL)
             return
         code = c.process.returncode
         code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as a runtime reports
@@ -218,7 +218,7 @@ class PodRuntime:
         c.view.ready = False
         if c.process is not None and c.process.poll() is None:
             c.kill_reason = reason
-            _signal(c.process.pid, signal.SIGTERM)
+            signal_group(c.process.pid, signal.SIGTERM)
             c.kill_deadline = now + grace
 
     def begin_termination(self, grace: float, now: float) -> None:
@@ -244,7 +244,7 @@ class PodRuntime:
     def kill_now(self) -> None:
         for c in self.containers.values():
             if c.process is not None:
-                _signal(c.process.pid, signal.SIGKILL)
+                signal_group(c.process.pid, signal.SIGKILL)
                 try:
                     c.process.wait(5)
                 except subprocess.TimeoutExpired:
@@ -266,11 +266,3 @@ def grace_period(pod: dict) -> float:
     return _grace(pod)
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
