@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from dynasparse_worker.kernels.triton_sparse import _finish, _load_x
+from dynasparse_worker.kernels.triton_sparse import _finish, _load_rows, _load_x
 
 
 @triton.jit
@@ -90,23 +90,6 @@ def _load_gathered(x_ptr, scale_ptr, thr, list_ptr, count, j, offs_b, b_ok, stri
 
 
 @triton.jit
-def _load_gathered_w(w_ptr, idx, valid, offs_n, n_ok, stride_wk, N_OUT,
-                     GATED: tl.constexpr, EVEN_N: tl.constexpr):
-    """Weight rows `w_t[idx, offs_n]` `[BK, BN]` (and the up half): kept rows only."""
-    if EVEN_N:
-        w_mask = valid[:, None]
-    else:
-        w_mask = valid[:, None] & n_ok[None, :]
-    w_ptrs = w_ptr + idx[:, None] * stride_wk + offs_n[None, :]
-    w_a = tl.load(w_ptrs, mask=w_mask, other=0.0)  # [BK, BN]
-    if GATED:
-        w_b = tl.load(w_ptrs + N_OUT, mask=w_mask, other=0.0)
-    else:
-        w_b = w_a
-    return w_a, w_b
-
-
-@triton.jit
 def _fma_loop(x_ptr, w_ptr, scale_ptr, thr, list_ptr, count, offs_b, b_ok, offs_n, n_ok,
               stride_xb, stride_wk, N_OUT, HAS_SCALE: tl.constexpr, GATED: tl.constexpr,
               EVEN_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -115,12 +98,12 @@ def _fma_loop(x_ptr, w_ptr, scale_ptr, thr, list_ptr, count, offs_b, b_ok, offs_
     acc_b = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     xm_c, idx_c, ok_c = _load_gathered(x_ptr, scale_ptr, thr, list_ptr, count, 0, offs_b, b_ok,
                                        stride_xb, HAS_SCALE, BLOCK_K)
-    w_ca, w_cb = _load_gathered_w(w_ptr, idx_c, ok_c, offs_n, n_ok, stride_wk, N_OUT,
+    w_ca, w_cb = _load_rows(w_ptr, idx_c, ok_c, offs_n, n_ok, stride_wk, N_OUT,
                                   GATED, EVEN_N)
     for j in range(0, count, BLOCK_K):
         xm_n, idx_n, ok_n = _load_gathered(x_ptr, scale_ptr, thr, list_ptr, count, j + BLOCK_K,
                                            offs_b, b_ok, stride_xb, HAS_SCALE, BLOCK_K)
-        w_na, w_nb = _load_gathered_w(w_ptr, idx_n, ok_n, offs_n, n_ok, stride_wk, N_OUT,
+        w_na, w_nb = _load_rows(w_ptr, idx_n, ok_n, offs_n, n_ok, stride_wk, N_OUT,
                                       GATED, EVEN_N)
         xt = tl.trans(xm_c).to(tl.float32)  # [BK, 1]
         acc_a += xt * w_ca.to(tl.float32)
@@ -143,7 +126,7 @@ def _dot_loop(x_ptr, w_ptr, scale_ptr, thr, list_ptr, count, offs_b, b_ok, offs_
     for j in range(0, count, BLOCK_K):
         xm, idx, ok = _load_gathered(x_ptr, scale_ptr, thr, list_ptr, count, j, offs_b, b_ok,
                                      stride_xb, HAS_SCALE, BLOCK_K)
-        w_a, w_b = _load_gathered_w(w_ptr, idx, ok, offs_n, n_ok, stride_wk, N_OUT,
+        w_a, w_b = _load_rows(w_ptr, idx, ok, offs_n, n_ok, stride_wk, N_OUT,
                                     GATED, EVEN_N)
         xt = tl.trans(xm)  # [BK, BB]
         if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in fp32

@@ -78,21 +78,29 @@ def _load_x(x_ptr, scale_ptr, thr, offs_b, b_ok, k0, k_end, stride_xb,
 
 
 @triton.jit
-def _load_w(w_ptr, rows, k0, offs_n, n_ok, stride_wk, N_OUT,
-            GATED: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Weight rows `[BK, BN]` (and the up half for gated groups); skipped rows are never read."""
-    offs_k = k0 + tl.arange(0, BLOCK_K)
+def _load_rows(w_ptr, row_idx, row_ok, offs_n, n_ok, stride_wk, N_OUT,
+               GATED: tl.constexpr, EVEN_N: tl.constexpr):
+    """Weight rows `w_t[row_idx, offs_n]` `[BK, BN]` (and the up half for gated groups); rows
+    where `row_ok` is false are never read. Shared with the compacted kernel (triton_compact)."""
     if EVEN_N:
-        w_mask = rows[:, None]
+        w_mask = row_ok[:, None]
     else:
-        w_mask = rows[:, None] & n_ok[None, :]
-    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :]
+        w_mask = row_ok[:, None] & n_ok[None, :]
+    w_ptrs = w_ptr + row_idx[:, None] * stride_wk + offs_n[None, :]
     w_a = tl.load(w_ptrs, mask=w_mask, other=0.0)  # [BK, BN]
     if GATED:
         w_b = tl.load(w_ptrs + N_OUT, mask=w_mask, other=0.0)  # [BK, BN] up half, same rows
     else:
         w_b = w_a
     return w_a, w_b
+
+
+@triton.jit
+def _load_w(w_ptr, rows, k0, offs_n, n_ok, stride_wk, N_OUT,
+            GATED: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The contiguous block of rows starting at `k0`; skipped rows are never read."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    return _load_rows(w_ptr, offs_k, rows, offs_n, n_ok, stride_wk, N_OUT, GATED, EVEN_N)
 
 
 @triton.jit
