@@ -5,6 +5,11 @@ open to the worker (dynasparse_operator.grpc_client), turn each Report into the 
 (dynasparse_operator.wire), run dynasparse_operator.control_law.decide every interval and at once
 on an SLO-violating report, and send the resulting ControlMessage. With `fixed_budget` it pins the
 budget instead (floor = ceiling = target), which is the demo's baseline. Called by demo/run.py.
+
+A run starts clean: the worker's p95 is over a sliding 30 s window, which after the capacity probe
+(or the previous run) still holds latencies of load that is gone. Until `start_run`, the controller
+holds the budget at 1.0 and does not run the law; `wait_until_window_clean` waits for a report whose
+windows are empty, so every sample the law sees afterwards was measured during this run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class LocalController:
         self._epoch = int(time.time() * 1000)
         self._sequence = itertools.count(1)
         self._last_sent: tuple[tuple, float] | None = None
+        self._run_started = False  # the law runs only on reports measured during the run
         self.view = ControllerView()
 
     async def wait_until_applied(self, timeout_s: float = 15.0) -> bool:
@@ -60,10 +66,31 @@ class LocalController:
             await asyncio.sleep(0.05)
         return False
 
+    async def wait_until_window_clean(self, timeout_s: float, on_wait=None) -> bool:
+        """True once a report sent under this controller's epoch holds no TTFT or inter-token
+        sample: the worker's window has forgotten earlier load. `on_wait(samples_left)` is called
+        while waiting. No request is in flight then, so nothing older can enter the window later."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            report = self.view.report
+            if report is not None and report.applied_epoch == self._epoch:
+                left = int(report.ttft.count) + int(report.inter_token.count)
+                if left == 0:
+                    return True
+                if on_wait:
+                    on_wait(int(report.ttft.count))
+            await asyncio.sleep(0.1)
+        return False
+
+    def start_run(self) -> None:
+        """From now on the law decides on the worker's reports (call once the window is clean)."""
+        self._run_started = True
+        self._wake.set()
+
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
         self.view.report = report
         self.view.law_report = wire.report_from_pb(report, time.monotonic(), pod)
-        if self._fixed_budget is None and control_law.violates_slo(self.view.law_report, self._params):
+        if self._fixed_budget is None and self._run_started and control_law.violates_slo(self.view.law_report, self._params):
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -84,6 +111,14 @@ class LocalController:
         if self._fixed_budget is not None:
             budget = self._fixed_budget
             command = PodCommand(POD, budget, budget, budget, "normal", f"fixed budget {budget:.2f}")
+            self.view.reason = command.reason
+            self._send(command)
+            return
+        if not self._run_started:
+            # Dense until the run's own latencies arrive; floor = ceiling, so the worker's fast loop
+            # does not move it either.
+            command = PodCommand(POD, 1.0, 1.0, 1.0, "normal",
+                                 "budget 1.00 until the run starts (latency window not yet clean)")
             self.view.reason = command.reason
             self._send(command)
             return

@@ -5,6 +5,8 @@
 3. Adaptive run: the local controller (the operator's control law over the gRPC stream) moves the
    budget while the load ramps up 3x and back down.
 4. Fixed run: the same load (same arrival times) with the budget pinned at 1.0.
+   Each run starts at a dense budget once the worker reports an empty latency window (the probe's
+   or the previous run's latencies forgotten), so the law reacts only to the run's own load.
 5. Write summary.json, demo.png and the timelines; print the comparison.
 Called by dynasparse/commands/demo.py; tests/cli/test_demo.py runs a few-second version.
 """
@@ -26,12 +28,13 @@ from dynasparse.demo.controller import LocalController
 from dynasparse.demo.load import RampSchedule, RequestRecord, run_load
 from dynasparse.demo.summary import TimelineSample, percentile, plot_runs, summarize_run
 from dynasparse.demo.view import LiveState, render
-from dynasparse.demo.worker_process import start_worker
+from dynasparse.demo.worker_process import DemoError, start_worker
 from dynasparse_operator.grpc_client import ClientTls
 from dynasparse_operator.law_types import LawParams
 from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
 
 WORKER_WINDOW_S = 30.0  # dynasparse serve's sliding latency window (control/window.py)
+CLEAN_WINDOW_SLACK_S = 60.0  # beyond WORKER_WINDOW_S, on a loaded machine, before giving up
 
 PROMPTS = [
     "Explain in one sentence why the sky is blue.",
@@ -70,11 +73,7 @@ async def _one_run(name: str, cfg: DemoConfig, worker, schedule: RampSchedule, p
     controller = LocalController("127.0.0.1", worker.control_port, tls, params, fixed_budget)
     stop = asyncio.Event()
     control_task = asyncio.create_task(controller.run(stop))
-    # Start the load only once the worker runs this run's first command (the fixed run's 1.0 must
-    # not be measured at the adaptive run's last budget).
-    await controller.wait_until_applied()
     samples: list[TimelineSample] = []
-    state.phase = f"{name} run"
     state.total_s = schedule.duration_s
 
     def on_tick(t: float, records: list[RequestRecord]) -> None:
@@ -103,6 +102,8 @@ async def _one_run(name: str, cfg: DemoConfig, worker, schedule: RampSchedule, p
         live.update(render(state))
 
     try:
+        await _start_clean(name, controller, worker, live, state)
+        state.phase = f"{name} run"
         records = await run_load(worker.http_url, schedule, PROMPTS, cfg.max_tokens, on_tick, cfg.seed)
     finally:
         stop.set()
@@ -110,9 +111,25 @@ async def _one_run(name: str, cfg: DemoConfig, worker, schedule: RampSchedule, p
     return records, samples
 
 
-async def _settle(worker, seconds: float) -> None:
-    """Lets the worker's latency window forget the previous run."""
-    await asyncio.sleep(seconds)
+async def _start_clean(name: str, controller: LocalController, worker, live: Live,
+                       state: LiveState) -> None:
+    """Returns once the worker runs this run's first command (the fixed run's 1.0 must not be
+    measured at the adaptive run's last budget) and its latency window holds nothing from before
+    (the probe's or the previous run's queueing would otherwise cut the budget at t=0); then the
+    law may decide."""
+    await controller.wait_until_applied()
+    state.phase = f"{name} run: waiting for the worker's latency window to forget earlier load"
+    state.elapsed_s, state.offered_rps, state.budget = 0.0, 0.0, 1.0
+
+    def on_wait(samples_left: int) -> None:
+        state.reason = f"{samples_left} earlier TTFT samples still in the worker's 30 s window"
+        live.update(render(state))
+
+    limit_s = WORKER_WINDOW_S + CLEAN_WINDOW_SLACK_S
+    if not await controller.wait_until_window_clean(limit_s, on_wait):
+        raise DemoError(f"the worker's latency window did not empty within {limit_s:.0f} s; "
+                        f"see {worker.log_path}")
+    controller.start_run()
 
 
 def _comparison_table(summary: dict) -> Table:
@@ -158,17 +175,9 @@ async def run_demo(cfg: DemoConfig, console: Console) -> dict:
         params = LawParams(ttft_slo_ms=slo_ms, interval_s=cfg.interval_s, responsiveness=0.6,
                            min_budget=None if cfg.max_loss is not None else cfg.min_budget,
                            max_loss=cfg.max_loss, min_samples=3, stale_after_s=3 * cfg.interval_s)
-        # The worker's p95 is over a 30 s window: let it forget the capacity probe (and, below, the
-        # previous run) so that the controller does not react to load that is no longer there.
-        settle_s = min(WORKER_WINDOW_S, cfg.duration_s / 2)
-        with console.status(f"letting the worker's latency window forget the probe ({settle_s:.0f} s)…"):
-            await _settle(worker, settle_s)
         state = LiveState(slo_ms=slo_ms)
         with Live(render(state), console=console, refresh_per_second=4, transient=False) as live:
             adaptive = await _one_run("adaptive", cfg, worker, schedule, params, tls, None, live, state)
-            state.phase = "settling"
-            live.update(render(state))
-            await _settle(worker, settle_s)
             fixed = await _one_run("fixed", cfg, worker, schedule, params, tls, 1.0, live, state)
     finally:
         await asyncio.to_thread(worker.stop)
