@@ -121,6 +121,33 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_llama):
     assert alone != _hf_greedy(tiny_llama, [4, 5, 6], 10)  # it really sampled
 
 
+# Gemma: an 8-token window so the 57-token prompt outruns it, caps small enough to bind on random
+# weights, a softmax scale that is not head_dim^-0.5, head_dim != hidden / heads.
+GEMMA = {"head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 24}
+GEMMA2 = {**GEMMA, "num_hidden_layers": 3, "attn_logit_softcapping": 2.0,
+          "final_logit_softcapping": 3.0}  # layers 0, 2 local
+GEMMA3 = {**GEMMA, "num_hidden_layers": 3, "rope_local_base_freq": 100.0,  # q/k norms, 2 RoPE tables
+          "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
+
+
+def _tiny_family(family: str, extra: dict):
+    """A tiny random model of `family`; Gemma's zero-initialised norm weights are randomised so the
+    (1 + weight) scales are exercised."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=97)
+    config = AutoConfig.for_model(family, **{**sizes, **extra})
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if family.startswith("gemma"):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.normal_(0.0, 0.3)
+    return model
+
+
 @pytest.mark.parametrize("family,extra", [
     ("qwen3", {"head_dim": 32}),  # per-head q/k RMSNorm
     ("qwen2", {}),  # q/k/v bias
@@ -128,20 +155,37 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_llama):
     ("llama", {"max_position_embeddings": 512, "rope_parameters": {
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}),  # Llama-3 rope scaling
+    ("gemma2", GEMMA2),
+    ("gemma3_text", GEMMA3),
 ])
 def test_other_families_match_hf_greedy_through_chunked_prefill(family, extra):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=97, **extra)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = _tiny_family(family, extra)
     engine = Engine(model, None, EngineConfig(max_batch_size=2, max_seq_len=128,
                                               kv_capacity_tokens=256, max_prefill_tokens=7))
     prompt = list(range(3, 60))
     engine.add_request("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True))
     got = [t for e in _run(engine)["a"] for t in e.token_ids]
     assert got == _hf_greedy(model, prompt, 8)
+
+
+@pytest.mark.parametrize("family,extra", [("gemma2", GEMMA2), ("gemma3_text", GEMMA3)])
+def test_gemma_requests_joining_mid_flight_get_the_same_tokens_as_alone(family, extra):
+    model = _tiny_family(family, extra)
+    engine = Engine(model, None, EngineConfig(max_batch_size=3, max_seq_len=64,
+                                              kv_capacity_tokens=192, max_prefill_tokens=5))
+    prompts = {"a": list(range(5, 19)), "b": [5, 4], "c": [9, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8]}
+    engine.add_request("a", prompts["a"], SamplingParams(max_tokens=12, ignore_eos=True))
+    engine.add_request("b", prompts["b"], SamplingParams(max_tokens=9, ignore_eos=True))
+    events: dict[str, list[int]] = {}
+    for step in range(40):
+        if step == 3:
+            engine.add_request("c", prompts["c"], SamplingParams(max_tokens=8, ignore_eos=True))
+        for event in engine.step():
+            events.setdefault(event.request_id, []).extend(event.token_ids)
+    assert not engine.has_work()
+    for rid, prompt in prompts.items():  # rows of one decode batch sit at different window starts
+        assert events[rid] == _hf_greedy(model, prompt, len(events[rid])), rid
+    assert engine.stats().kv_usage == 0.0
 
 
 def test_unsupported_families_are_refused_with_a_user_error():

@@ -179,3 +179,74 @@ def test_bench_budgets_writes_speedups_losses_switch_costs_and_the_frontier(tmp_
 def test_bench_refuses_budgets_outside_zero_one(budgets, capsys):
     assert main(["bench", "--shape", "tiny", "--device", "cpu", "--budgets", budgets]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def _tiny_gemma2(seed: int = 0):
+    """3-layer Gemma 2 (local layers 0 and 2, window 8, soft caps that bind), norms randomised."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, head_dim=32,
+                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                          max_position_embeddings=256, sliding_window=8, query_pre_attn_scalar=24,
+                          attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+    return model
+
+
+@torch.inference_mode()
+def _hf_greedy(model, n: int = 8) -> list[int]:
+    """Greedy tokens through the (gated) HF model's own forward and cache; EOS not suppressed."""
+    ids, past, out = torch.tensor([PROMPT]), None, []
+    for _ in range(n):
+        res = model(input_ids=ids, past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        out.append(int(res.logits[0, -1].argmax()))
+        ids = torch.tensor([[out[-1]]])
+    return out
+
+
+def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_plans():
+    gated = install_gates(_tiny_gemma2())
+    state = gated.state
+    dense = _hf_greedy(gated.model, 12)
+    state.thresholds[:, :, :] = 0.3  # every group drops its small channels
+    state.layer_keep[:, 1, 1] = 0.0  # layer 1's MLP half is skipped
+    state.layer_keep[:, 2, 0] = 0.0  # layer 2's (local) attention half too
+    state.select_bucket(0)
+    reference = _hf_greedy(gated.model, 12)
+    assert reference != dense, "the plan changes this model's tokens"
+    engine = Engine(gated, None, CONFIG, ops=LinearOps(state))  # masked dense: exact sums
+    assert _tokens(engine, 12) == reference
+    assert engine.runner.cache.k[2].abs().sum() == 0, "a skipped attention half writes no KV"
+    state.thresholds.zero_()
+    state.layer_keep.fill_(1.0)
+    assert _tokens(engine, 12) == dense  # back to dense, same engine
+
+
+def test_gemma_budget_change_reaches_the_next_step_without_captures_or_new_packs():
+    from dynasparse_worker.engine.synthetic_plan import synthetic_table
+
+    from dynasparse_worker.commands.bench_gated import _half_bytes
+
+    gated = install_gates(_tiny_gemma2(1))
+    synthetic_table(gated, _half_bytes(gated), [0.6, 0.35], 97, torch.device("cpu"))
+    engine = Engine(gated, None, CONFIG)  # the default sparse-kernel ops, as Llama gets them
+    runner = engine.runner
+    gated.set_budget(1.0)
+    dense = _tokens(engine, 10)
+    gated.set_budget(0.35)
+    sparse = _tokens(engine, 10)
+    assert sparse != dense and runner.plan.variants[0][0], "the gated plan changed the tokens"
+    packed = len(runner.gated_ops._packed)
+    for budget in (1.0, 0.6, 0.35):
+        gated.set_budget(budget)
+        _tokens(engine, 3)
+        assert (runner.last_variant[1] == DENSE) == (budget == 1.0)
+    assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
+    gated.set_budget(0.35)
+    assert _tokens(engine, 10) == sparse  # the same plan gives the same tokens again

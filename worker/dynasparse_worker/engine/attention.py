@@ -6,6 +6,11 @@ sequence, only the entries `[start, len)` given by device tensors — never the 
 split over the sequence axis (partial softmax per split, then a combine kernel); on the CPU the same
 function falls back to torch over the batch's longest real length. Lengths and starts live in device
 tensors, so one captured CUDA graph serves every length. Called by `ModelRunner`.
+
+Gemma's extras: a sliding window (local layers) is a `starts` row like the KV cap's, computed by the
+runner; tanh soft-capping of the scores (Gemma 2) runs `softcap_attention`, plain torch that
+rounds like HF's eager attention and, on CUDA, reads the slot's whole `T` so it needs no host sync
+inside a captured graph (as does the torch fallback for head dims the Triton kernel does not take).
 """
 
 from __future__ import annotations
@@ -21,17 +26,49 @@ except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
 
+def softcap_attention(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor, scale: float,
+                      softcap: float) -> Tensor:
+    """Attention with tanh-capped scores, rounded where HF's eager Gemma 2 attention rounds.
+
+    query [B, H, n, D]; keys/values [B, Hkv, T, D]; visible [B or 1, 1, n, T] bool -> [B, H, n, D].
+    Scores and the cap in the input dtype, softmax in float32, probabilities back to the dtype.
+    """
+    group = query.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(group, dim=1)  # [B, H, T, D]
+    values = values.repeat_interleave(group, dim=1)  # [B, H, T, D]
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale  # [B, H, n, T]
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # [B, H, n, T]
+    return torch.matmul(probs, values)  # [B, H, n, D]
+
+
 def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, start: int,
-                      scale: float) -> Tensor:
+                      scale: float, window: int | None = None,
+                      softcap: float | None = None) -> Tensor:
     """Causal attention of a prompt chunk over its slot's cached prefix (chunk already written).
 
-    q [n, H, D]; k_cache/v_cache [slots, T, Hkv, D] (one layer) -> [n, H, D].
+    q [n, H, D]; k_cache/v_cache [slots, T, Hkv, D] (one layer) -> [n, H, D]. `window` W: each
+    query sees only the last W positions (itself included), as HF's sliding-window mask;
+    `softcap`: Gemma 2's tanh cap on the scores.
     """
     n = q.shape[0]
     end = start + n
     keys = k_cache[slot, :end].transpose(0, 1)[None]  # [1, Hkv, end, D]
     values = v_cache[slot, :end].transpose(0, 1)[None]  # [1, Hkv, end, D]
     query = q.transpose(0, 1)[None]  # [1, H, n, D]
+    if window is not None or softcap is not None:
+        rows = torch.arange(start, end, device=q.device)[:, None]  # [n, 1]
+        cols = torch.arange(end, device=q.device)[None, :]  # [1, end]
+        visible = cols <= rows  # [n, end]
+        if window is not None:
+            visible &= cols > rows - window
+        if softcap is not None:
+            out = softcap_attention(query, keys, values, visible[None, None], scale, softcap)
+        else:
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, scale=scale,
+                                                 enable_gqa=True)
+        return out[0].transpose(0, 1)  # [n, H, D]
     if start == 0:
         out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scale,
                                              enable_gqa=True)
@@ -45,31 +82,38 @@ def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, st
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
                      starts: Tensor | None, scale: float, num_splits: int = 0,
-                     sinks: int = 0, longest: int | None = None) -> Tensor:
+                     sinks: int = 0, longest: int | None = None,
+                     softcap: float | None = None) -> Tensor:
     """One query token per sequence. q [B, H, D]; caches [slots, T, Hkv, D]; slots/lens/starts [B].
 
     Sequence b attends to its cache entries [starts[b], lens[b]) (starts None = from 0), plus the
     attention sinks [0, min(sinks, starts[b])) when a KV cap moved its window.
     `num_splits` (CUDA only) is fixed per captured graph; 0 picks one from the shapes.
+    `softcap` (Gemma 2) takes the torch path.
     """
     dim = q.shape[-1]
-    if q.is_cuda and triton is not None and dim >= 16 and dim & (dim - 1) == 0:
+    if (q.is_cuda and triton is not None and dim >= 16 and dim & (dim - 1) == 0
+            and softcap is None):
         return _decode_triton(q, k_cache, v_cache, slots, lens, starts, scale, num_splits, sinks)
-    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale, sinks, longest)
+    if longest is None and q.is_cuda:
+        longest = k_cache.shape[1]  # all of T: no host read of lens, so a graph can capture it
+    return decode_attention_torch(q, k_cache, v_cache, slots, lens, starts, scale, sinks, longest,
+                                  softcap)
 
 
 def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lens: Tensor,
                            starts: Tensor | None, scale: float, sinks: int = 0,
-                           longest: int | None = None) -> Tensor:
+                           longest: int | None = None, softcap: float | None = None) -> Tensor:
     """Reference / CPU path: gather each sequence's first max(lens) entries and mask the rest.
 
     One fused SDPA call (GQA inside) in float32; `longest` = int(lens.max()) when the caller
     already knows it (the CPU runner computes it once per step, not once per layer).
+    With `softcap`, `softcap_attention` in the cache dtype instead (HF's eager rounding).
     """
     batch, heads, dim = q.shape
     longest = int(lens.max()) if longest is None else longest
-    keys = k_cache[slots, :longest].transpose(1, 2).float()  # [B, Hkv, Tm, D]
-    values = v_cache[slots, :longest].transpose(1, 2).float()  # [B, Hkv, Tm, D]
+    keys = k_cache[slots, :longest].transpose(1, 2)  # [B, Hkv, Tm, D]
+    values = v_cache[slots, :longest].transpose(1, 2)  # [B, Hkv, Tm, D]
     pos = torch.arange(longest, device=q.device)[None, :]  # [1, Tm]
     valid = pos < lens[:, None]  # [B, Tm]
     if starts is not None:
@@ -77,6 +121,11 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: T
     if batch > 1:  # entries past a shorter sequence's length may hold anything (even NaN)
         inside = (pos < lens[:, None])[:, None, :, None]  # [B, 1, Tm, 1]
         keys, values = keys.where(inside, 0.0), values.where(inside, 0.0)
+    if softcap is not None:
+        out = softcap_attention(q[:, :, None, :], keys, values, valid[:, None, None, :], scale,
+                                softcap)  # [B, H, 1, D]
+        return out.reshape(batch, heads, dim)
+    keys, values = keys.float(), values.float()  # [B, Hkv, Tm, D]
     out = F.scaled_dot_product_attention(q.float()[:, :, None, :], keys, values,
                                          attn_mask=valid[:, None, None, :], scale=scale,
                                          enable_gqa=True)  # [B, H, 1, D]

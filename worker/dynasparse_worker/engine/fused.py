@@ -1,5 +1,8 @@
 """Fused elementwise steps of the decoder forward: add+RMSNorm, RoPE+KV-cache write, SiLU·up.
 
+Gemma's (1 + weight) RMSNorm has only the torch form (`offset_rms_norm_torch`), which CUDA graphs
+capture like any other op; the Llama path's kernels are untouched by it.
+
 At decode the matrix products are few and large, but a plain torch forward launches ~40 small
 kernels per layer (norm, rope, slicing, cache scatter), which at batch 1 costs as much as the weights
 take to read. These Triton kernels do each step in one launch, rounding exactly where the Hugging
@@ -30,6 +33,13 @@ def rms_norm_torch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
+
+
+def offset_rms_norm_torch(x: Tensor, scale32: Tensor, eps: float) -> Tensor:
+    """Gemma's RMSNorm: normalised *and* scaled in float32, by `scale32` = 1 + weight (float32,
+    precomputed at load), then rounded once to x's dtype — where Llama rounds before the weight."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * scale32).to(x.dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:

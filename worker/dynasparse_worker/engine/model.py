@@ -5,6 +5,15 @@ and gate_up weights, RMSNorm, RoPE tables built from the HF model's own rotary m
 scaling and other rope types come for free), GQA. Attention itself is a callback supplied by the
 `ModelRunner` (prefill: SDPA over the cached prefix; decode: `attention.decode_attention`).
 
+Gemma 2 / Gemma 3 text models share the weights layout and differ in numerics, all read from the HF
+model: embeddings times sqrt(hidden) rounded to the model dtype; "sandwich" blocks with four
+(1 + weight) RMSNorms computed in float32 (input, post-attention, pre- and post-feedforward);
+GELU(tanh) gated MLP (the HF module's own `act_fn`); softmax scale query_pre_attn_scalar^-0.5 and
+head_dim independent of hidden/heads; per-layer sliding windows (`windows`, Gemma 2 alternating,
+Gemma 3 by `layer_types`) that the runner's attention honours; Gemma 3's local layers use their own
+RoPE table (rope_local_base_freq) and q/k norms; Gemma 2's attention-logit and final-logit tanh
+soft-capping (`ModelShape.attn_softcap`, `final_softcap`).
+
 The gated model's plan runs here: every projection goes through `LinearOps.project(x, ..., layer,
 group, bucket)`, the dispatch point where the width gates are applied (dense path: mask inputs whose
 score does not pass the threshold read from the `SparsityState` tensors) and where the sparse kernels
@@ -24,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynasparse_worker.engine.fused import add_rms_norm, rms_norm_torch, rope_and_cache, silu_mul
+from dynasparse_worker.engine.fused import (add_rms_norm, offset_rms_norm_torch, rms_norm_torch,
+                                            rope_and_cache, silu_mul)
 
 GROUP_ATTN_IN, GROUP_ATTN_OUT, GROUP_MLP_IN, GROUP_MLP_OUT = 0, 1, 2, 3
 
@@ -45,6 +55,8 @@ class ModelShape:
     vocab: int
     eps: float
     scale: float  # attention softmax scale
+    attn_softcap: float | None = None  # Gemma 2: scores -> cap * tanh(scores / cap)
+    final_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap)
 
 
 @dataclass
@@ -59,6 +71,9 @@ class LayerWeights:
     gate_up: Tensor  # [2 I, hidden]
     down: Tensor  # [hidden, I]
     act: Callable[[Tensor], Tensor]
+    post_attn_norm: Tensor | None = None  # [hidden] float32 1 + w (Gemma's sandwich norms)
+    post_mlp_norm: Tensor | None = None  # [hidden] float32 1 + w
+    rope: int = 0  # index into DecoderModel.rope_tables (Gemma 3: local layers have their own)
 
 
 class LinearOps:
@@ -129,7 +144,8 @@ def _fuse(modules: list[Any], share: bool) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+SANDWICH_FAMILIES = ("gemma2", "gemma3_text")  # four (1 + w) norms per block, scaled embeddings
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3") + SANDWICH_FAMILIES
 
 
 def check_supported(cfg: Any, max_positions: int) -> None:
@@ -139,7 +155,10 @@ def check_supported(cfg: Any, max_positions: int) -> None:
     family = getattr(cfg, "model_type", "?")
     if family not in SUPPORTED_FAMILIES:
         raise UserError(f"the engine runs {', '.join(SUPPORTED_FAMILIES)} models, not {family!r}: "
-                        "pass a model of one of those families")
+                        "pass a model of one of those families (Gemma 3: its text-only CausalLM)")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise UserError("this Gemma model attends bidirectionally (an embedding model), "
+                        "which a generating engine cannot serve")
     window = getattr(cfg, "sliding_window", None)
     windowed = family == "mistral" or getattr(cfg, "use_sliding_window", False)
     if window and windowed and max_positions > window:
@@ -147,8 +166,13 @@ def check_supported(cfg: Any, max_positions: int) -> None:
                         f"implement: set max_seq_len <= {window}")
 
 
+def _plus_one(norm: Any) -> Tensor:
+    """Gemma's RMSNorm scale, 1 + weight in float32 (HF adds it in float32 at every call)."""
+    return 1.0 + norm.weight.detach().float()
+
+
 class DecoderModel:
-    """Weights and the forward of a Llama-family decoder; no state of its own beyond weights."""
+    """Weights and the forward of a Llama- or Gemma-family decoder; no state beyond weights."""
 
     def __init__(self, hf_model: Any, max_positions: int, ops: LinearOps | None = None,
                  share_weights: bool = True):
@@ -158,40 +182,82 @@ class DecoderModel:
         attn0 = base.layers[0].self_attn
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        self.sandwich = cfg.model_type in SANDWICH_FAMILIES
+        # Gemma 3 passes no softcap to its attention even when its config names one
+        attn_softcap = getattr(cfg, "attn_logit_softcapping", None) if cfg.model_type == "gemma2" else None
         self.shape = ModelShape(
             num_layers=len(base.layers), hidden=cfg.hidden_size, num_heads=heads,
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
             intermediate=cfg.intermediate_size, vocab=cfg.vocab_size,
             eps=float(getattr(cfg, "rms_norm_eps", 1e-6)),
             scale=float(getattr(attn0, "scaling", head_dim ** -0.5)),
+            attn_softcap=float(attn_softcap) if attn_softcap else None,
+            final_softcap=float(cfg.final_logit_softcapping)
+            if self.sandwich and getattr(cfg, "final_logit_softcapping", None) else None,
         )
         self.ops = ops or LinearOps()
         self.embed = base.embed_tokens.weight.detach()  # [V, hidden]
-        self.lm_head = hf_model.get_output_embeddings().weight.detach()  # [V, hidden]
-        self.final_norm = base.norm.weight.detach()  # [hidden]
-        self.layers = [self._layer(layer, share_weights) for layer in base.layers]
         self.device, self.dtype = self.embed.device, self.embed.dtype
-        self.cos, self.sin = self._rope_tables(base, max_positions)  # [P, D] each
+        self.lm_head = hf_model.get_output_embeddings().weight.detach()  # [V, hidden]
+        self.embed_scale = self._embed_scale(base.embed_tokens, cfg) if self.sandwich else None
+        self.head_norm = offset_rms_norm_torch if self.sandwich else rms_norm_torch  # q/k norms
+        self.final_norm = _plus_one(base.norm) if self.sandwich else base.norm.weight.detach()
+        # attention span per layer: None = every cached entry, W = the last W (Gemma's local layers)
+        self.windows: tuple[int | None, ...] = tuple(
+            int(layer.self_attn.sliding_window)
+            if self.sandwich and getattr(layer.self_attn, "sliding_window", None) else None
+            for layer in base.layers)
+        rope_kinds = self._rope_kinds(base)  # per layer: the rotary table's name
+        self.rope_tables = [self._rope_tables(base, max_positions, kind)
+                            for kind in dict.fromkeys(rope_kinds)]  # [(cos [P, D], sin [P, D])]
+        self.cos, self.sin = self.rope_tables[0]
+        order = list(dict.fromkeys(rope_kinds))
+        self.layers = [self._layer(layer, share_weights, order.index(kind))
+                       for layer, kind in zip(base.layers, rope_kinds)]
 
-    def _layer(self, layer: Any, share: bool) -> LayerWeights:
+    def _embed_scale(self, embedding: Any, cfg: Any) -> Tensor:
+        """sqrt(hidden) rounded to the model dtype, as HF's scaled embedding multiplies by it."""
+        scale = getattr(embedding, "embed_scale", None)
+        value = scale.detach() if isinstance(scale, Tensor) else torch.tensor(cfg.hidden_size ** 0.5)
+        return value.to(device=self.device, dtype=self.dtype)  # []
+
+    def _layer(self, layer: Any, share: bool, rope: int = 0) -> LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], share)
         gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj], share)
         q_norm = getattr(attn, "q_norm", None)
         k_norm = getattr(attn, "k_norm", None)
+        norm = _plus_one if self.sandwich else (lambda n: n.weight.detach())  # noqa: E731
+        # Gemma: post_attention_layernorm normalises the attention *output*; the MLP's input
+        # norm is pre_feedforward_layernorm. Llama: post_attention_layernorm is the MLP's input.
+        mlp_norm = layer.pre_feedforward_layernorm if self.sandwich else layer.post_attention_layernorm
         return LayerWeights(
-            attn_norm=layer.input_layernorm.weight.detach(), qkv=qkv, qkv_bias=qkv_bias,
-            q_norm=q_norm.weight.detach() if q_norm is not None else None,
-            k_norm=k_norm.weight.detach() if k_norm is not None else None,
-            o=_linear_of(attn.o_proj).weight.detach(),
-            mlp_norm=layer.post_attention_layernorm.weight.detach(),
+            attn_norm=norm(layer.input_layernorm), qkv=qkv, qkv_bias=qkv_bias,
+            q_norm=norm(q_norm) if q_norm is not None else None,
+            k_norm=norm(k_norm) if k_norm is not None else None,
+            o=_linear_of(attn.o_proj).weight.detach(), mlp_norm=norm(mlp_norm),
             gate_up=gate_up, down=_linear_of(mlp.down_proj).weight.detach(), act=mlp.act_fn,
+            post_attn_norm=norm(layer.post_attention_layernorm) if self.sandwich else None,
+            post_mlp_norm=norm(layer.post_feedforward_layernorm) if self.sandwich else None,
+            rope=rope,
         )
 
-    def _rope_tables(self, base: Any, max_positions: int) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _rope_kinds(base: Any) -> list[str]:
+        """Per layer, which rotary table it uses: "" (the one `inv_freq`) or Gemma 3's layer type,
+        whose rotary module holds `{layer_type}_inv_freq` (local layers: rope_local_base_freq)."""
         rotary = base.rotary_emb
-        inv_freq = rotary.inv_freq.detach().float().to(self.device)  # [D/2]
-        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        kinds = []
+        for layer in base.layers:
+            kind = getattr(layer.self_attn, "layer_type", None) or ""
+            kinds.append(kind if hasattr(rotary, f"{kind}_inv_freq") else "")
+        return kinds
+
+    def _rope_tables(self, base: Any, max_positions: int, kind: str = "") -> tuple[Tensor, Tensor]:
+        rotary = base.rotary_emb
+        prefix = f"{kind}_" if kind else ""
+        inv_freq = getattr(rotary, f"{prefix}inv_freq").detach().float().to(self.device)  # [D/2]
+        scaling = float(getattr(rotary, f"{prefix}attention_scaling", 1.0))
         positions = torch.arange(max_positions, device=self.device, dtype=torch.float32)  # [P]
         freqs = torch.outer(positions, inv_freq)  # [P, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, D]
@@ -220,6 +286,9 @@ class DecoderModel:
         s = self.shape
         ops = ops if ops is not None else self.ops
         x = F.embedding(tokens, self.embed)  # [N, hidden] (the residual stream)
+        if self.sandwich:
+            return self._forward_sandwich(x * self.embed_scale, positions, slots, k_cache, v_cache,
+                                          attend, bucket, ops, depth)
         delta = None  # the previous half's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
             run_attn, run_mlp = depth[index] if depth is not None else (True, True)
@@ -233,6 +302,29 @@ class DecoderModel:
                 delta = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
 
+    def _forward_sandwich(self, x: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
+                          v_cache: Tensor, attend: AttendFn, bucket: int, ops: Any,
+                          depth: Depth | None) -> Tensor:
+        """Gemma's blocks on the scaled embeddings x [N, hidden] -> normed hidden [N, hidden].
+
+        Each half is norm -> op -> norm, added to the residual in the model dtype. A skipped half
+        adds nothing, as in the gated HF model (its zeroed output normalises to zero).
+        """
+        eps = self.shape.eps
+        for index, w in enumerate(self.layers):
+            run_attn, run_mlp = depth[index] if depth is not None else (True, True)
+            if run_attn:
+                h = offset_rms_norm_torch(x, w.attn_norm, eps)  # [N, hidden]
+                a = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache, attend,
+                                    bucket)  # [N, hidden]
+                x = x + offset_rms_norm_torch(a, w.post_attn_norm, eps)  # [N, hidden]
+            if run_mlp:
+                h = offset_rms_norm_torch(x, w.mlp_norm, eps)  # [N, hidden]
+                a = _project_gated(ops, h, w, index, bucket)  # [N, I]
+                m = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
+                x = x + offset_rms_norm_torch(m, w.post_mlp_norm, eps)  # [N, hidden]
+        return offset_rms_norm_torch(x, self.final_norm, eps)
+
     def _attention(self, ops: Any, h: Tensor, w: LayerWeights, index: int, positions: Tensor,
                    slots: Tensor, k_cache: Tensor, v_cache: Tensor, attend: AttendFn,
                    bucket: int) -> Tensor:
@@ -240,12 +332,13 @@ class DecoderModel:
         s = self.shape
         n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         qkv = ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
-        if w.q_norm is not None:  # Qwen3: per-head RMSNorm of q and k before RoPE
+        if w.q_norm is not None:  # Qwen3, Gemma 3: per-head RMSNorm of q and k before RoPE
             rows = qkv.shape[0]
-            q = rms_norm_torch(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
-            k = rms_norm_torch(qkv[:, n_q:n_q + n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
+            q = self.head_norm(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
+            k = self.head_norm(qkv[:, n_q:n_q + n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
             qkv = torch.cat([q.reshape(rows, -1), k.reshape(rows, -1), qkv[:, n_q + n_kv:]], -1)
-        q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache[index],
+        cos, sin = self.rope_tables[w.rope]  # [P, D] each
+        q = rope_and_cache(qkv, cos, sin, positions, slots, k_cache[index],
                            v_cache[index], s.num_heads, s.num_kv_heads, s.head_dim)  # [N, H, D]
         o = attend(index, q).reshape(-1, n_q)  # [N, H D]
         return ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
@@ -256,5 +349,9 @@ class DecoderModel:
         return [(size(w.qkv) + size(w.o), size(w.gate_up) + size(w.down)) for w in self.layers]
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """[N, hidden] -> [N, V] float32."""
-        return F.linear(hidden, self.lm_head).float()
+        """[N, hidden] -> [N, V] float32 (Gemma 2: soft-capped in the model dtype, as HF does)."""
+        logits = F.linear(hidden, self.lm_head)  # [N, V]
+        cap = self.shape.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap  # [N, V]
+        return logits.float()

@@ -134,11 +134,13 @@ class ModelRunner:
         ids = torch.tensor(seq.prompt_ids[start:start + n], dtype=torch.long).to(self.device)  # [n]
         positions = torch.arange(start, start + n, device=self.device)  # [n]
         cache, scale = self.cache, self.model.shape.scale
+        windows, softcap = self.model.windows, self.model.shape.attn_softcap
 
         slots = torch.full((n,), seq.slot, dtype=torch.long, device=self.device)  # [n]
 
         def attend(layer: int, q: Tensor) -> Tensor:
-            return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale)
+            return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale,
+                                     windows[layer], softcap)
 
         plan = self.current_plan()
         variant = plan.variants[0] if plan is not None else DENSE
@@ -191,15 +193,36 @@ class ModelRunner:
             starts = torch.where(cap > 0, (lens - recent).clamp(min=0), torch.zeros_like(lens))  # [bucket]
         splits = pick_num_splits(bucket, shape.num_kv_heads, cache.max_seq_len)
         longest = int(lens.max()) if self.device.type == "cpu" else None  # once per step, not layer
+        windows, softcap = self.model.windows, shape.attn_softcap
+        local = self._window_starts(windows, lens, starts)  # Gemma's local layers: {W: [bucket]}
 
         def attend(layer: int, q: Tensor) -> Tensor:
+            window = windows[layer]
+            if window is not None:  # the last W entries (within the KV cap's, no sinks)
+                return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens,
+                                        local[window], shape.scale, splits, longest=longest,
+                                        softcap=softcap)
             return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens, starts,
-                                    shape.scale, splits, sinks=sinks, longest=longest)
+                                    shape.scale, splits, sinks=sinks, longest=longest,
+                                    softcap=softcap)
 
         hidden = self.model.forward(tokens, positions, slots, cache.k, cache.v, attend,
                                     bucket=plan_bucket, ops=self._ops_for(variant, width),
                                     depth=variant[1])  # [bucket, hidden]
         return self.model.logits(hidden)  # [bucket, V]
+
+    @staticmethod
+    def _window_starts(windows: tuple[int | None, ...], lens: Tensor, starts: Tensor | None
+                       ) -> dict[int, Tensor]:
+        """First visible entry of each sliding window W: lens - W, or the KV cap's later start.
+
+        A local layer never attends past its window, so the cap's sinks do not apply to it: under
+        a cap it reads the most recent min(W, cap - sinks) entries. {} for global-only models."""
+        out = {}
+        for window in {w for w in windows if w is not None}:
+            first = (lens - window).clamp(min=0)  # [bucket]
+            out[window] = first if starts is None else torch.maximum(first, starts)
+        return out
 
     def _plan_bucket(self, batch_size: int) -> int:
         """Index of the sparsity plan's batch bucket for this batch size (0 without a plan)."""
