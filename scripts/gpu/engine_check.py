@@ -78,8 +78,13 @@ def kernel_checks() -> dict:
 
 @torch.inference_mode()
 def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1,
-              prompt_ids: list[list[int]] | None = None) -> dict:
-    """Random-token prompts unless `prompt_ids` are given (real text for a trained model)."""
+              prompt_ids: list[list[int]] | None = None, device: str = "cuda",
+              noise_floor: bool = False) -> dict:
+    """Random-token prompts unless `prompt_ids` are given (real text for a trained model).
+
+    `noise_floor`: also score the same sequences with HF's eager attention (the model's own
+    implementation, usually sdpa, is the reference): how often two HF bf16 forwards that differ
+    only in the attention kernel disagree is the floor any engine's agreement sits on."""
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(7)
     ids = prompt_ids or [torch.randint(0, vocab, (int(n),), generator=g).tolist()
@@ -100,8 +105,8 @@ def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1,
     ref32 = copy.deepcopy(model).float()  # the precision-neutral judge of both bf16 runs
     strict = near = total = engine_vs_fp32 = hf_vs_fp32 = 0
     for i, p in enumerate(ids):
-        got = torch.tensor(outputs[str(i)], device="cuda")  # [gen]
-        seq = torch.tensor([p + outputs[str(i)][:-1]], device="cuda")  # [1, P + gen - 1]
+        got = torch.tensor(outputs[str(i)], device=device)  # [gen]
+        seq = torch.tensor([p + outputs[str(i)][:-1]], device=device)  # [1, P + gen - 1]
         logits = model(input_ids=seq).logits[0, len(p) - 1:].float()  # [gen, V]
         top = logits.argmax(-1)  # [gen]
         margin = logits.max(-1).values - logits.gather(-1, got[:, None]).squeeze(-1)  # [gen]
@@ -112,11 +117,18 @@ def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1,
         near += int((margin < 0.05).sum())
         total += gen
     del ref32
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    floor = {}
+    if noise_floor:
+        try:
+            floor = _noise_floor(model, ids, outputs, gen, device)
+        except Exception as exc:  # keep the main result if switching attention fails
+            floor = {"noise_floor_error": f"{type(exc).__name__}: {exc}"}
     diverge = []
     for i in range(free_running):
         p = ids[i]
-        hf = model.generate(input_ids=torch.tensor([p], device="cuda"), max_new_tokens=gen,
+        hf = model.generate(input_ids=torch.tensor([p], device=device), max_new_tokens=gen,
                             min_new_tokens=gen, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
         same = [a == b for a, b in zip(hf, outputs[str(i)])]
         diverge.append(same.index(False) if False in same else gen)
@@ -124,7 +136,27 @@ def agreement(model, prompts: int = 10, gen: int = 256, free_running: int = 1,
             "agreement_within_0.05_logit": near / total,
             "engine_bf16_vs_fp32_teacher_forced": engine_vs_fp32 / total,
             "hf_bf16_vs_fp32_teacher_forced": hf_vs_fp32 / total, "free_running_first_divergence": diverge,
-            "engine_seconds": engine_s}
+            "engine_seconds": engine_s, **floor}
+
+
+@torch.inference_mode()
+def _noise_floor(model, ids: list[list[int]], outputs: dict[str, list[int]], gen: int,
+                 device: str) -> dict:
+    """Teacher-forced argmax of HF with its default attention vs HF with the other one (eager)."""
+    default = model.config._attn_implementation
+    other = "eager" if default != "eager" else "sdpa"
+    tops = {}
+    for impl in (default, other):
+        model.set_attn_implementation(impl)
+        tops[impl] = [model(input_ids=torch.tensor([p + outputs[str(i)][:-1]], device=device))
+                      .logits[0, len(p) - 1:].argmax(-1) for i, p in enumerate(ids)]  # [gen] each
+    model.set_attn_implementation(default)
+    total = gen * len(ids)
+    engine = [torch.tensor(outputs[str(i)], device=device) for i in range(len(ids))]
+    same = lambda a, b: sum(int((x == y).sum()) for x, y in zip(a, b)) / total  # noqa: E731
+    return {"hf_attention": default,
+            f"hf_{default}_vs_hf_{other}_teacher_forced": same(tops[default], tops[other]),
+            f"engine_vs_hf_{other}_teacher_forced": same(engine, tops[other])}
 
 
 def main() -> None:
