@@ -62,6 +62,7 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def run(args) -> int:
+    import os
     import time
 
     import torch
@@ -70,14 +71,14 @@ def run(args) -> int:
 
     from dynasparse_worker import corpora
     from dynasparse_worker.evaluation.plot import plot_quality
-    from dynasparse_worker.evaluation.quality import evaluate
+    from dynasparse_worker.evaluation.quality import at_bytes_skipped, evaluate
     from dynasparse_worker.gating import install_gates
     from dynasparse_worker.errors import UserError
     from dynasparse_worker.gating.artifact import calibration_for
     from dynasparse_worker.gating.calibrate import CalibrationSettings
     from dynasparse_worker.models import load_model
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -111,13 +112,25 @@ def run(args) -> int:
         table.add_row(row.method, f"{row.budget:.2f}", f"{100 * row.bytes_skipped:.1f} %", f"{row.ppl:.3f}",
                       f"{row.ppl_ratio:.3f}", f"{row.kl:.4f}", f"{row.top1:.3f}",
                       "" if row.expected_kl is None else f"{row.expected_kl:.4f}")
+    levels = at_bytes_skipped(rows)
+    if levels:
+        at_table = Table(title="at fixed bytes skipped (interpolated between the measured rows)")
+        for column in ("method", "bytes skipped", "budget", "ppl ratio", "KL", "top-1"):
+            at_table.add_column(column, justify="right")
+        for entry in levels:
+            at_table.add_row(entry["method"], f"{100 * entry['bytes_skipped']:.0f} %", f"{entry['budget']:.3f}",
+                             f"{entry['ppl_ratio']:.3f}", f"{entry['kl']:.4f}", f"{entry['top1']:.3f}")
     console = Console(width=max(120, Console().width))
     console.print(table)
+    if levels:
+        console.print(at_table)
     console.print("bytes skipped = measured fraction of the decoder blocks' linear-projection weight bytes "
                   f"not read (mean over tokens; embeddings and lm_head excluded). {elapsed:.0f} s.")
     payload = {"model": loaded.name, "fingerprint": loaded.fingerprint, "dense_ppl": dense_ppl,
                "sequences": args.sequences, "seq_len": args.seq_len, "text": source,
-               "rows": [row.as_json() for row in rows]}
+               "rows": [row.as_json() for row in rows], "at_bytes_skipped": levels,
+               "wall_s": round(elapsed, 1), "cpu_s": round(time.process_time() - cpu_started, 1),
+               "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     if args.plot:
         plot_quality(rows, loaded.name, args.plot)
     if args.json:
