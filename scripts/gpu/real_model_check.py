@@ -12,7 +12,9 @@ Two references beside it say how much of the gap is bf16 itself:
   tokens through its own KV cache one at a time (`--decode-path-prompts`), so both sides run the
   same matrix shapes: M = the prompt at prefill, M = 1 per decode step. The batched, teacher-forced
   comparison above instead sets M=16 graph GEMMs against one M=P+gen HF forward, whose different
-  summation orders round differently at near-ties.
+  summation orders round differently at near-ties;
+* last (CUDA), the batched comparison again with cuBLAS's reduced-precision bf16 split-K
+  reductions off (they may only touch the small-M decode GEMMs): does the engine gain on fp32?
 
 Usage (device machine): PYTHONPATH=worker:proto:operator:. python3 scripts/gpu/real_model_check.py GGUF --json out.json
        (CPU smoke run: --device cpu --gen 4 --decode-path-prompts 1)
@@ -74,6 +76,20 @@ def main() -> None:
     print(json.dumps({"decode_path": report["decode_path"]}, indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.device == "cuda":  # are the small-M decode GEMMs' split-K bf16 reductions a cost?
+        matmul = torch.backends.cuda.matmul
+        matmul.allow_bf16_reduced_precision_reduction = False
+        try:
+            exact = engine_check.agreement(model, gen=args.gen, free_running=0, prompt_ids=ids)
+            keys = ("strict_agreement", "engine_bf16_vs_fp32_teacher_forced",
+                    "hf_bf16_vs_fp32_teacher_forced")
+            report["no_bf16_reduced_precision_reduction"] = {k: exact[k] for k in keys}
+        except Exception as exc:
+            report["no_bf16_reduced_precision_reduction"] = {"error": f"{type(exc).__name__}: {exc}"}
+        matmul.allow_bf16_reduced_precision_reduction = True
+        print(json.dumps({k: report[k] for k in ("no_bf16_reduced_precision_reduction",)}), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 @torch.inference_mode()

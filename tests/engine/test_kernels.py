@@ -74,3 +74,30 @@ def test_prefill_chunk_attends_causally_to_the_cached_prefix():
     whole = prefill_attention(q, k, v, slot=1, start=0, scale=0.3)  # [10, H, D]
     tail = prefill_attention(q[6:], k, v, slot=1, start=6, scale=0.3)  # [4, H, D]
     assert torch.allclose(whole[6:], tail, atol=1e-6)
+
+
+def test_softcapped_and_windowed_attention_match_a_per_sequence_reference():
+    torch.manual_seed(2)
+    q = torch.randn(3, 4, 16)  # [B, H, D]
+    k, v = torch.randn(4, 40, 2, 16), torch.randn(4, 40, 2, 16)  # [S, T, Hkv, D]
+    slots, lens = torch.tensor([1, 3, 0]), torch.tensor([5, 40, 23])
+    starts = (lens - 8).clamp(min=0)  # an 8-entry sliding window
+    for cap in (None, 1.5):
+        # longest=T is what a captured CUDA graph reads (no host sync); max(lens) what the CPU reads
+        whole = decode_attention_torch(q, k, v, slots, lens, starts, 0.3, longest=40, softcap=cap)
+        assert torch.allclose(whole, decode_attention_torch(q, k, v, slots, lens, starts, 0.3,
+                                                            softcap=cap), atol=1e-6)
+        for b in range(3):
+            keep = list(range(int(starts[b]), int(lens[b])))
+            keys = k[slots[b], keep].repeat_interleave(2, dim=1)  # [n, H, D]
+            scores = torch.einsum("hd,nhd->hn", q[b], keys) * 0.3  # [H, n]
+            if cap is not None:
+                scores = torch.tanh(scores / cap) * cap
+            want = torch.einsum("hn,nhd->hd", scores.softmax(-1),
+                                v[slots[b], keep].repeat_interleave(2, dim=1))
+            assert torch.allclose(whole[b], want, atol=1e-5), (cap, b)
+    # prefill: a window-W chunk with a cap equals the decode path row by row
+    chunk = prefill_attention(q, k, v, slot=3, start=37, scale=0.3, window=8, softcap=1.5)
+    rows = decode_attention_torch(q, k, v, torch.tensor([3] * 3), torch.tensor([38, 39, 40]),
+                                  torch.tensor([30, 31, 32]), 0.3, softcap=1.5)
+    assert torch.allclose(chunk, rows, atol=1e-5)
