@@ -7,8 +7,8 @@ weights randomised. Per config and dtype: the engine's greedy tokens for a few p
 together, against HF's own greedy loop (forward + its KV cache, EOS not suppressed), and HF's
 teacher-forced argmax on the engine's sequences. float32 should agree exactly (up to near-ties);
 bfloat16 on random weights only up to rounding at near-ties, so the top-2 margins are reported too.
-A gated run (Gemma 2, fixed width + depth plan, default sparse-kernel ops) checks the plan against the
-gated HF model.
+A gated run (Gemma 2 at budget 0.35 of a synthetic plan table: width gates and skipped halves, one
+graph per depth plan, default sparse-kernel ops) checks the plan against the gated HF model.
 
 Usage: PYTHONPATH=worker:proto:operator:. python3 scripts/gpu/gemma_check.py --json out.json
        (--device cpu --gen 4 for a quick CPU smoke run)
@@ -115,28 +115,33 @@ def check(name: str, dtype: torch.dtype, device: str, gen: int, prompts: list[li
 
 
 def gated_check(device: str, gen: int, prompts: list[list[int]]) -> dict:
-    """Gemma 2 under a fixed plan (thresholds on every group, one MLP and one local attention
-    half skipped) with the default gated ops (sparse kernels on CUDA) vs the gated HF model."""
+    """Gemma 2 under a gated plan at budget 0.35 of a synthetic calibrated table (width thresholds
+    and skipped halves; the engine, built after calibration, captures a graph per depth plan) with
+    the default gated ops (sparse kernels on CUDA), against the gated HF model under that plan."""
+    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import synthetic_table
     from dynasparse_worker.gating import install_gates
 
     family, extra = CONFIGS["gemma2"]
     model = build(family, extra, device, torch.float32)
     gated = install_gates(model)
-    state = gated.state
-    state.thresholds[:, :, :] = 0.3
-    state.layer_keep[:, 1, 1] = 0.0
-    state.layer_keep[:, 2, 0] = 0.0
+    synthetic_table(gated, _half_bytes(gated), [0.6, 0.35], SIZES["vocab_size"], torch.device(device))
     engine = Engine(gated, None, EngineConfig(max_batch_size=8, max_seq_len=256,
                                               kv_memory_fraction=0.05, kv_capacity_tokens=2048,
                                               max_prefill_tokens=16, batch_buckets=(1, 2, 4, 8)))
-    got = engine_tokens(engine, prompts, gen)
-    state.select_bucket(engine.runner._plan_bucket(len(prompts)))  # the HF path's active row
+    runner = engine.runner
+    # one prompt at a time: prefill and decode then read the same plan bucket (0), the one the
+    # HF reference runs with
+    alone = lambda: [engine_tokens(engine, [p], gen)[0] for p in prompts]  # noqa: E731
+    gated.set_budget(1.0)
+    dense = alone()
+    gated.set_budget(0.35)
+    got = alone()
+    variant = runner.last_variant
+    gated.state.select_bucket(0)
     report = compare(gated.model, got, prompts, gen, device)
-    report["gated_variant"] = str(engine.runner.last_variant)  # (bucket, (gated, depth plan))
-    state.thresholds.zero_()
-    state.layer_keep.fill_(1.0)
-    dense = engine_tokens(engine, prompts, gen)
-    report.update(graphs=len(engine.runner.graphs), captures=engine.runner.captures,
+    report.update(graphs=len(runner.graphs), captures=runner.captures,
+                  gated_variant=str(variant), decoded_by_graph=variant in runner.graphs,
                   plan_changed_tokens=dense != got)
     return report
 
