@@ -137,7 +137,8 @@ def at_bytes_skipped(rows: list[Row], levels=(0.25, 0.40, 0.50)) -> list[dict]:
                 if lo.bytes_skipped <= level <= hi.bytes_skipped and hi.bytes_skipped > lo.bytes_skipped:
                     w = (level - lo.bytes_skipped) / (hi.bytes_skipped - lo.bytes_skipped)
                     lin = lambda a, b: (1 - w) * a + w * b  # noqa: E731
-                    geo = lambda a, b: math.exp(lin(math.log(max(a, 1e-9)), math.log(max(b, 1e-9))))  # noqa: E731
+                    geo = lambda a, b: (math.exp(lin(math.log(a), math.log(b))) if min(a, b) > 0  # noqa: E731
+                                        else lin(a, b))  # from dense (KL 0): linear
                     out.append({"method": method, "bytes_skipped": level, "budget": lin(lo.budget, hi.budget),
                                 "ppl_ratio": geo(lo.ppl_ratio, hi.ppl_ratio), "kl": geo(lo.kl, hi.kl),
                                 "top1": lin(lo.top1, hi.top1)})
