@@ -1,9 +1,16 @@
-"""Open-loop load through the workers' OpenAI API, as a Service would spread it: each request goes
-to one of the currently ready pods behind the model's Service (what its endpoints would list).
-Used by scenarios 3 and 5.
+"""Load through the workers' OpenAI API with the `openai` client, as a Service would spread it: each
+request goes to one of the currently ready pods behind the model's Service (what its endpoints
+would list). Used by scenarios 3 and 5.
 
-A request refused at connect time was never admitted, so it is retried once on another endpoint
-(what any L4/L7 balancer does); every other error counts as a failed request.
+* `OpenLoopLoad`: Poisson arrivals at a fixed rate until `stop()` (arrivals do not wait for
+  answers, so a slower server sees a growing queue, as under real traffic).
+* `probe_capacity`: a short closed-loop probe (each pod kept busy by a fixed number of clients)
+  that measures what the pods serve per second right now; scenario 3 sizes its load from it.
+
+Requests stream, so the client sees the time to the first token (what the workers report as TTFT)
+as well as the whole answer. A request refused at connect time was never admitted, so it is
+retried once on another endpoint (what any L4/L7 balancer does); every other error counts as a
+failed request.
 """
 
 from __future__ import annotations
@@ -11,12 +18,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import statistics
 import threading
 import time
 
 import httpx
+import openai
 
 from dynasparse.devcluster.fixture import DevCluster
+
+REQUEST_TIMEOUT_S = 120.0
 
 
 @dataclasses.dataclass
@@ -25,7 +36,8 @@ class LoadResult:
     ok: int = 0
     failed: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
-    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    latencies_s: list[float] = dataclasses.field(default_factory=list)  # whole answers
+    ttfts_s: list[float] = dataclasses.field(default_factory=list)  # to the first streamed token
 
 
 def ready_endpoints(cluster: DevCluster, namespace: str, service: str, port_name: str = "http") -> list[str]:
@@ -49,6 +61,47 @@ def ready_endpoints(cluster: DevCluster, namespace: str, service: str, port_name
     return urls
 
 
+class _Clients:
+    """One `openai.OpenAI` per pod URL, shared by the threads (the client is thread-safe). No
+    retries inside the client: the caller decides what a refused connection means."""
+
+    def __init__(self):
+        self._by_url: dict[str, openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> openai.OpenAI:
+        with self._lock:
+            if url not in self._by_url:
+                self._by_url[url] = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                                                  timeout=REQUEST_TIMEOUT_S)
+            return self._by_url[url]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._by_url.values():
+                client.close()
+            self._by_url.clear()
+
+
+def _never_admitted(exc: Exception) -> bool:
+    """A connection the pod refused (not a timeout, not a broken stream): safe to send elsewhere."""
+    return isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError) \
+        and isinstance(exc.__cause__, httpx.ConnectError)
+
+
+def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> tuple[float, float]:
+    """One streamed completion; (seconds to the first token, seconds to the whole answer)."""
+    started = time.monotonic()
+    first = None
+    stream = client.completions.create(model="default", prompt=prompt, max_tokens=max_tokens, stream=True)
+    with stream:
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].text:
+                first = time.monotonic() - started
+    total = time.monotonic() - started
+    return (first if first is not None else total), total
+
+
 class OpenLoopLoad:
     """`rate` requests per second (Poisson arrivals), each a short completion, until `stop()`."""
 
@@ -60,6 +113,7 @@ class OpenLoopLoad:
         self._lock = threading.Lock()
         self._endpoints: list[str] = []
         self._threads: list[threading.Thread] = []
+        self._clients = _Clients()
 
     def _refresh(self) -> None:
         while not self._stop.is_set():
@@ -70,7 +124,6 @@ class OpenLoopLoad:
             time.sleep(0.3)
 
     def _one(self, prompt: str) -> None:
-        started = time.monotonic()
         tried: set[str] = set()
         for _attempt in range(2):
             choices = [e for e in self._endpoints if e not in tried] or list(self._endpoints)
@@ -80,19 +133,15 @@ class OpenLoopLoad:
             url = random.choice(choices)
             tried.add(url)
             try:
-                resp = httpx.post(f"{url}/v1/completions", timeout=120, json={
-                    "model": "default", "prompt": prompt, "max_tokens": self.max_tokens})
+                ttft, total = complete(self._clients.get(url), prompt, self.max_tokens)
                 with self._lock:
-                    if resp.status_code == 200:
-                        self.result.ok += 1
-                        self.result.latencies_s.append(time.monotonic() - started)
-                    else:
-                        self.result.failed += 1
-                        self.result.errors.append(f"{url}: HTTP {resp.status_code} {resp.text[:200]}")
+                    self.result.ok += 1
+                    self.result.ttfts_s.append(ttft)
+                    self.result.latencies_s.append(total)
                 return
-            except httpx.ConnectError:
-                continue  # never admitted: retry elsewhere
-            except Exception as exc:  # noqa: BLE001 - counted
+            except Exception as exc:  # noqa: BLE001 - counted unless never admitted
+                if _never_admitted(exc):
+                    continue  # retry elsewhere
                 with self._lock:
                     self.result.failed += 1
                     self.result.errors.append(f"{url}: {exc!r}")
@@ -119,9 +168,63 @@ class OpenLoopLoad:
         threading.Thread(target=self._generate, daemon=True).start()
         return self
 
-    def stop(self, drain_timeout: float = 120.0) -> LoadResult:
+    def stop(self, drain_timeout: float = REQUEST_TIMEOUT_S) -> LoadResult:
         self._stop.set()
         deadline = time.monotonic() + drain_timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
+        if all(not t.is_alive() for t in self._threads):
+            self._clients.close()
         return self.result
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What a closed-loop probe measured across the pods."""
+
+    pods: int
+    clients_per_pod: int
+    requests: int
+    requests_per_s: float  # answers per second across all pods, while every client was busy
+    service_s: float  # median time of a whole answer
+    ttft_s: float  # median time to the first token
+
+
+def probe_capacity(cluster: DevCluster, namespace: str, service: str, *, clients_per_pod: int = 1,
+                   seconds: float = 10.0, max_tokens: int = 8, min_rounds: int = 2) -> Capacity:
+    """Keep each ready pod busy with `clients_per_pod` clients sending back-to-back requests for
+    `seconds`, and each client for at least `min_rounds` requests (on a slow machine a few answers
+    would make a noisy rate), after one warm-up request per pod."""
+    urls = ready_endpoints(cluster, namespace, service)
+    assert urls, f"no ready pod behind Service {service}"
+    clients = _Clients()
+    try:
+        for url in urls:
+            complete(clients.get(url), "Warm-up: the capital of France is", max_tokens)
+        samples: list[tuple[float, float]] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + seconds
+
+        def client_loop(url: str, k: int) -> None:
+            for i in itertools.count():
+                if time.monotonic() >= deadline and i >= min_rounds:
+                    return
+                sample = complete(clients.get(url), f"Probe {k}.{i}: the capital of France is", max_tokens)
+                with lock:
+                    samples.append(sample)
+
+        threads = [threading.Thread(target=client_loop, args=(url, k), daemon=True)
+                   for k, url in enumerate(urls * clients_per_pod)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # each request times out on its own
+        elapsed = time.monotonic() - started
+    finally:
+        clients.close()
+    assert samples, "the capacity probe got no answer"
+    return Capacity(pods=len(urls), clients_per_pod=clients_per_pod, requests=len(samples),
+                    requests_per_s=len(samples) / elapsed,
+                    service_s=statistics.median(total for _, total in samples),
+                    ttft_s=statistics.median(first for first, _ in samples))
