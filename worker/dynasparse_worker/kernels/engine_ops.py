@@ -48,6 +48,10 @@ class SparseLinearOps:
         self.cpu_dtype = cpu_dtype  # e.g. torch.bfloat16: half the bytes per step on the CPU
         self.max_batch = max_batch
         self._packed: dict[tuple[int, int], PackedWeight] = {}
+        # (bucket, layer, group) -> (threshold view, column scale), built on first use: the
+        # views follow in-place writes, and looking them up again costs 4 small ops per call
+        self._gates: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._gates_of: torch.Tensor | None = None  # the thresholds tensor the views point into
         self._workspace: SplitKWorkspace | None = None
         self._device_type = "cpu"
 
@@ -69,6 +73,19 @@ class SparseLinearOps:
             self._packed[key] = pw
         return pw
 
+    def _gate(self, bucket: int, layer: int, group: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The threshold view `thresholds[bucket, layer, group]` and the column scale, cached."""
+        if self._gates_of is not self.state.thresholds:  # a new tensor, not an in-place write
+            self._gates.clear()
+            self._gates_of = self.state.thresholds
+        key = (bucket, layer, group)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = (self.state.thresholds[bucket, layer, group], _col_scale(self.state, layer, group))
+            self._gates[key] = gate
+        return gate
+
     def project(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 layer: int, group: int, bucket: int) -> torch.Tensor:
         """`x [N, in]` -> `[N, out]` under the gating contract of (bucket, layer, group)."""
@@ -76,8 +93,7 @@ class SparseLinearOps:
         if self.state is None:  # no gates: plain dense projection
             y = x @ weight.t()  # [N, out]
             return y if bias is None else y + bias
-        threshold = self.state.thresholds[bucket, layer, group]  # [] float32 view, in place
-        scale = _col_scale(self.state, layer, group)  # [in] float32 or None
+        threshold, scale = self._gate(bucket, layer, group)  # [] float32 view, [in] or None
         rows = x.shape[0]
         mode = self.policy(rows, GROUP_NAMES[group]) if rows <= self.max_batch else "dense"
         if mode == "dense":
