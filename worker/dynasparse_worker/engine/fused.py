@@ -73,14 +73,16 @@ def rope_and_cache(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, slo
     (slots[i], positions[i]); return q [N, H, D]. cos/sin [P, D] tables indexed by position."""
     rows = qkv.shape[0]
     if not _triton_ok(qkv, use_triton) or dim & (dim - 1):
-        n_q, n_kv = heads * dim, kv_heads * dim
+        # q and k heads are adjacent in qkv: one rotation over all H + Hkv heads (the same
+        # elementwise products as rotating each, half the small ops on the CPU's decode step)
+        n_qk = (heads + kv_heads) * dim
         c, s = cos[positions][:, None, :], sin[positions][:, None, :]  # [N, 1, D]
-        q = qkv[:, :n_q].view(rows, heads, dim)  # [N, H, D]
-        k = qkv[:, n_q:n_q + n_kv].view(rows, kv_heads, dim)  # [N, Hkv, D]
-        v = qkv[:, n_q + n_kv:].view(rows, kv_heads, dim)  # [N, Hkv, D]
-        k_cache[slots, positions] = k * c + rotate_half(k) * s
+        qk = qkv[:, :n_qk].view(rows, heads + kv_heads, dim)  # [N, H + Hkv, D]
+        v = qkv[:, n_qk:].view(rows, kv_heads, dim)  # [N, Hkv, D]
+        rotated = qk * c + rotate_half(qk) * s  # [N, H + Hkv, D]
+        k_cache[slots, positions] = rotated[:, heads:]
         v_cache[slots, positions] = v
-        return q * c + rotate_half(q) * s
+        return rotated[:, :heads]  # [N, H, D]
     q = torch.empty(rows, heads, dim, dtype=qkv.dtype, device=qkv.device)  # [N, H, D]
     _rope_cache_kernel[(rows, heads + kv_heads)](
         qkv, cos, sin, positions, slots, q, k_cache, v_cache, qkv.stride(0), cos.stride(0),

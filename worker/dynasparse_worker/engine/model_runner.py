@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dynasparse_worker.engine.attention import decode_attention, pick_num_splits, prefill_attention
+from dynasparse_worker.engine.attention import (decode_attention, decode_attention_one,
+                                                pick_num_splits, prefill_attention)
 from dynasparse_worker.engine.kv_cache import KVCache, allocate, plan_slots
 from dynasparse_worker.engine.model import DecoderModel, LinearOps
 from dynasparse_worker.engine.plans import DENSE, HostPlan, Variant, fallback, read_plan, variants_of
@@ -195,9 +196,18 @@ class ModelRunner:
         longest = int(lens.max()) if self.device.type == "cpu" else None  # once per step, not layer
         windows, softcap = self.model.windows, shape.attn_softcap
         local = self._window_starts(windows, lens, starts)  # Gemma's local layers: {W: [bucket]}
+        # CPU, one sequence, no KV cap in effect: attend over cache views (host ints read once
+        # per step) instead of gathering and masking in every layer
+        one = None
+        if longest is not None and bucket == 1 and softcap is None:
+            if starts is None or int(starts[0]) == 0:
+                one = int(slots[0])
 
         def attend(layer: int, q: Tensor) -> Tensor:
             window = windows[layer]
+            if one is not None and window is None:
+                return decode_attention_one(q, cache.k[layer], cache.v[layer], one, longest,
+                                            shape.scale)
             if window is not None:  # the last W entries (within the KV cap's, no sinks)
                 return decode_attention(q, cache.k[layer], cache.v[layer], slots, lens,
                                         local[window], shape.scale, splits, longest=longest,
