@@ -213,8 +213,15 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
     ttft = worst.ttft_p95_ms if worst else None
     itl = worst.inter_token_p95_ms if worst else None
     if ratio is None or ratio <= 0:
-        # Idle pods: nothing to protect, relax towards the ceiling.
-        error, what = params.max_step_up / params.gain * 2, "idle (too few samples)"
+        queued = sum(r.queue_depth for p in survivors if (r := reports.get(p.name)) is not None
+                     and now - r.received_at <= params.stale_after_s)
+        if queued:
+            # Too few finished requests to judge, yet requests wait: the pods may be so slow that
+            # nothing completes inside the window. Relaxing now would make that worse.
+            return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued: "
+                             f"holding budget {budget:.2f}", 0.0)
+        # Idle or light load, nothing waiting: nothing to protect, relax towards the ceiling.
+        error, what = params.max_step_up / params.gain * 2, "idle (too few samples, none queued)"
     else:
         error, what = math.log(params.setpoint_ratio / ratio), _describe(worst, params)
     low, high = params.band
@@ -248,6 +255,9 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
         bound = "floor" if tighten else "ceiling"
         return _Feedback(budget, "hold", f"{what}: budget {budget:.2f} at its {bound}",
                          error, ratio, ttft, itl)
+    if tighten and ratio is not None and ratio <= 1.0:
+        # Cutting under the SLO is deliberate: the p95 sits above the band around the setpoint.
+        what = f"{what}, above the {100 * params.band[1]:.0f} % band"
     kind = "slo-violation" if ratio is not None and ratio > 1.0 else ("tighten" if tighten else "relax")
     return _Feedback(target, kind, f"{what}: budget {budget:.2f} → {target:.2f}", error,
                      ratio, ttft, itl)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dynasparse_operator.control_law import decide, violates_slo
@@ -49,6 +51,23 @@ def test_inter_token_slo_alone_triggers_a_cut():
 def test_too_few_samples_say_nothing_about_the_slo():
     quiet = PodReport(name="a", received_at=10.0, ttft_p95_ms=5000, samples=2)
     assert not violates_slo(quiet, PARAMS)
+
+
+def test_too_few_samples_relax_only_when_nothing_waits():
+    # so slow that few requests finish inside the window, with more queued: do not relax
+    swamped = PodReport(name="a", received_at=10.0, ttft_p95_ms=15000, samples=2, queue_depth=6)
+    held = decide({"a": swamped}, [PodFacts("a")], PARAMS, LawState(budget=0.5), now=11.0)
+    assert held.to_budget == 0.5 and "6 queued" in held.reason
+    # light load, nothing waiting: relax towards dense
+    light = dataclasses.replace(swamped, queue_depth=0)
+    relaxed = decide({"a": light}, [PodFacts("a")], PARAMS, LawState(budget=0.5), now=11.0)
+    assert relaxed.to_budget > 0.5 and "none queued" in relaxed.reason
+
+
+def test_a_cut_under_the_slo_says_the_p95_is_above_the_band():
+    near = report("a", ttft=490.0)  # under the 500 ms SLO, above the band around the setpoint
+    d = decide({"a": near}, [PodFacts("a")], PARAMS, LawState(budget=1.0), now=11.0)
+    assert d.to_budget < 1.0 and "≤ SLO 500 ms, above the" in d.reason
 
 
 def test_a_budget_moved_by_its_bounds_says_so():
