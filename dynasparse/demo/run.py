@@ -35,6 +35,7 @@ from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
 
 WORKER_WINDOW_S = 30.0  # dynasparse serve's sliding latency window (control/window.py)
 CLEAN_WINDOW_SLACK_S = 60.0  # beyond WORKER_WINDOW_S, on a loaded machine, before giving up
+MIN_BASE_RPS = 0.2  # so even a short demo sends a few requests per run
 
 PROMPTS = [
     "Explain in one sentence why the sky is blue.",
@@ -167,7 +168,12 @@ async def run_demo(cfg: DemoConfig, console: Console) -> dict:
         with console.status(f"measuring this machine's dense capacity ({probe_s:.0f} s)…"):
             capacity = await measure_capacity(worker.http_url, PROMPTS, cfg.max_tokens, probe_s, 4)
         slo_ms = cfg.slo_ms or size_slo(capacity)
-        base_rps = max(0.2, 0.4 * capacity.dense_requests_per_s)
+        base_rps = max(MIN_BASE_RPS, 0.4 * capacity.dense_requests_per_s)
+        if base_rps > 0.5 * capacity.dense_requests_per_s:
+            console.print(f"[yellow]this machine serves only {capacity.dense_requests_per_s:.2f} req/s "
+                          f"dense right now (is it busy?): the base load of {base_rps:.2f} req/s already "
+                          "crowds it, so both runs will be overloaded; free the machine or lower "
+                          "--max-tokens for a meaningful comparison[/yellow]")
         console.print(f"dense capacity ≈ {capacity.dense_requests_per_s:.2f} req/s "
                       f"(unloaded TTFT {capacity.unloaded_ttft_ms:.0f} ms): SLO p95 TTFT {slo_ms:.0f} ms, "
                       f"load {base_rps:.2f} → {base_rps * cfg.peak_factor:.2f} req/s")
