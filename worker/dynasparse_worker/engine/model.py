@@ -199,6 +199,11 @@ class DecoderModel:
         self.embed = base.embed_tokens.weight.detach()  # [V, hidden]
         self.device, self.dtype = self.embed.device, self.embed.dtype
         self.lm_head = hf_model.get_output_embeddings().weight.detach()  # [V, hidden]
+        # CPU float32: an input-major copy of the head. At batch 1 MKL's GEMV reads `[hidden, V]`
+        # row by row at ~1.7x the speed of the `[V, hidden]` dot products F.linear runs (SmolLM2:
+        # 113 MB per step, ~16 -> ~9.5 ms), for every budget alike; costs one more copy of it.
+        self.lm_head_t = (self.lm_head.t().contiguous()  # [hidden, V]
+                          if self.device.type == "cpu" and self.dtype == torch.float32 else None)
         self.embed_scale = self._embed_scale(base.embed_tokens, cfg) if self.sandwich else None
         self.head_norm = offset_rms_norm_torch if self.sandwich else rms_norm_torch  # q/k norms
         self.final_norm = _plus_one(base.norm) if self.sandwich else base.norm.weight.detach()
@@ -350,7 +355,10 @@ class DecoderModel:
 
     def logits(self, hidden: Tensor) -> Tensor:
         """[N, hidden] -> [N, V] float32 (Gemma 2: soft-capped in the model dtype, as HF does)."""
-        logits = F.linear(hidden, self.lm_head)  # [N, V]
+        if self.lm_head_t is not None:
+            logits = hidden @ self.lm_head_t  # [N, V]
+        else:
+            logits = F.linear(hidden, self.lm_head)  # [N, V]
         cap = self.shape.final_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap  # [N, V]
