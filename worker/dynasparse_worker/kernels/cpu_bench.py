@@ -5,9 +5,12 @@
 Times one decode step's projections (q|k|v, o, gate|up with SiLU, down) over `--layers` layers of
 SmolLM2-135M shapes (hidden 576, intermediate 1536, 9 q / 3 kv heads of 64) at batch 1 (or
 `--batch`, each token with its own random mask): the fp32
-dense path (`x @ W_t`), the dense path of weights packed in `--dtype`, and `sparse_matmul_torch`
-on those at several per-token sparsities (activations stay fp32). Distinct weights per layer, so they stream from memory as in a
-real step. Prints medians of interleaved repeats; who calls it: a developer, by hand.
+dense path (`x @ W_t`), the engine's own dense step (`F.linear` on `[out, in]` weights, what budget
+1.0 runs: slower than `x @ W_t` at batch 1 on MKL), the dense path of weights packed in `--dtype`,
+and `sparse_matmul_torch` on those at several per-token sparsities (activations stay fp32).
+Distinct weights per layer, so they stream from memory as in a real step. Prints medians of
+interleaved repeats; `--clock cpu` times the thread's CPU time, which a loaded shared machine
+disturbs less than wall time. Who calls it: a developer, by hand.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--sparsities", default="0,0.25,0.5,0.65")
     ap.add_argument("--batch", type=int, default=1, help="tokens, each with its own mask")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -61,6 +65,13 @@ def main(argv: list[str] | None = None) -> dict:
             for pw, x in zip(groups, xs[sparsities[0]]):
                 dense_matmul(x, pw)
 
+    linear = [[pw.w_t.t().contiguous() for pw in groups] for groups in fp32]  # [out, in] each
+
+    def engine_dense_step():
+        for weights in linear:
+            for w, x in zip(weights, xs[sparsities[0]]):
+                torch.nn.functional.linear(x, w)
+
     def dense_step():
         for groups in layers:
             for pw, x in zip(groups, xs[sparsities[0]]):
@@ -73,20 +84,22 @@ def main(argv: list[str] | None = None) -> dict:
                     sparse_matmul_torch(x, pw, thr)
         return run
 
-    cases = {"dense": dense_fp32_step, f"dense_{args.dtype}": dense_step} | {
+    cases = {"dense": dense_fp32_step, "F.linear": engine_dense_step,
+             f"dense_{args.dtype}": dense_step} | {
         f"sparse@{s:g}": sparse_step(s) for s in sparsities}
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm-up
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     for _ in range(args.repeats):  # interleaved, so load from other processes hits all alike
         for name, fn in cases.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     med = {name: 1e3 * statistics.median(v) for name, v in times.items()}
     low = {name: 1e3 * min(v) for name, v in times.items()}
-    print(f"{args.layers} layers, batch {args.batch}, {args.dtype}, {args.threads} threads: ms/step "
-          "median (min), speed-up over the fp32 dense step")
+    print(f"{args.layers} layers, batch {args.batch}, {args.dtype}, {args.threads} threads, "
+          f"{args.clock} clock: ms/step median (min), speed-up over the fp32 dense step")
     for name, ms in med.items():
         print(f"  {name:16s} {ms:8.2f} ({low[name]:7.2f}) ms   {med['dense'] / ms:5.2f}x"
               f" ({low['dense'] / low[name]:4.2f}x)")
