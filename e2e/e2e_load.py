@@ -22,7 +22,6 @@ import statistics
 import threading
 import time
 
-import httpx
 import openai
 
 from dynasparse.devcluster.fixture import DevCluster
@@ -63,7 +62,9 @@ def ready_endpoints(cluster: DevCluster, namespace: str, service: str, port_name
 
 class _Clients:
     """One `openai.OpenAI` per pod URL, shared by the threads (the client is thread-safe). No
-    retries inside the client: the caller decides what a refused connection means."""
+    retries inside the client: the caller decides what a refused connection means. No keep-alive:
+    each request opens its own connection, so a pod that shuts down refuses the next one (retried
+    elsewhere) instead of dropping a pooled connection under a request already sent."""
 
     def __init__(self):
         self._by_url: dict[str, openai.OpenAI] = {}
@@ -72,8 +73,9 @@ class _Clients:
     def get(self, url: str) -> openai.OpenAI:
         with self._lock:
             if url not in self._by_url:
-                self._by_url[url] = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
-                                                  timeout=REQUEST_TIMEOUT_S)
+                self._by_url[url] = openai.OpenAI(
+                    base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=REQUEST_TIMEOUT_S,
+                    default_headers={"Connection": "close"})
             return self._by_url[url]
 
     def close(self) -> None:
@@ -84,9 +86,12 @@ class _Clients:
 
 
 def _never_admitted(exc: Exception) -> bool:
-    """A connection the pod refused (not a timeout, not a broken stream): safe to send elsewhere."""
-    return isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError) \
-        and isinstance(exc.__cause__, httpx.ConnectError)
+    """A connection the pod refused (not a timeout, not a broken stream): safe to send elsewhere.
+    The cause is the HTTP library's ConnectError; matched by name, because the `openai` client may
+    bring its own HTTP package (httpx2) rather than httpx."""
+    if not isinstance(exc, openai.APIConnectionError) or isinstance(exc, openai.APITimeoutError):
+        return False
+    return any(cls.__name__ == "ConnectError" for cls in type(exc.__cause__).__mro__)
 
 
 def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> tuple[float, float]:
