@@ -110,8 +110,9 @@ def test_a_3x_load_step_lowers_the_budget_and_relaxes_after(operator_running, na
         base_rate = BASE_RATE_OVERRIDE or OVERLOAD * capacity.requests_per_s / 3
         log.note(f"dense capacity {capacity}; base rate {base_rate:.2f} req/s")
         # Under the step each pod answers about its share of the capacity; the control law ignores a
-        # pod's p95 over fewer than LAW_MIN_SAMPLES first tokens in its window (and then relaxes as
-        # if idle), so a machine this busy cannot show the scenario: say so instead of timing out.
+        # pod's p95 over fewer than LAW_MIN_SAMPLES first tokens in its window (it can then only hold
+        # or relax), and a p95 over a handful is its maximum: on a machine this busy the scenario
+        # cannot show, so say so instead of timing out.
         per_window = capacity.requests_per_s / REPLICAS * WORKER_WINDOW_S
         assert per_window >= 2 * LAW_MIN_SAMPLES, (
             f"the workers answer {capacity.requests_per_s:.2f} req/s across {REPLICAS} pods (service "
