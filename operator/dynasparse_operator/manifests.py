@@ -93,18 +93,27 @@ def _resources(spec: AdaptiveModelSpec) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
+def _cpu_threads_env() -> list[dict[str, Any]]:
+    """torch sizes its CPU thread pool from OMP_NUM_THREADS, else from every core of the node; a
+    pod that asked for N cores must use N threads, or pods sharing a node oversubscribe it (the
+    OpenMP threads spin against each other and CPU decode slows many times over)."""
+    return [{"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {
+        "containerName": "worker", "resource": "requests.cpu", "divisor": "1"}}}]
+
+
 def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
     http = {"port": settings.http_port, "path": "/readyz"}
+    env = [  # listen on the pod IP (the dev cluster's process kubelet needs it; right anywhere)
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "DYNASPARSE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
     return {
         "name": "worker",
         "image": spec.worker.image or settings.image,
         "imagePullPolicy": spec.worker.image_pull_policy or settings.image_pull_policy,
         "args": worker_args(spec, settings),
-        "env": [  # listen on the pod IP (the dev cluster's process kubelet needs it; right anywhere)
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "DYNASPARSE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        ],
+        **({"env": env + _cpu_threads_env()} if spec.worker.cpu else {"env": env}),
         "ports": [{"name": "http", "containerPort": settings.http_port, "protocol": "TCP"},
                   {"name": "control", "containerPort": settings.control_port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": http, "periodSeconds": 2, "failureThreshold": 2},

@@ -62,6 +62,16 @@ def test_env_resolves_configmaps_secrets_and_downward_api_in_order():
     assert "OPT" not in env
 
 
+def test_cpu_through_the_downward_api_is_divided_and_rounded_up_as_the_kubelet_does():
+    def cpu_env(request, divisor=None):
+        ref = {"resource": "requests.cpu", **({"divisor": divisor} if divisor else {})}
+        container = {"resources": {"requests": {"cpu": request}},
+                     "env": [{"name": "N", "valueFrom": {"resourceFieldRef": ref}}]}
+        return podspec.container_env(POD, container, "127.9.1.1", lookup)["N"]
+    assert cpu_env("500m") == "1" and cpu_env("2") == "2" and cpu_env("1500m", "1") == "2"
+    assert cpu_env("250m", "1m") == "250"
+
+
 def test_a_missing_required_secret_keeps_the_pod_waiting():
     container = {"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]}
     with pytest.raises(podspec.NotReadyYet, match="Secret ml/absent not found"):

@@ -81,3 +81,17 @@ def test_workers_without_a_named_calibration_use_their_own_cached_one():
     spec = parse_spec({"model": "default", "slo": {"ttftP95Ms": 500}, "quality": {"minBudget": 0.5}})
     args = manifests.worker_args(spec, WorkerSettings())
     assert args[args.index("--calibration") + 1] == "auto"
+
+
+def test_a_worker_that_requests_cpus_sizes_its_thread_pool_to_them():
+    def env_names(worker):
+        spec = parse_spec({"model": "default", "slo": {"ttftP95Ms": 500}, "quality": {"minBudget": 0.4},
+                           "worker": worker})
+        (container,) = manifests.deployment(spec, OWNER, WorkerSettings())["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e for e in container["env"]}, container
+    env, container = env_names({"cpu": "1500m"})
+    assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": "worker", "resource": "requests.cpu", "divisor": "1"}
+    assert container["resources"]["requests"]["cpu"] == "1500m"
+    env, _ = env_names({"gpus": 1})  # no CPU request: torch's own default
+    assert "OMP_NUM_THREADS" not in env and "POD_IP" in env

@@ -12,6 +12,7 @@ rewritten; programs should take paths from args or env.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from typing import Callable
 
@@ -82,9 +83,20 @@ def field_value(pod: dict, field_path: str, pod_ip: str, host_ip: str = "127.0.0
 
 
 def resource_value(container: dict, resource: str, divisor: str | None = None) -> str:
+    """A container's request/limit through the downward API, divided and rounded up as the
+    kubelet does (`requests.cpu` of "500m" with divisor "1" is "1"); unset gives "0"."""
     kind, _, name = resource.partition(".")
     value = container.get("resources", {}).get(kind, {}).get(name)
-    return str(value) if value is not None else "0"
+    if value is None:
+        return "0"
+    if name != "cpu":
+        return str(value)
+    return str(math.ceil(_cpu_cores(str(value)) / _cpu_cores(str(divisor or "1")) - 1e-9))
+
+
+def _cpu_cores(quantity: str) -> float:
+    """A CPU quantity ("2", "500m", "0.5") in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
 def config_data(obj: dict, kind: str) -> dict[str, str]:
@@ -137,7 +149,8 @@ def container_env(pod: dict, container: dict, pod_ip: str, lookup: Lookup) -> di
         elif "fieldRef" in source:
             env[name] = field_value(pod, source["fieldRef"]["fieldPath"], pod_ip)
         elif "resourceFieldRef" in source:
-            env[name] = resource_value(container, source["resourceFieldRef"]["resource"])
+            ref = source["resourceFieldRef"]
+            env[name] = resource_value(container, ref["resource"], ref.get("divisor"))
         else:
             kind, ref = (("ConfigMap", source["configMapKeyRef"]) if "configMapKeyRef" in source
                          else ("Secret", source["secretKeyRef"]))
