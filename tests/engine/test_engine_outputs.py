@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_reference import hf_greedy
+
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine.types import SamplingParams
 
@@ -15,18 +17,6 @@ def _run(engine: Engine) -> dict[str, list]:
         for event in engine.step():
             events.setdefault(event.request_id, []).append(event)
     return events
-
-
-@torch.inference_mode()
-def _hf_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding through the HF model's own forward and KV cache (EOS not suppressed)."""
-    ids, past, out = torch.tensor([prompt]), None, []
-    for _ in range(n):
-        res = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = res.past_key_values
-        out.append(int(res.logits[0, -1].argmax()))
-        ids = torch.tensor([[out[-1]]])
-    return out
 
 
 def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
@@ -40,7 +30,7 @@ def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
     events = _run(engine)
     for i, prompt in enumerate(ids):
         got = [t for e in events[str(i)] for t in e.token_ids]
-        assert got == _hf_greedy(default_model.model, prompt, 16), prompts[i]
+        assert got == hf_greedy(default_model.model, prompt, 16), prompts[i]
         streamed = "".join(e.text for e in events[str(i)])  # incremental detokenization
         assert streamed == tok.decode(got, skip_special_tokens=True)
     assert "Paris" in "".join(e.text for e in events["0"])
@@ -75,7 +65,7 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):
             events.setdefault(event.request_id, []).extend(event.token_ids)
     assert not engine.has_work()
     for rid, prompt in prompts.items():
-        assert events[rid] == _hf_greedy(tiny_llama, prompt, len(events[rid])), rid
+        assert events[rid] == hf_greedy(tiny_llama, prompt, len(events[rid])), rid
     assert [len(events[r]) for r in "abcd"] == [12, 4, 9, 6]
     assert engine.stats().kv_usage == 0.0 and engine.stats().extra["kv_reserved"] == 0.0
 
@@ -83,7 +73,7 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):
 def test_generation_ends_at_eos_unless_ignored(tiny_llama):
     engine = Engine(tiny_llama, None, EngineConfig(max_batch_size=2, max_seq_len=64,
                                                    kv_capacity_tokens=128))
-    first = _hf_greedy(tiny_llama, [1, 2, 3], 1)[0]
+    first = hf_greedy(tiny_llama, [1, 2, 3], 1)[0]
     engine.add_request("s", [1, 2, 3], SamplingParams(max_tokens=8, stop_token_ids=(first,)))
     engine.add_request("i", [1, 2, 3], SamplingParams(max_tokens=8, ignore_eos=True))
     events = _run(engine)
@@ -118,7 +108,7 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_llama):
 
     alone = tokens(0)
     assert alone == tokens(2)
-    assert alone != _hf_greedy(tiny_llama, [4, 5, 6], 10)  # it really sampled
+    assert alone != hf_greedy(tiny_llama, [4, 5, 6], 10)  # it really sampled
 
 
 # Gemma: an 8-token window so the 57-token prompt outruns it, caps small enough to bind on random
@@ -165,7 +155,7 @@ def test_other_families_match_hf_greedy_through_chunked_prefill(family, extra):
     prompt = list(range(3, 60))
     engine.add_request("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True))
     got = [t for e in _run(engine)["a"] for t in e.token_ids]
-    assert got == _hf_greedy(model, prompt, 8)
+    assert got == hf_greedy(model, prompt, 8)
 
 
 @pytest.mark.parametrize("family,extra", [("gemma2", GEMMA2), ("gemma3_text", GEMMA3)])
@@ -184,7 +174,7 @@ def test_gemma_requests_joining_mid_flight_get_the_same_tokens_as_alone(family, 
             events.setdefault(event.request_id, []).extend(event.token_ids)
     assert not engine.has_work()
     for rid, prompt in prompts.items():  # rows of one decode batch sit at different window starts
-        assert events[rid] == _hf_greedy(model, prompt, len(events[rid])), rid
+        assert events[rid] == hf_greedy(model, prompt, len(events[rid])), rid
     assert engine.stats().kv_usage == 0.0
 
 

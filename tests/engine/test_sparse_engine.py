@@ -11,6 +11,8 @@ import json
 import pytest
 import torch
 
+from hf_reference import hf_greedy
+
 from dynasparse.cli import main
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine.attention import decode_attention_torch
@@ -198,27 +200,15 @@ def _tiny_gemma2(seed: int = 0):
     return model
 
 
-@torch.inference_mode()
-def _hf_greedy(model, n: int = 8) -> list[int]:
-    """Greedy tokens through the (gated) HF model's own forward and cache; EOS not suppressed."""
-    ids, past, out = torch.tensor([PROMPT]), None, []
-    for _ in range(n):
-        res = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = res.past_key_values
-        out.append(int(res.logits[0, -1].argmax()))
-        ids = torch.tensor([[out[-1]]])
-    return out
-
-
 def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_plans():
     gated = install_gates(_tiny_gemma2())
     state = gated.state
-    dense = _hf_greedy(gated.model, 12)
+    dense = hf_greedy(gated.model, PROMPT, 12)
     state.thresholds[:, :, :] = 0.3  # every group drops its small channels
     state.layer_keep[:, 1, 1] = 0.0  # layer 1's MLP half is skipped
     state.layer_keep[:, 2, 0] = 0.0  # layer 2's (local) attention half too
     state.select_bucket(0)
-    reference = _hf_greedy(gated.model, 12)
+    reference = hf_greedy(gated.model, PROMPT, 12)
     assert reference != dense, "the plan changes this model's tokens"
     engine = Engine(gated, None, CONFIG, ops=LinearOps(state))  # masked dense: exact sums
     assert _tokens(engine, 12) == reference
