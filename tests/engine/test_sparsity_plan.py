@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine.types import SamplingParams
 from dynasparse_worker.gating.state import SparsityState
