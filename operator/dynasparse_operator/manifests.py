@@ -71,11 +71,20 @@ def _metadata(name: str, owner: Owner, extra_labels: Mapping[str, str] | None = 
             "ownerReferences": [owner.reference()]}
 
 
+READINESS_PERIOD_S = 2
+READINESS_FAILURES = 2
+# A draining worker reports not-ready at once, but the kubelet needs up to period × failures (plus
+# one period of jitter) to see it and the endpoints/proxies a moment more; until then clients are
+# still routed here, so the worker keeps admitting for this long instead of refusing them.
+DEREGISTER_DELAY_S = READINESS_PERIOD_S * (READINESS_FAILURES + 1) + 2
+
+
 def worker_args(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[str]:
     """`dynasparse serve ...` for one worker pod."""
     args = ["serve", "--model", spec.model, "--host", "$(POD_IP)", "--port", str(settings.http_port),
             "--control-port", str(settings.control_port), "--tls-dir", settings.tls_dir,
-            "--pod-name", "$(POD_NAME)", "--drain-grace", str(spec.worker.drain_grace_s)]
+            "--pod-name", "$(POD_NAME)", "--drain-grace", str(spec.worker.drain_grace_s),
+            "--deregister-delay", str(DEREGISTER_DELAY_S)]
     # No calibration named: the worker's own ("auto": the artifact cached for its model, made once).
     args += ["--calibration", spec.calibration or "auto"]
     return args + list(spec.worker.extra_args)
@@ -116,7 +125,8 @@ def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) 
         **({"env": env + _cpu_threads_env()} if spec.worker.cpu else {"env": env}),
         "ports": [{"name": "http", "containerPort": settings.http_port, "protocol": "TCP"},
                   {"name": "control", "containerPort": settings.control_port, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": http, "periodSeconds": 2, "failureThreshold": 2},
+        "readinessProbe": {"httpGet": http, "periodSeconds": READINESS_PERIOD_S,
+                           "failureThreshold": READINESS_FAILURES},
         "livenessProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 10,
                           "failureThreshold": 6, "initialDelaySeconds": 30},
         "startupProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 5,
@@ -134,7 +144,7 @@ def deployment(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings, 
         "containers": [_container(spec, owner, settings)],
         "volumes": [{"name": "tls", "secret": {"secretName": tls_secret_name(owner.name),
                                                 "defaultMode": 0o440}}],
-        "terminationGracePeriodSeconds": spec.worker.drain_grace_s + 5,
+        "terminationGracePeriodSeconds": DEREGISTER_DELAY_S + spec.worker.drain_grace_s + 5,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
     }
     if settings.service_account:

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="seconds between control reports (the operator may ask for another)")
     a("--drain-grace", type=float, default=float(_env("DYNASPARSE_DRAIN_GRACE", 30.0)),
       help="seconds in-flight requests get to finish on SIGTERM or a drain")
+    a("--deregister-delay", type=float, default=float(_env("DYNASPARSE_DEREGISTER_DELAY", 0.0)),
+      help="seconds a draining worker, already not ready, keeps admitting requests while load "
+           "balancers stop routing to it (set it to the readiness probe's reaction time)")
     a("--pod-name", default=_env("POD_NAME", os.uname().nodename), help="name used in reports")
     a("--budget", type=float, default=float(_env("DYNASPARSE_BUDGET", 1.0)),
       help="budget before the operator says otherwise, (0, 1]")
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port, control_host=args.control_host or host, control_port=args.control_port,
         tls_dir=Path(args.tls_dir) if args.tls_dir else None, pod_name=args.pod_name,
         api_key=args.api_key, max_queue=args.max_queue, report_interval_s=args.report_interval,
-        drain_grace_s=args.drain_grace, initial_budget=args.budget,
+        drain_grace_s=args.drain_grace,
+        deregister_s=args.deregister_delay, initial_budget=args.budget,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
         kv_tokens=args.kv_tokens,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,

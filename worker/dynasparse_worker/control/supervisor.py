@@ -73,8 +73,12 @@ class Supervisor:
     def __init__(self, actuator: BudgetActuator, *, pod_name: str, model_name: str,
                  config: FastLoopConfig | None = None, memory: MemoryProbe | None = None,
                  initial_budget: float = 1.0, report_interval_s: float = 0.5,
-                 drain_grace_s: float = 30.0, window_s: float = 30.0,
+                 drain_grace_s: float = 30.0, deregister_s: float = 0.0, window_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
+        """`deregister_s`: how long a draining worker, already reporting not-ready, still admits
+        requests, so that clients routed here before the endpoints dropped this pod are served
+        rather than refused (Kubernetes removes a pod from a Service only after its readiness probe
+        fails and every proxy has caught up)."""
         self.actuator = actuator
         self.pod_name = pod_name
         self.model_name = model_name
@@ -82,6 +86,8 @@ class Supervisor:
         self.memory = memory or MemoryProbe()
         self.default_report_interval_s = report_interval_s
         self.default_drain_grace_s = drain_grace_s
+        self.deregister_s = deregister_s
+        self._drain_started_at: float | None = None
         self.windows = LatencyWindows(window_s)
         self.clock = clock
         self._lock = threading.Lock()
@@ -122,6 +128,15 @@ class Supervisor:
     @property
     def draining(self) -> bool:
         return self._control.mode is B.Mode.DRAIN
+
+    @property
+    def admitting(self) -> bool:
+        """New requests are accepted: not draining, or draining but still inside the deregistration
+        window (readiness already false)."""
+        if not self.draining:
+            return True
+        started = self._drain_started_at
+        return started is not None and self.clock() - started < self.deregister_s
 
     @property
     def ready(self) -> bool:
@@ -171,6 +186,8 @@ class Supervisor:
             self._loop, decision = follow_operator(self._loop, control)
             self._apply(decision)
             newly_draining = self.draining and not was_draining
+            if newly_draining:
+                self._drain_started_at = self.clock()
         if newly_draining:
             self._notify_drain()
         return True
@@ -181,6 +198,7 @@ class Supervisor:
             if self.draining:
                 return False
             self._control = B.start_drain(self._control)
+            self._drain_started_at = self.clock()
             self._loop, decision = follow_operator(self._loop, self._control)
             if decision is not None:
                 decision = Decision(decision.from_budget, decision.to_budget,

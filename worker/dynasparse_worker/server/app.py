@@ -132,9 +132,9 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
     if loop is None:
         raise ApiError(503, "the model is still loading: retry shortly", type_="unavailable",
                        headers={"Retry-After": str(ctx.retry_after_s)})
-    if ctx.supervisor.draining:
-        raise ApiError(503, "this worker is draining and admits no new requests",
-                       type_="unavailable")
+    if not ctx.supervisor.admitting:
+        raise ApiError(503, "this worker is draining and admits no new requests: send it to another "
+                       "replica", type_="unavailable", headers={"Retry-After": "1"})
     body = await _json_body(request)
     model_cls = ChatCompletionRequest if chat else CompletionRequest
     try:

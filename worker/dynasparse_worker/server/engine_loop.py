@@ -89,7 +89,7 @@ class EngineLoop:
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestHandle:
         """Admit a request or raise QueueFull / NotAdmitting. Call from the event loop thread."""
-        if self._stop.is_set() or self.supervisor.draining:
+        if self._stop.is_set() or not self.supervisor.admitting:
             raise NotAdmitting("draining: not admitting new requests")
         with self._lock:
             if len(self._waiting) >= self.max_queue:

@@ -3,8 +3,9 @@
 `WorkerRuntime(settings).run()` is what `dynasparse serve` awaits; tests start it in a thread with a
 pre-loaded model. Start-up order: HTTP (liveness answers at once, readiness 503 "loading") and the
 control port come up first, the model loads in a worker thread, then the engine thread starts and
-readiness turns true. Drain (SIGTERM or an operator drain): readiness false, admissions refused,
-in-flight requests finish at the floor budget, then everything stops when empty or after the grace.
+readiness turns true. Drain (SIGTERM or an operator drain): readiness false at once, admissions go on
+for the deregistration delay (while load balancers stop routing here), then are refused; in-flight
+requests finish at the floor budget, then everything stops when empty or after the grace.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ServeSettings:
     max_queue: int = 64
     report_interval_s: float = 0.5
     drain_grace_s: float = 30.0
+    deregister_s: float = 0.0  # still admitting, not ready, while endpoints drop the pod
     initial_budget: float = 1.0
     uncalibrated_min_budget: float = 1.0
     max_batch_size: int = 16
@@ -80,6 +82,7 @@ class WorkerRuntime:
             self.actuator, pod_name=settings.pod_name, model_name=settings.model,
             config=settings.fast_loop, initial_budget=settings.initial_budget,
             report_interval_s=settings.report_interval_s, drain_grace_s=settings.drain_grace_s,
+            deregister_s=settings.deregister_s,
         )
         self.ctx = WorkerContext(self.supervisor, self.metrics, settings.model,
                                  api_key=settings.api_key,
@@ -242,9 +245,13 @@ class WorkerRuntime:
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(grace_s)))
 
     async def _drain(self, grace_s: float) -> None:
-        log.info("draining: no new admissions; waiting up to %.0f s for in-flight requests", grace_s)
         if self._health is not None:
             await self._health.set_ready(False)
+        if self.settings.deregister_s > 0:
+            log.info("draining: not ready; still admitting for %.1f s while load balancers drop "
+                     "this pod", self.settings.deregister_s)
+            await asyncio.sleep(self.settings.deregister_s)
+        log.info("draining: no new admissions; waiting up to %.0f s for in-flight requests", grace_s)
         loop = self.engine_loop
         self.drained_clean = True if loop is None else await loop.wait_empty(grace_s)
         if not self.drained_clean:
