@@ -240,3 +240,22 @@ def test_gemma_budget_change_reaches_the_next_step_without_captures_or_new_packs
     assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
     gated.set_budget(0.35)
     assert _tokens(engine, 10) == sparse  # the same plan gives the same tokens again
+
+
+def test_a_prompt_chunk_follows_the_plan_of_the_batch_bucket_its_length_falls_in():
+    """A 10-token prefill reads rows like a decode step of 10 sequences, so it takes the depth plan
+    of bucket 16, while decoding one sequence takes bucket 1's."""
+    gated = install_gates(_tiny(2))
+    state = gated.state
+    state.thresholds.fill_(1e-6)  # gates on: the counting dispatch serves every projection
+    wide = state.bucket_index(len(PROMPT))
+    assert wide != state.bucket_index(1)
+    state.layer_keep[wide, 1, 1] = 0.0  # layer 1's MLP skipped for 9-16 rows only
+    ops = CountingOps(state)
+    engine = Engine(gated, None, CONFIG, ops=ops)
+    engine.add_request("r", PROMPT, SamplingParams(max_tokens=3, ignore_eos=True))
+    engine.step()  # the prefill (one chunk) and its first token
+    assert (1, 2) not in ops.calls and ops.calls[1, 0] == 1
+    while engine.has_work():
+        engine.step()  # two decode steps at batch 1
+    assert ops.calls[1, 2] == 2 and ops.calls[1, 0] == 3

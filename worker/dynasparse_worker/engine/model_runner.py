@@ -143,11 +143,15 @@ class ModelRunner:
             return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale,
                                      windows[layer], softcap)
 
+        # A chunk of n prompt tokens reads the union of their active rows, as a decode step of n
+        # sequences does, so it follows the plan of that batch bucket: at a low budget prefill gets
+        # cheaper too (depth), where the batch-1 plan's width gates would save little over n rows.
         plan = self.current_plan()
-        variant = plan.variants[0] if plan is not None else DENSE
-        ops = self._ops_for(variant, plan.width_sparsity[0] if plan is not None else 0.0)
-        hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend, ops=ops,
-                                    depth=variant[1])  # [n, hidden]
+        plan_bucket = self._plan_bucket(n)
+        variant = plan.variants[plan_bucket] if plan is not None else DENSE
+        ops = self._ops_for(variant, plan.width_sparsity[plan_bucket] if plan is not None else 0.0)
+        hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend,
+                                    bucket=plan_bucket, ops=ops, depth=variant[1])  # [n, hidden]
         return self.model.logits(hidden[-1:]) if chunk.completes_prompt else None  # [1, V]
 
     def _decode(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor]:
