@@ -92,25 +92,31 @@ def test_drain_finishes_every_admitted_request_then_stops(start_worker, Session)
 
 def test_a_draining_worker_serves_through_its_deregistration_delay_then_refuses(start_worker, Session):
     """Clients routed here before the endpoints dropped the pod are served, not refused: readiness
-    turns false at once, admissions end only after the delay."""
-    body = {"prompt": "Hello", "max_tokens": 2, "temperature": 0}
-    with start_worker(deregister_s=3.0, drain_grace_s=30) as w:
+    turns false at once, admissions end only after the delay; what was admitted still finishes."""
+    short = {"prompt": "Hello", "max_tokens": 2, "temperature": 0}
+    long = {"prompt": "Hello", "max_tokens": 160, "temperature": 0, "ignore_eos": True}
+    with start_worker(deregister_s=3.0, drain_grace_s=60) as w:
         session = Session(w.stub())
         session.send(epoch=1, sequence=1, mode=control_pb2.MODE_DRAIN, floor=0.5, reason="spot notice")
         session.next_report(lambda r: r.mode == control_pb2.MODE_DRAIN)
         drain_seen = time.monotonic()
         assert httpx.get(f"{w.url}/readyz").json() == {"ready": False, "reason": "draining"}
-        inside = httpx.post(f"{w.url}/v1/completions", json=body, timeout=60)
-        assert inside.status_code == 200, inside.text
-        assert time.monotonic() - drain_seen < 3.0  # still inside the window when it was admitted
-        deadline = time.monotonic() + 20
-        refused = inside
-        while refused.status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            refused = httpx.post(f"{w.url}/v1/completions", json=body, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            # admitted inside the window; it also keeps the worker up (refusing) after the window
+            running = pool.submit(httpx.post, f"{w.url}/v1/completions", json=long, timeout=120)
+            inside = httpx.post(f"{w.url}/v1/completions", json=short, timeout=60)
+            assert inside.status_code == 200, inside.text
+            assert time.monotonic() - drain_seen < 3.0  # admitted while the window was open
+            deadline = time.monotonic() + 20
+            refused = inside
+            while refused.status_code == 200 and time.monotonic() < deadline and not running.done():
+                time.sleep(0.2)
+                refused = httpx.post(f"{w.url}/v1/completions", json=short, timeout=60)
+            assert refused.status_code == 503 and "draining" in refused.json()["error"]["message"]
+            assert refused.headers["Retry-After"] == "1"
+            assert time.monotonic() - drain_seen >= 2.5
+            finished = running.result()
         session.close()
-        assert refused.status_code == 503 and "draining" in refused.json()["error"]["message"]
-        assert refused.headers["Retry-After"] == "1"
-        assert time.monotonic() - drain_seen >= 2.5
+        assert finished.status_code == 200 and finished.json()["usage"]["completion_tokens"] == 160
         w.thread.join(30)
         assert not w.thread.is_alive() and w.exit_code == 0 and w.runtime.drained_clean
