@@ -13,7 +13,12 @@ import pytest
 from e2e_support import CHART, RELEASE, RELEASE_NAMESPACE, needs, operator_pod, pod_ready
 
 from dynasparse.devcluster.fixture import DevCluster, wait_until
-from dynasparse.devcluster.pytest_fixtures import dev_cluster, namespace  # noqa: F401 - registers fixtures
+from dynasparse.devcluster.pytest_fixtures import (  # noqa: F401 - importing registers the fixtures
+    dev_cluster, namespace, stop_clusters_after_folder,
+)
+
+# the folder's cluster stops after its last test, not at the end of the session
+pytest_runtest_teardown = stop_clusters_after_folder(__file__)
 
 
 def pytest_collection_modifyitems(items):
