@@ -81,11 +81,13 @@ def test_sparse_kernel_engine_gives_the_gated_hf_models_tokens_under_width_and_d
     assert _tokens(engine) == _hf_tokens(gated.model)  # back to dense, same engine
 
 
-def test_skipped_halves_never_run_and_write_no_kv():
+def test_skipped_halves_never_project_through_the_gates_but_attention_keeps_its_kv():
     model = _tiny(1)
     gated = install_gates(model)
     state = gated.state
     state.thresholds.fill_(1e-6)  # gates on, so the counting dispatch serves every projection
+    dense_engine = Engine(gated, None, CONFIG, ops=CountingOps(state))
+    _tokens(dense_engine, 4)
     state.layer_keep[:, 1, 0] = 0.0  # layer 1 attention
     state.layer_keep[:, 2, 1] = 0.0  # layer 2 MLP
     ops = CountingOps(state)
@@ -94,8 +96,41 @@ def test_skipped_halves_never_run_and_write_no_kv():
     assert (1, 0) not in ops.calls and (1, 1) not in ops.calls
     assert (2, 2) not in ops.calls and (2, 3) not in ops.calls
     assert ops.calls[1, 2] == ops.calls[0, 0] == ops.calls[2, 0] > 0
-    cache = engine.runner.cache
-    assert cache.k[1].abs().sum() == 0 and cache.k[0].abs().sum() > 0
+    # layer 1's input does not depend on layer 1, so the prompt's keys/values there are the dense ones
+    prompt = slice(0, len(PROMPT))
+    for mine, dense in ((engine.runner.cache.k, dense_engine.runner.cache.k),
+                        (engine.runner.cache.v, dense_engine.runner.cache.v)):
+        assert mine[1, 0, prompt].abs().sum() > 0
+        torch.testing.assert_close(mine[1, 0, prompt], dense[1, 0, prompt], atol=1e-4, rtol=1e-4)
+
+
+def test_a_denser_plan_after_a_skipped_attention_half_attends_over_the_whole_prompt():
+    """Prompt under a plan that skips layer 1's attention, then dense decoding: the engine gives the
+    tokens of the gated HF model doing the same (whose cache always holds every key and value)."""
+    gated = install_gates(_tiny(2))
+    state = gated.state
+    engine = Engine(gated, None, CONFIG)
+    state.layer_keep[:, 1, 0] = 0.0
+    state.select_bucket(0)
+    engine.add_request("r", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True))
+    out = [t for e in engine.step() for t in e.token_ids]  # the prefill and its first token
+    state.layer_keep.fill_(1.0)
+    state.select_bucket(0)
+    while engine.has_work():
+        out.extend(t for e in engine.step() for t in e.token_ids)
+
+    state.layer_keep[:, 1, 0] = 0.0
+    state.select_bucket(0)
+    with torch.inference_mode():
+        step = gated.model(torch.tensor([PROMPT]), use_cache=True)
+        expected = [int(step.logits[0, -1].argmax())]
+        state.layer_keep.fill_(1.0)
+        state.select_bucket(0)
+        for _ in range(5):
+            step = gated.model(torch.tensor([[expected[-1]]]), past_key_values=step.past_key_values,
+                               use_cache=True)
+            expected.append(int(step.logits[0, -1].argmax()))
+    assert out == expected
 
 
 def test_budget_change_reaches_the_next_step_without_captures_or_new_packs():
@@ -212,7 +247,8 @@ def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_pla
     assert reference != dense, "the plan changes this model's tokens"
     engine = Engine(gated, None, CONFIG, ops=LinearOps(state))  # masked dense: exact sums
     assert _tokens(engine, 12) == reference
-    assert engine.runner.cache.k[2].abs().sum() == 0, "a skipped attention half writes no KV"
+    assert bool((engine.runner.cache.k[2, 0, :len(PROMPT)].abs().sum((-1, -2)) > 0).all()), \
+        "a skipped attention half still writes its keys"
     state.thresholds.zero_()
     state.layer_keep.fill_(1.0)
     assert _tokens(engine, 12) == dense  # back to dense, same engine

@@ -47,3 +47,15 @@ def test_group_elements_sum_to_the_blocks_projection_weights(make_tiny):
                    if isinstance(m, nn.Linear) and "lm_head" not in name)
     assert sum(map(sum, structure.group_elements())) == expected
     assert torch.is_tensor(next(model.parameters()))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_skipped_attention_half_saves_its_query_and_output_bytes_not_its_keys_and_values(family, make_tiny):
+    model = make_tiny(family)
+    structure = find_structure(model)
+    attention = model.model.layers[0].self_attn
+    mlp = model.model.layers[0].mlp
+    size = lambda *mods: sum(m.weight.numel() for m in mods)  # noqa: E731
+    assert structure.blocks[0].cache_elements() == size(attention.k_proj, attention.v_proj)
+    assert structure.skip_elements()[0] == (size(attention.q_proj, attention.o_proj),
+                                            size(mlp.gate_proj, mlp.up_proj, mlp.down_proj))

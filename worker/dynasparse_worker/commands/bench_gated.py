@@ -75,13 +75,10 @@ def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args:
 
 
 def _half_bytes(gated: Any) -> list[tuple[int, int]]:
-    """(attention, MLP) weight bytes per layer, from the gated model's structure."""
-    out = []
-    for block in gated.structure.blocks:
-        size = [sum(p.module.weight.numel() * p.module.weight.element_size() for p in members)
-                for members in block.groups]  # [4] bytes per group
-        out.append((size[0] + size[1], size[2] + size[3]))
-    return out
+    """(attention, MLP) weight bytes per layer that skipping the half saves, from the gated model's
+    structure (a skipped attention half still reads its key/value rows)."""
+    element = gated.structure.blocks[0].groups[0][0].module.weight.element_size()
+    return [(attention * element, mlp * element) for attention, mlp in gated.structure.skip_elements()]
 
 
 def plot_frontier(result: dict, path: Path) -> None:

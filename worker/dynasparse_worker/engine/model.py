@@ -18,8 +18,8 @@ The gated model's plan runs here: every projection goes through `LinearOps.proje
 group, bucket)`, the dispatch point where the width gates are applied (dense path: mask inputs whose
 score does not pass the threshold read from the `SparsityState` tensors) and where the sparse kernels
 of `dynasparse_worker.kernels` plug in (thresholds are device tensors, so a threshold change needs
-no re-capture). Depth is a host-side plan (`Depth`): a skipped attention/MLP half is not run at all;
-the runner captures one graph per depth plan the planner offers and picks one per step.
+no re-capture). Depth is a host-side plan (`Depth`): a skipped MLP half is not run at all, a skipped
+attention half only computes its keys and values for the cache; the runner captures one graph per depth plan the planner offers and picks one per step.
 
 Built by `ModelRunner`; nothing else calls it.
 """
@@ -284,9 +284,10 @@ class DecoderModel:
 
         Token i's K/V are written at (slots[i], positions[i]) of every layer whose attention half
         runs. `ops` overrides `self.ops` (e.g. the ungated dense ops of the budget-1.0 graph);
-        `depth[layer] = (attention kept, MLP kept)` is the host-side depth plan: a skipped half is
-        not run at all (no projection, no KV write), so a graph captured with it never launches
-        that half's kernels. `None` runs every half.
+        `depth[layer] = (attention kept, MLP kept)` is the host-side depth plan: a skipped MLP half
+        is not run at all; a skipped attention half only writes its keys and values (so a later,
+        denser plan finds no holes in the cache) and adds nothing to the residual. `None` runs
+        every half.
         """
         s = self.shape
         ops = ops if ops is not None else self.ops
@@ -297,10 +298,13 @@ class DecoderModel:
         delta = None  # the previous half's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
             run_attn, run_mlp = depth[index] if depth is not None else (True, True)
+            h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
             if run_attn:
-                h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
                 delta = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache,
                                         attend, bucket)  # [N, hidden]
+            else:  # keys and values only; the residual already holds the previous delta
+                self._write_kv(h, w, index, positions, slots, k_cache, v_cache)
+                delta = None
             if run_mlp:
                 h, x = add_rms_norm(delta, x, w.mlp_norm, s.eps)  # [N, hidden] each
                 a = _project_gated(ops, h, w, index, bucket)  # [N, I]
@@ -323,6 +327,9 @@ class DecoderModel:
                 a = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache, attend,
                                     bucket)  # [N, hidden]
                 x = x + offset_rms_norm_torch(a, w.post_attn_norm, eps)  # [N, hidden]
+            else:
+                self._write_kv(offset_rms_norm_torch(x, w.attn_norm, eps), w, index, positions,
+                               slots, k_cache, v_cache)
             if run_mlp:
                 h = offset_rms_norm_torch(x, w.mlp_norm, eps)  # [N, hidden]
                 a = _project_gated(ops, h, w, index, bucket)  # [N, I]
@@ -348,10 +355,30 @@ class DecoderModel:
         o = attend(index, q).reshape(-1, n_q)  # [N, H D]
         return ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
 
+    def _write_kv(self, h: Tensor, w: LayerWeights, index: int, positions: Tensor, slots: Tensor,
+                  k_cache: Tensor, v_cache: Tensor) -> None:
+        """A skipped attention half still writes its keys and values (dense, from the normed
+        input h [N, hidden]), so the layer's cache has no holes when a later plan runs it."""
+        s = self.shape
+        n_q = s.num_heads * s.head_dim
+        bias = None if w.qkv_bias is None else w.qkv_bias[n_q:]
+        kv = F.linear(h, w.qkv[n_q:], bias)  # [N, 2 Hkv D]: the contiguous K/V rows of qkv
+        rows = kv.shape[0]
+        if w.k_norm is not None:
+            n_kv = s.num_kv_heads * s.head_dim
+            k = self.head_norm(kv[:, :n_kv].view(rows, -1, s.head_dim), w.k_norm, s.eps)
+            kv = torch.cat([k.reshape(rows, -1), kv[:, n_kv:]], -1)  # [N, 2 Hkv D]
+        qkv = torch.cat([kv.new_zeros(rows, n_q), kv], -1)  # [N, (H + 2 Hkv) D], queries unused
+        cos, sin = self.rope_tables[w.rope]  # [P, D] each
+        rope_and_cache(qkv, cos, sin, positions, slots, k_cache[index], v_cache[index],
+                       s.num_heads, s.num_kv_heads, s.head_dim)
+
     def half_bytes(self) -> list[tuple[int, int]]:
-        """Weight bytes of each layer's (attention, MLP) half: what skipping it saves per step."""
+        """Weight bytes each layer's (attention, MLP) half saves when skipped: a skipped attention
+        half still reads its key/value rows (see `_write_kv`)."""
         size = lambda t: t.numel() * t.element_size()  # noqa: E731
-        return [(size(w.qkv) + size(w.o), size(w.gate_up) + size(w.down)) for w in self.layers]
+        n_q = self.shape.num_heads * self.shape.head_dim
+        return [(size(w.qkv[:n_q]) + size(w.o), size(w.gate_up) + size(w.down)) for w in self.layers]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """[N, hidden] -> [N, V] float32 (Gemma 2: soft-capped in the model dtype, as HF does)."""

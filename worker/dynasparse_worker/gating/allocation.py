@@ -4,7 +4,8 @@ Skipping input channel j of group g at one token costs ≈ ½·score_j² of KL(d
 |x_j|·sqrt(E[g_j²]), g the gradient of a sampled log-likelihood: a diagonal Fisher estimate) and saves
 `row_elements_g / total` of the decode weight bytes. Greedy by cost per byte is then a single price:
 group g keeps channel j iff score_j > sqrt(2 λ row_g / total). A depth half (attention or MLP of one
-layer) is skipped when its own cost per byte (½E[(g·y)²]) is below λ. For each budget level and batch
+layer) is skipped when its own cost per byte (½E[(g·y)²]) is below λ (a skipped attention half
+still reads its key/value rows: the KV cache stays whole, so only the query and output bytes count). For each budget level and batch
 bucket we bisect λ to hit the byte target (at bucket B, a channel's bytes are saved only when all B
 tokens skip it) and keep the cheaper of the mixed plan and a depth-only plan. Pure tensor code, no
 model: called by `gating.calibrate`; tested on synthetic statistics.
@@ -83,6 +84,9 @@ class Allocation:
     group_elements: torch.Tensor  # [L, 4] weight elements per group
     half_cost: torch.Tensor  # [L, 2] expected KL per token of skipping each half
     bucket_edges: tuple[int, ...]
+    # [L, 2] elements a skipped half does not read (a skipped attention half still runs its key and
+    # value projections for the KV cache); None = the whole half
+    skip_elements: torch.Tensor | None = None
 
     def build(self, dist: GroupDistributions, budgets: list[float]):
         """→ thresholds [K, NB, L, 4], layer_keep [K, NB, L, 2], estimated loss [K, NB]."""
@@ -117,7 +121,10 @@ class Allocation:
         halves = lambda v: torch.stack([v[..., :2].sum(-1), v[..., 2:].sum(-1)], -1)  # noqa: E731
         saved_w = halves((frac * share).view(-1, nl, 4))  # [K, L, 2]
         cost_w = halves(cost.view(-1, nl, 4))  # [K, L, 2]
-        half_share = halves(share.view(nl, 4))  # [L, 2]
+        if self.skip_elements is None:
+            half_share = halves(share.view(nl, 4))  # [L, 2]
+        else:
+            half_share = self.skip_elements.double() / float(self.group_elements.sum())  # [L, 2]
         half_cost = self.half_cost.double()  # [L, 2]
         net_bytes = (half_share - saved_w).clamp(min=1e-12)
         skip = (half_cost - cost_w) / net_bytes < lam.view(-1, 1, 1)  # [K, L, 2]

@@ -37,7 +37,7 @@ class CalibrationSettings:
     step: float = 0.02  # budget spacing of the levels
     seed: int = 0
     bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
-    version: int = 1  # bump when the algorithm changes: invalidates cached artifacts
+    version: int = 2  # bump when the algorithm changes: invalidates cached artifacts (2: KV kept)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -159,7 +159,7 @@ def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings:
     scores = [abs_samples[i].float() * col_scale[i // 4][i % 4] for i in range(len(abs_samples))]
     dist = summarise(scores, settings.bucket_edges, generator)
     allocation = Allocation(gated.group_elements.float(), (0.5 * stats.half_cost / stats.tokens).float(),
-                            settings.bucket_edges)
+                            settings.bucket_edges, gated.skip_elements.float())
     budgets = settings.budgets()
     thresholds, keep, estimate = allocation.build(dist, budgets)
     table = PlanTable(tuple(settings.bucket_edges), torch.tensor(budgets, dtype=torch.float64),

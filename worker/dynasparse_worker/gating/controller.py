@@ -28,6 +28,8 @@ class GatedModel:
         elements = structure.group_elements()  # [L][4]
         self.group_elements = torch.tensor(elements, dtype=torch.float64)  # [L, 4]
         self.total_elements = float(self.group_elements.sum())
+        # [L, 2] elements a skipped (attention, MLP) half does not read: K/V projections still run
+        self.skip_elements = torch.tensor(structure.skip_elements(), dtype=torch.float64)
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -131,7 +133,7 @@ class GatedModel:
             [[b.in_features(g) for g in range(4)] for b in self.structure.blocks], dtype=torch.float64
         )  # [L, 4] elements per skipped channel
         width = self.state.skipped_channels.cpu() / tokens * per_channel  # [L, 4]
+        width_halves = torch.stack([width[:, :2].sum(1), width[:, 2:].sum(1)], 1)  # [L, 2]
         keep = self.state.active_layer_keep.cpu().double()  # [L, 2]
-        half_keep = keep[:, [0, 0, 1, 1]]  # [L, 4]
-        skipped = width * half_keep + self.group_elements * (1 - half_keep)
+        skipped = width_halves * keep + self.skip_elements * (1 - keep)  # [L, 2]
         return float(skipped.sum()) / self.total_elements

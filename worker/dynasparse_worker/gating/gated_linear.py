@@ -3,7 +3,8 @@
 It shares the original weight and bias Parameters (state-dict keys unchanged, base weights untouched)
 and reads its gate from the shared `SparsityState`: input channel j is kept iff
 `|x_j| · col_scale_j > threshold[layer, group]`; the output of a half's last projection (o, down) is
-multiplied by `layer_keep[layer, half]`, which skips that half (its contribution to the residual).
+multiplied by `layer_keep[layer, half]`, which skips that half (its contribution to the residual);
+the keys and values of a skipped attention half are still computed, ungated, for the KV cache.
 Installed by `gating.install`; no forward patching.
 """
 
@@ -36,6 +37,10 @@ class GatedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         state = self._state
         threshold = state.active_thresholds[self.layer, self.group]  # []
+        if self.group == 0:
+            # a skipped attention half still computes its keys and values for the cache, ungated,
+            # as the engine does (its queries and output are dropped by the `layer_keep` below)
+            threshold = threshold * state.active_layer_keep[self.layer, 0]  # []
         score = x.abs() * state.col_scale(self.layer, self.group)  # [..., in]
         keep = score > threshold  # [..., in] bool
         if self.track:

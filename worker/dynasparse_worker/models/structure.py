@@ -18,6 +18,7 @@ from dynasparse_worker.errors import UserError
 
 GROUPS = ("attn_in", "attn_out", "mlp_in", "mlp_out")  # index = group id of the contract
 _OUT_NAMES = ("o_proj", "out_proj", "dense", "wo", "o")
+_QUERY_NAMES = ("q_proj", "wq", "query", "q")
 _DOWN_NAMES = ("down_proj", "w2", "fc2", "down")
 
 
@@ -51,6 +52,20 @@ class BlockProjections:
     def in_features(self, group: int) -> int:
         return self.groups[group][0].in_features
 
+    def cache_elements(self) -> int:
+        """Weight elements of the key/value projections: they still run when the attention half is
+        skipped, so later tokens find this layer's KV entries (every attention-input member but the
+        query, picked by name, else the first one)."""
+        query = _pick(self.groups[0], _QUERY_NAMES, self.groups[0][0])
+        return sum(p.in_features * p.out_features for p in self.groups[0] if p is not query)
+
+    def skip_elements(self) -> tuple[int, int]:
+        """Weight elements a skipped (attention, MLP) half does not read: the query and output
+        projections; the whole MLP."""
+        attention = self.in_features(0) * self.row_bytes(0) - self.cache_elements()
+        attention += self.in_features(1) * self.row_bytes(1)
+        return attention, self.in_features(2) * self.row_bytes(2) + self.in_features(3) * self.row_bytes(3)
+
 
 @dataclass
 class ModelStructure:
@@ -64,6 +79,10 @@ class ModelStructure:
     def group_elements(self) -> list[list[int]]:
         """Weight elements per (layer, group): in_features × row_bytes; sums to the decode bytes."""
         return [[b.in_features(g) * b.row_bytes(g) for g in range(4)] for b in self.blocks]
+
+    def skip_elements(self) -> list[tuple[int, int]]:
+        """Weight elements per (layer, half) that skipping the half saves (see BlockProjections)."""
+        return [b.skip_elements() for b in self.blocks]
 
 
 def _is_projection(module: nn.Module) -> bool:
