@@ -44,6 +44,21 @@ def test_cpu_sparse_path_matches_masked_reference(gen, dtype, rows):
     assert _rel_err(y, masked_reference(x, pw, thr, scale)) < TOL[dtype], gen.initial_seed()
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_split_into_a_bag_per_thread_sums_to_the_masked_reference(gen, dtype, threads):
+    _, pw = _group(gen, [96, 32], 512, dtype)
+    x = torch.randn(1, 512, generator=gen).to(dtype)  # [1, K]: ~250 kept rows, several bags
+    thr = torch.tensor(0.7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = sparse_matmul_torch(x, pw, thr)
+    finally:
+        torch.set_num_threads(before)
+    assert _rel_err(y, masked_reference(x, pw, thr)) < TOL[dtype], gen.initial_seed()
+
+
 def test_cpu_gated_group_returns_silu_of_gate_times_up(gen):
     (gate, up), pw = _group(gen, [64, 64], 48, torch.float32, gated=True)
     x = torch.randn(3, 48, generator=gen)
