@@ -295,3 +295,25 @@ def test_a_prompt_chunk_follows_the_plan_of_the_batch_bucket_its_length_falls_in
     while engine.has_work():
         engine.step()  # two decode steps at batch 1
     assert ops.calls[1, 2] == 2 and ops.calls[1, 0] == 3
+
+
+def test_the_synthetic_plan_follows_the_planner_width_at_one_sequence_depth_at_many():
+    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import synthetic_table
+
+    config = _tiny(3).config
+    config.num_hidden_layers = 6
+    torch.manual_seed(3)
+    from transformers import LlamaForCausalLM
+
+    gated = install_gates(LlamaForCausalLM(config).eval())
+    half_bytes = _half_bytes(gated)
+    table = synthetic_table(gated, half_bytes, [0.5], 97, torch.device("cpu"), depth_share=None)
+    level = table.budgets.tolist().index(0.5)
+    edges = list(table.bucket_edges)
+    one, many = edges.index(1), edges.index(16)
+    assert bool(table.layer_keep[level, one].eq(1).all()) and float(table.thresholds[level, one].min()) > 0
+    skipped = sum(a * (1 - float(k[0])) + m * (1 - float(k[1]))
+                  for (a, m), k in zip(half_bytes, table.layer_keep[level, many]))
+    assert skipped > 0 and skipped <= 0.5 * sum(a + m for a, m in half_bytes)
+    assert bool(torch.all(table.thresholds[1:] >= table.thresholds[:-1]))

@@ -66,10 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU: torch threads (0: torch's default)")
     parser.add_argument("--floor", type=float, default=0.3,
                         help="--shape: sparsest level of the synthetic plan")
-    parser.add_argument("--depth-share", type=float, default=0.5,
-                        help="--shape: share of a level's saved bytes taken by skipped halves")
+    parser.add_argument("--depth-share", type=_share, default=None,
+                        help="--shape: share of a level's saved bytes taken by skipped halves "
+                             "(default 'auto': per batch bucket, as the calibrated planner chose on "
+                             "the default model: width only at batch 1, depth only from 8 up)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw tok/s per batch size (PNG)")
+
+
+def _share(text: str) -> float | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass 'auto' or a fraction in [0, 1], e.g. 0.5")
+    return share
 
 
 def _numbers(text: str, kind, name: str) -> list:

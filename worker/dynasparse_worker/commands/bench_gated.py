@@ -60,11 +60,18 @@ def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args:
         levels = [args.floor if b == -1.0 else b for b in budgets] + [args.floor]
         vocab = gated.model.config.vocab_size
         synthetic_table(gated, half_bytes, levels, vocab, device, args.depth_share)
+        if args.depth_share is None:
+            from dynasparse_worker.engine.synthetic_plan import bucket_depth_share
+
+            share = {str(e): bucket_depth_share(e) for e in gated.state.bucket_edges}
+            how_much = "a per-bucket share (as the calibrated planner chose on the default model)"
+        else:
+            share, how_much = args.depth_share, f"{args.depth_share:.0%}"
         return dict(kind="synthetic", levels=sorted(set(levels), reverse=True),
-                    depth_share=args.depth_share,
+                    depth_share=share,
                     how="random weights: width thresholds are |x| quantiles per (layer, group) from "
                         "2 random-token forward passes of 64 tokens; depth skips whole attention/MLP "
-                        f"halves from layer L-2 down for {args.depth_share:.0%} of each level's saved "
+                        f"halves from layer L-2 down for {how_much} of each level's saved "
                         "bytes; expected_loss = KL(dense||sparse) per token measured on random "
                         "tokens (not a quality number)")
     from dynasparse_worker.gating.artifact import calibration_for

@@ -9,7 +9,10 @@ one from measured activations:
   the threshold of level k is the quantile of |x| at the width sparsity that level needs;
 * depth: a `depth_share` of the bytes a level saves comes from whole attention/MLP halves, skipped
   from the second-to-last layer downwards (MLP first, it holds most bytes), a growing prefix so the
-  levels stay monotone; the first and last layers are never skipped;
+  levels stay monotone; the first and last layers are never skipped. `depth_share=None` takes the
+  share per batch bucket that the calibrated planner chose on the default model (`PLANNER_DEPTH_SHARE`):
+  width only at one sequence, depth only from 8 sequences up, where the union of active channels
+  leaves width gates little to skip;
 * expected loss: KL(dense‖sparse) per token, measured at each level on random tokens through the
   gated HF model (meaningless for quality on random weights, but the same kind of number).
 
@@ -23,6 +26,16 @@ from typing import Any
 import torch
 
 from dynasparse_worker.gating.planner import PlanTable
+
+
+# Share of a level's saved bytes that the calibrated planner took from skipped halves, per batch
+# bucket edge, on SmolLM2-135M-Instruct (calibration version 2, budgets 0.75 and 0.5): 0 / 0 at one
+# sequence, 0 / 0.4 at 2, 0.92 / 0.86 at 4, 1.0 / 1.0 from 8 up. Used when no fixed share is given.
+PLANNER_DEPTH_SHARE = {1: 0.0, 2: 0.4, 4: 0.85}  # larger buckets: 1.0
+
+
+def bucket_depth_share(edge: int) -> float:
+    return PLANNER_DEPTH_SHARE.get(int(edge), 1.0 if edge > 4 else 0.0)
 
 
 def skip_order(num_layers: int) -> list[tuple[int, int]]:
@@ -87,27 +100,33 @@ def measure_kl(gated: Any, table: PlanTable, vocab: int, device: torch.device,
 
 
 def synthetic_table(gated: Any, half_bytes: list[tuple[int, int]], budgets: list[float],
-                    vocab: int, device: torch.device, depth_share: float = 0.5) -> PlanTable:
-    """Build, attach and return a synthetic `PlanTable` with levels at `budgets` (1.0 added)."""
+                    vocab: int, device: torch.device, depth_share: float | None = 0.5) -> PlanTable:
+    """Build, attach and return a synthetic `PlanTable` with levels at `budgets` (1.0 added).
+
+    `depth_share`: the share of each level's saved bytes taken by skipped halves, the same in every
+    batch bucket; None: per bucket, as the calibrated planner does (`bucket_depth_share`)."""
     levels = sorted({1.0, *[round(float(b), 6) for b in budgets]}, reverse=True)
     samples = activation_samples(gated, vocab, device)  # [L][4]
-    nb = len(gated.state.bucket_edges)
+    edges = gated.state.bucket_edges
+    nb = len(edges)
     num_layers = len(half_bytes)
     thresholds = torch.zeros(len(levels), nb, num_layers, 4)
     keeps = torch.ones(len(levels), nb, num_layers, 2)
     total = sum(a + m for a, m in half_bytes)
-    for k, budget in enumerate(levels):
-        keep = level_depth(budget, depth_share, half_bytes)  # [L, 2]
-        kept = sum(a * float(keep[i, 0]) + m * float(keep[i, 1]) for i, (a, m) in enumerate(half_bytes))
-        width = min(0.95, max(0.0, 1.0 - budget * total / kept)) if budget < 1.0 else 0.0
-        for layer in range(num_layers):
-            for group in range(4):
-                if width > 0:
-                    values = samples[layer][group]
-                    thresholds[k, :, layer, group] = torch.quantile(values, width)
-        keeps[k] = keep
+    for bucket, edge in enumerate(edges):
+        share = bucket_depth_share(edge) if depth_share is None else depth_share
+        for k, budget in enumerate(levels):
+            keep = level_depth(budget, share, half_bytes)  # [L, 2]
+            kept = sum(a * float(keep[i, 0]) + m * float(keep[i, 1]) for i, (a, m) in enumerate(half_bytes))
+            width = min(0.95, max(0.0, 1.0 - budget * total / kept)) if budget < 1.0 else 0.0
+            for layer in range(num_layers):
+                for group in range(4):
+                    if width > 0:
+                        thresholds[k, bucket, layer, group] = torch.quantile(samples[layer][group], width)
+            keeps[k, bucket] = keep
+    thresholds = thresholds.cummax(0).values  # levels only ever get sparser (the planner's contract)
     col_scale = [[torch.ones(block.in_features(g)) for g in range(4)] for block in gated.structure.blocks]
-    table = PlanTable(bucket_edges=tuple(gated.state.bucket_edges),
+    table = PlanTable(bucket_edges=tuple(edges),
                       budgets=torch.tensor(levels, dtype=torch.float64), thresholds=thresholds,
                       layer_keep=keeps, expected_loss=torch.zeros(len(levels), nb),
                       col_scale=col_scale)
