@@ -50,3 +50,47 @@ def test_kv_cap_limits_decode_attention_to_the_recent_window(tiny_llama):
     capped = _tokens(engine, prompt)
     assert capped[0] == dense[0]  # the first token comes from the (uncapped) prefill
     assert capped != dense
+
+
+def _table(widths_and_depths):
+    """A two-layer PlanTable stand-in: budgets and layer_keep per level (bucket 0 only)."""
+    import torch
+
+    from dynasparse_worker.gating.planner import PlanTable
+
+    budgets = [1.0] + [b for b, _ in widths_and_depths]
+    keep = torch.ones(len(budgets), 1, 2, 2)
+    for level, (_, skip_mlp_of_layer_1) in enumerate(widths_and_depths, start=1):
+        if skip_mlp_of_layer_1:
+            keep[level, 0, 1, 1] = 0.0
+    zeros = torch.zeros(len(budgets), 1, 2, 4)
+    return PlanTable((1,), torch.tensor(budgets, dtype=torch.float64), zeros, keep,
+                     torch.zeros(len(budgets), 1), [[torch.ones(1)] * 4] * 2)
+
+
+def test_levels_sharing_a_depth_plan_get_one_graph_per_kernel_choice():
+    from dynasparse_worker.engine.plans import variants_of
+
+    half_bytes = [(100, 300), (100, 300)]
+    table = _table([(0.75, False), (0.5, False), (0.3, False), (0.2, True)])
+    crossover = 0.4  # below it the dense kernel wins: the signature says so
+    signature = lambda width: ("sparse" if width >= crossover else "dense",)  # noqa: E731
+    found = variants_of(table, 0, half_bytes, signature)
+    no_depth = {sig: width for (variant, sig), width in found.items() if variant == (True, None)}
+    # 0.75 (25 % skipped) no longer shares the floor-ward graph built for 70 %: it runs dense kernels
+    assert no_depth == {("dense",): 0.25, ("sparse",): 0.7}
+    depth = [key for key in found if key[0][1] is not None]
+    assert len(depth) == 1 and depth[0][1] == ("sparse",)
+
+
+def test_a_plan_falls_back_to_a_graph_that_computes_the_same_result():
+    from dynasparse_worker.engine.plans import DENSE, fallback
+
+    depth = ((True, True), (True, False))
+    captured = {(DENSE, ()), ((True, None), ("dense",)), ((True, None), ("sparse",)),
+                ((True, depth), ("sparse",))}
+    assert fallback(DENSE, ("dense",), captured) == (DENSE, ())
+    assert fallback((True, None), ("dense",), captured) == ((True, None), ("dense",))
+    # an ungated depth plan runs on its gated twin (thresholds all zero), whatever its kernels
+    assert fallback((False, depth), ("dense",), captured) == ((True, depth), ("sparse",))
+    assert fallback((True, ((False, True), (True, True))), ("dense",), captured) is None

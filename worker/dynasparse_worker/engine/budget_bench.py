@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import torch
 
-from dynasparse_worker.engine.plans import fallback
 from dynasparse_worker.engine.types import SamplingParams
 
 # bench_decode(engine, batch, prompt_len, gen_len, vocab) -> (tok/s, ms per step)
@@ -79,11 +78,11 @@ def graph_replay_ms(engine: Any, batch: int) -> float | None:
     if not runner.graphs:
         return None
     bucket = runner.buckets[bisect.bisect_left(runner.buckets, batch)]
-    variant = fallback(runner.current_plan().variants[runner._plan_bucket(bucket)],
-                       {v for b, v in runner.graphs if b == bucket})
-    if variant is None:
+    plan, plan_bucket = runner.current_plan(), runner._plan_bucket(bucket)
+    key = runner.graph_for(bucket, plan.variants[plan_bucket], plan.width_sparsity[plan_bucket])
+    if key is None:
         return None
-    return replay_ms(runner.graphs[bucket, variant][0])
+    return replay_ms(runner.graphs[bucket, key][0])
 
 
 def replay_ms(graph, repeats: int = 20) -> float:

@@ -28,7 +28,8 @@ from dynasparse_worker.engine.attention import (decode_attention, decode_attenti
                                                 pick_num_splits, prefill_attention)
 from dynasparse_worker.engine.kv_cache import KVCache, allocate, plan_slots
 from dynasparse_worker.engine.model import DecoderModel, LinearOps
-from dynasparse_worker.engine.plans import DENSE, HostPlan, Variant, fallback, read_plan, variants_of
+from dynasparse_worker.engine.plans import (DENSE, GraphKey, HostPlan, Signature, Variant, fallback,
+                                            read_plan, variants_of)
 from dynasparse_worker.engine.sampling import sample
 from dynasparse_worker.engine.scheduler import Batch, PrefillChunk
 from dynasparse_worker.engine.sequence import Sequence
@@ -75,7 +76,8 @@ class ModelRunner:
         self.host = torch.zeros(4, self.buckets[-1], dtype=torch.long,
                                 pin_memory=self.device.type == "cuda")  # [4, Bmax]
         self.host_np = self.host.numpy()
-        self.graphs: dict[tuple[int, Variant], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self.graphs: dict[tuple[int, GraphKey], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._signatures: dict[tuple[int, float], Signature] = {}
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
@@ -169,15 +171,15 @@ class ModelRunner:
         host[:, count:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
         # async from pinned memory: the host buffer is next written after this step's sync
         self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
+        width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
         if self.graphs:
-            captured = fallback(variant, {v for b, v in self.graphs if b == bucket})
+            captured = self.graph_for(bucket, variant, width)
             if captured is not None:
-                self.last_variant = (bucket, captured)
+                self.last_variant = (bucket, captured[0])
                 graph, out, top = self.graphs[bucket, captured]
                 graph.replay()
                 return out[:count], top[:count]
         self.last_variant = (bucket, variant)  # eager: CPU, or a plan no graph was captured for
-        width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
         out = self._decode_forward(bucket, variant, width)[:count]  # [count, V]
         return out, out.argmax(dim=-1)
 
@@ -255,11 +257,38 @@ class ModelRunner:
         return sample(logits, params[:, 0], params[:, 1], ints[:, 0], ints[:, 1], ints[:, 2]).tolist()
 
     # -- CUDA graphs -------------------------------------------------------------------------------
-    def graph_variants(self, bucket: int) -> dict[Variant, float]:
-        """Variants captured for an engine batch bucket -> width sparsity each is built for."""
+    def graph_variants(self, bucket: int) -> dict[GraphKey, float]:
+        """(variant, signature) pairs captured for an engine batch bucket -> width each is built for."""
         if self.state is None:
-            return {DENSE: 0.0}
-        return variants_of(self.table, self._plan_bucket(bucket), self.half_bytes)
+            return {(DENSE, ()): 0.0}
+        return variants_of(self.table, self._plan_bucket(bucket), self.half_bytes,
+                           lambda width: self.signature(bucket, width))
+
+    def signature(self, rows: int, width: float) -> Signature:
+        """The kernel per projection group that the gated ops pick for `rows` at `width` (cached)."""
+        key = (rows, round(width, 6))
+        sig = self._signatures.get(key)
+        if sig is None:
+            ops = self.gated_ops
+            policy = getattr(ops, "policy", None)
+            if policy is None or not hasattr(ops, "expected_sparsity"):
+                sig = ()
+            else:
+                from dynasparse_worker.kernels.engine_ops import GROUP_NAMES
+
+                saved = ops.expected_sparsity
+                ops.expected_sparsity = width
+                try:
+                    sig = tuple(policy(rows, group) for group in GROUP_NAMES)
+                finally:
+                    ops.expected_sparsity = saved
+            self._signatures[key] = sig
+        return sig
+
+    def graph_for(self, bucket: int, variant: Variant, width: float) -> GraphKey | None:
+        """The captured graph of engine bucket `bucket` that serves `variant` at `width`, or None."""
+        captured = {key for b, key in self.graphs if b == bucket}
+        return fallback(variant, self.signature(bucket, width if variant[0] else 0.0), captured)
 
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
@@ -270,17 +299,17 @@ class ModelRunner:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for bucket, variant, width in todo:  # warm-up: packing, Triton compiles, cuBLAS picks
+            for bucket, (variant, _), width in todo:  # warm-up: packing, Triton compiles, cuBLAS picks
                 self._decode_forward(bucket, variant, width)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         pool = None
-        for bucket, variant, width in sorted(todo, key=lambda t: -t[0]):  # largest first: shared pool
+        for bucket, key, width in sorted(todo, key=lambda t: -t[0]):  # largest first: shared pool
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self._decode_forward(bucket, variant, width)  # [bucket, V]
+                out = self._decode_forward(bucket, key[0], width)  # [bucket, V]
                 top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
-            self.graphs[bucket, variant] = (graph, out, top)
+            self.graphs[bucket, key] = (graph, out, top)
             self.captures += 1
         torch.cuda.synchronize()

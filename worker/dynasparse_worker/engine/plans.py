@@ -3,15 +3,19 @@
 The `SparsityState` tensors stay the truth (thresholds are read inside the graphs); this module turns
 them, on the host, into a *variant* per plan bucket: `(gated, depth)` where `gated` says whether any
 width gate can skip a channel (False: the ungated dense graph, so budget 1.0 costs nothing) and
-`depth` is the per-layer `(attention kept, MLP kept)` plan (None: every half runs). `variants_of`
-lists the finite set of variants a calibrated `PlanTable` can produce, so the runner captures them
-all at start-up. Pure functions over small CPU tensors; called by `ModelRunner`.
+`depth` is the per-layer `(attention kept, MLP kept)` plan (None: every half runs). A captured graph
+also fixes which kernel each projection group runs (its *signature*: "sparse" or "dense" per group,
+from the measured crossover at the width sparsity the graph is built for), so `variants_of` lists
+the finite set of (variant, signature) pairs a calibrated `PlanTable` can produce, and the runner
+captures them all at start-up: a denser budget that shares a depth plan with a sparser one does not
+run the sparse kernel below its crossover. Pure functions over small CPU tensors; called by
+`ModelRunner`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,6 +23,8 @@ from dynasparse_worker.engine.model import Depth
 
 Variant = tuple[bool, Depth | None]  # (width gates on, depth plan or None = all halves run)
 DENSE: Variant = (False, None)
+Signature = tuple[str, ...]  # per projection group, the kernel a graph runs: "sparse" | "dense"
+GraphKey = tuple[Variant, Signature]
 
 
 @dataclass(frozen=True)
@@ -68,27 +74,40 @@ def read_plan(state: Any, half_bytes: list[tuple[int, int]]) -> HostPlan:
     return HostPlan(tuple(variants), tuple(widths), caps)
 
 
-def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]]
-                ) -> dict[Variant, float]:
-    """Every variant plan bucket `nb` can take -> the width sparsity its graph is built for.
+def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]],
+                signature: Callable[[float], Signature] | None = None) -> dict[GraphKey, float]:
+    """Every (variant, signature) plan bucket `nb` can take -> the width sparsity its graph is built for.
 
     Without a table: dense and gated-with-all-halves. With one: each calibrated level's depth plan,
-    gated, built for the sparsest budget that uses it (the crossover `choose` reads that number).
+    gated, with the kernels `signature(width)` picks at that level's width sparsity; levels with the
+    same pair share a graph, built for the sparsest of them.
     """
-    found: dict[Variant, float] = {DENSE: 0.0, (True, None): 0.5}
+    sign = signature or (lambda width: ())
+    found: dict[GraphKey, float] = {(DENSE, ()): 0.0}
     if table is None:
+        found[(True, None), sign(0.5)] = 0.5
         return found
-    found[(True, None)] = 0.0
+    found[(True, None), sign(0.0)] = 0.0
     for level, budget in enumerate(table.budgets.tolist()):
         depth = depth_of(table.layer_keep[level, nb])
-        key = (True, depth)
-        found[key] = max(found.get(key, 0.0), width_sparsity(float(budget), depth, half_bytes))
+        width = width_sparsity(float(budget), depth, half_bytes)
+        key = ((True, depth), sign(width))
+        found[key] = max(found.get(key, 0.0), width)
     return found
 
 
-def fallback(wanted: Variant, captured: set[Variant]) -> Variant | None:
-    """The captured variant that computes `wanted`'s result (ungated depth -> gated depth), or None."""
-    if wanted in captured:
-        return wanted
-    gated_twin = (True, wanted[1])
-    return gated_twin if gated_twin in captured else None
+def fallback(wanted: Variant, signature: Signature, captured: set[GraphKey]) -> GraphKey | None:
+    """The captured graph that computes `wanted`'s result, or None: the exact one; else (an ungated
+    depth plan) its gated twin, whose thresholds are then all zero; else the same variant with other
+    kernels (same result, maybe slower)."""
+    candidates = [(wanted, ())] if not wanted[0] else []
+    for variant in (wanted, (True, wanted[1])):
+        candidates.append((variant, signature))
+    for key in candidates:
+        if key in captured:
+            return key
+    for variant in (wanted, (True, wanted[1])):
+        others = sorted(sig for v, sig in captured if v == variant)
+        if others:
+            return variant, others[0]
+    return None
