@@ -27,16 +27,18 @@ def test_batches_where_width_sparsity_never_paid_stay_dense():
     assert choose(10_000, 0.99) == "dense"  # beyond the last bucket
 
 
-def test_gate_up_crosses_before_the_smaller_groups_at_batch_one():
-    assert crossover(1, group="mlp_in") < crossover(1, group="attn_out")
-    assert choose(1, 0.2, group="mlp_in") == "sparse"
-    assert choose(1, 0.2, group="attn_out") == "dense"
+def test_qkv_needs_the_most_sparsity_at_batch_one_where_its_fixed_cost_weighs_most():
+    assert crossover(1, group="attn_in") == max(crossover(1, group=g)
+                                                for g in ("attn_in", "attn_out", "mlp_in", "mlp_out"))
+    assert choose(1, 0.5, group="mlp_out") == "sparse"
+    assert choose(1, 0.5, group="attn_in") == "dense"
+    assert choose(1, 0.25, group="mlp_in") == "dense"  # measured in the engine: 0.78x at 25 %
 
 
 def test_small_groups_fall_back_dense_first_as_the_batch_grows():
     assert crossover(16, group="attn_in") > 1.0  # q|k|v never paid at 16 rows
     assert choose(16, 0.5, group="mlp_in") == "sparse"
-    assert crossover(2, group="attn_out") > crossover(1, group="attn_out")
+    assert crossover(4, group="attn_out") > crossover(2, group="attn_out")
 
 
 @pytest.mark.parametrize("batch,bucket", [(1, 1), (3, 4), (8, 8), (9, 16), (40, 16)])
