@@ -72,3 +72,12 @@ def test_bf16_cpu_packing_stays_within_bf16_error(gen):
     ref = _expected(x, weight, None, state, 0, 0, 2)
     assert y.dtype == torch.float32
     assert float((y - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_the_dispatch_reads_its_devices_crossover_table_before_its_first_call():
+    from dynasparse_worker.kernels.engine_ops import SparseLinearOps
+
+    cuda = SparseLinearOps(None, expected_sparsity=0.3, device_type="cuda")
+    cpu = SparseLinearOps(None, expected_sparsity=0.3)
+    assert cuda.policy(1, "mlp_in") == "dense"  # in the engine on the H200 it pays from 53 %
+    assert cpu.policy(1, "mlp_in") == "sparse"  # the CPU's bag path pays from 20 %

@@ -85,7 +85,7 @@ class ModelRunner:
         from dynasparse_worker.kernels.engine_ops import SparseLinearOps
 
         cpu_dtype = getattr(torch, self.config.cpu_sparse_dtype) if self.device.type == "cpu" else None
-        return SparseLinearOps(state, cpu_dtype=cpu_dtype, max_batch=64)
+        return SparseLinearOps(state, cpu_dtype=cpu_dtype, max_batch=64, device_type=self.device.type)
 
     # -- the plan ------------------------------------------------------------------------------
     def current_plan(self) -> HostPlan | None:

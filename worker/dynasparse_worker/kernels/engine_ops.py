@@ -41,7 +41,8 @@ class SparseLinearOps:
 
     def __init__(self, state: Any | None = None, expected_sparsity: float = 0.5,
                  policy: Callable[[int, str], str] | None = None,
-                 cpu_dtype: torch.dtype | None = None, max_batch: int = 64):
+                 cpu_dtype: torch.dtype | None = None, max_batch: int = 64,
+                 device_type: str = "cpu"):
         self.state = state
         self.expected_sparsity = expected_sparsity
         self.policy = policy or self._default_policy
@@ -53,10 +54,13 @@ class SparseLinearOps:
         self._gates: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._gates_of: torch.Tensor | None = None  # the thresholds tensor the views point into
         self._workspace: SplitKWorkspace | None = None
-        self._device_type = "cpu"
+        # whose crossover table `choose` reads; known before the first call, so a caller can ask
+        # which kernels a width will run (the runner keys its CUDA graphs on that), then kept
+        # in step with the inputs
+        self.device_type = device_type
 
     def _default_policy(self, rows: int, group: str) -> str:
-        return choose(rows, self.expected_sparsity, self._device_type, group)
+        return choose(rows, self.expected_sparsity, self.device_type, group)
 
     def _pack(self, weight: torch.Tensor, layer: int, group: int) -> PackedWeight:
         key = (layer, group)
@@ -89,7 +93,7 @@ class SparseLinearOps:
     def project(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 layer: int, group: int, bucket: int) -> torch.Tensor:
         """`x [N, in]` -> `[N, out]` under the gating contract of (bucket, layer, group)."""
-        self._device_type = x.device.type
+        self.device_type = x.device.type
         if self.state is None:  # no gates: plain dense projection
             y = x @ weight.t()  # [N, out]
             return y if bias is None else y + bias
