@@ -69,6 +69,18 @@ def main() -> None:
                 return inner(x, weight, bias, layer, group, bucket)
 
         each.project = annotated
+    fused = getattr(ops, "project_gated", None)
+    if fused is not None:  # gate|up with SiLU·up in the kernel: the same group, and its sparsity
+
+        def annotated_gated(x, gate_up, act, layer, bucket):
+            if recording[0]:
+                threshold, scale = ops._gate(bucket, layer, 2)
+                score = x.abs().float() * (scale if scale is not None else 1.0)
+                seen[2].append(float((score <= threshold).all(0).float().mean()))
+            with torch.profiler.record_function("group/mlp_in"):
+                return fused(x, gate_up, act, layer, bucket)
+
+        ops.project_gated = annotated_gated
     report = dict(model=name, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                   budgets={})
     generator = torch.Generator().manual_seed(0)

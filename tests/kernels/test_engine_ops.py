@@ -6,6 +6,7 @@ thresholds[bucket, layer, group], weight, bias)`, here through packed input-majo
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -75,9 +76,36 @@ def test_bf16_cpu_packing_stays_within_bf16_error(gen):
 
 
 def test_the_dispatch_reads_its_devices_crossover_table_before_its_first_call():
-    from dynasparse_worker.kernels.engine_ops import SparseLinearOps
-
     cuda = SparseLinearOps(None, expected_sparsity=0.3, device_type="cuda")
     cpu = SparseLinearOps(None, expected_sparsity=0.3)
     assert cuda.policy(1, "mlp_in") == "dense"  # in the engine on the H200 it pays from 53 %
     assert cpu.policy(1, "mlp_in") == "sparse"  # the CPU's bag path pays from 20 %
+
+
+def _gated_case(device):
+    torch.manual_seed(0)
+    state = SparsityState([[64, 64, 64, 128]]).to(device)
+    state.thresholds.fill_(0.5)
+    ops = SparseLinearOps(state, policy=lambda rows, group: "sparse", device_type=device)
+    gate_up = (torch.randn(256, 64) / 8).to(torch.bfloat16).to(device)  # [2I, hidden]
+    x = torch.randn(2, 64).to(torch.bfloat16).to(device)  # [N, hidden]
+    return ops, gate_up, x
+
+
+def test_gate_up_leaves_the_cpu_to_the_engines_own_silu_mul():
+    ops, gate_up, x = _gated_case("cpu")
+    assert ops.project_gated(x, gate_up, F.silu, 0, 0) is None
+
+
+@pytest.mark.gpu
+def test_gate_up_runs_silu_mul_inside_the_sparse_kernel_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    ops, gate_up, x = _gated_case("cuda")
+    y = ops.project_gated(x, gate_up, F.silu, 0, 0)  # [N, I]
+    xm = torch.where(x.abs() > 0.5, x, torch.zeros_like(x)).double()  # the contract's kept channels
+    gate, up = gate_up.double().chunk(2, dim=0)
+    expected = F.silu(xm @ gate.t()) * (xm @ up.t())  # [N, I]
+    assert y.shape == (2, 128)
+    assert float((y.double() - expected).norm() / expected.norm()) < 1e-2
+    assert ops._packed[0, 2].gated

@@ -98,16 +98,19 @@ class LinearOps:
                       bucket: int) -> Tensor:
         """The MLP input group: act(x Wg) * (x Wu) [N, I] from the fused [2I, hidden] weight.
 
-        Override to run a kernel that fuses the activation (e.g. `pack_projection(gated=True)`).
+        Override to run a kernel that fuses the activation (e.g. `pack_projection(gated=True)`);
+        an override may return None for calls it leaves to `project` plus the SiLU·up kernel.
         """
         return silu_mul(self.project(x, gate_up, None, layer, GROUP_MLP_IN, bucket), act)  # [N, I]
 
 
 def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int) -> Tensor:
-    """act(h Wg) * (h Wu) [N, I] through `ops.project_gated` when the ops define it."""
+    """act(h Wg) * (h Wu) [N, I] through `ops.project_gated` when the ops define it and it takes
+    the call (it returns None otherwise)."""
     fused = getattr(ops, "project_gated", None)
-    if fused is not None:
-        return fused(h, w.gate_up, w.act, layer, bucket)
+    out = fused(h, w.gate_up, w.act, layer, bucket) if fused is not None else None
+    if out is not None:  # None: the ops have no fused kernel for this call
+        return out
     return silu_mul(ops.project(h, w.gate_up, None, layer, GROUP_MLP_IN, bucket), w.act)  # [N, I]
 
 
