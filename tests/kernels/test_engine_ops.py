@@ -76,10 +76,10 @@ def test_bf16_cpu_packing_stays_within_bf16_error(gen):
 
 
 def test_the_dispatch_reads_its_devices_crossover_table_before_its_first_call():
-    cuda = SparseLinearOps(None, expected_sparsity=0.3, device_type="cuda")
-    cpu = SparseLinearOps(None, expected_sparsity=0.3)
-    assert cuda.policy(1, "mlp_in") == "dense"  # in the engine on the H200 it pays from 53 %
-    assert cpu.policy(1, "mlp_in") == "sparse"  # the CPU's bag path pays from 20 %
+    cuda = SparseLinearOps(None, expected_sparsity=0.5, device_type="cuda")
+    cpu = SparseLinearOps(None, expected_sparsity=0.5)
+    assert cuda.policy(1, "attn_in") == "dense"  # in the engine on the H200 q|k|v pays from 65 %
+    assert cpu.policy(1, "attn_in") == "sparse"  # the CPU's bag path pays from 20 %
 
 
 def _gated_case(device):

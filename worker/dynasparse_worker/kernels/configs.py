@@ -126,18 +126,19 @@ Choice = Literal["sparse", "dense"]
 # down), measured on the H200 (v3, measured_h200.json); 1.01 = never. 32 and 64 are not
 # measured with the compacting kernel (v2 lost there everywhere): dense.
 CUDA_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-CUDA_CROSSOVER: tuple[float, ...] = (0.51, 0.29, 0.38, 0.44, 0.54, 1.01, 1.01)
+CUDA_CROSSOVER: tuple[float, ...] = (0.37, 0.29, 0.38, 0.44, 0.54, 1.01, 1.01)
 # Per projection group and bucket 1..16 (gate|up reads the most bytes per launch and crosses
 # first; o and q|k|v pay the kernel's ~7 us fixed cost on the fewest bytes). Batch 1 is measured
-# inside the engine (scripts/gpu/profile_b1.py, 2026-11-29, Llama-3-8B shape): there cuBLAS runs
-# 7-17 % faster and the sparse kernel 10-40 % slower per group than in the isolated suite, which
-# had put the crossovers at 0.40 / 0.25 / 0.16 / 0.20 and the layer's at 0.21; batches 2-16 are
-# still the isolated suite's (likely optimistic by as much).
+# inside the engine (scripts/gpu/profile_b1.py, 2026-11-29, Llama-3-8B shape, gate|up with SiLU·up
+# fused): there cuBLAS runs 7-17 % faster and q|k|v and down's sparse kernel 5-25 % slower than in
+# the isolated suite, which had put the crossovers at 0.40 / 0.25 / 0.16 / 0.20 and the layer's at
+# 0.21; batches 2-16 are still the isolated suite's (likely optimistic by as much). o's figure is
+# in the width the plan targets (its union sparsity runs ~1.5x higher).
 CUDA_GROUP_CROSSOVER: dict[str, tuple[float, ...]] = {
-    "attn_in": (0.67, 0.50, 0.56, 0.63, 1.01),
-    "attn_out": (0.48, 0.47, 0.66, 0.65, 0.76),
-    "mlp_in": (0.53, 0.23, 0.29, 0.39, 0.35),
-    "mlp_out": (0.45, 0.23, 0.39, 0.37, 0.60),
+    "attn_in": (0.65, 0.50, 0.56, 0.63, 1.01),
+    "attn_out": (0.30, 0.47, 0.66, 0.65, 0.76),
+    "mlp_in": (0.28, 0.23, 0.29, 0.39, 0.35),
+    "mlp_out": (0.43, 0.23, 0.39, 0.37, 0.60),
 }
 CUDA_GROUP_CROSSOVER_B1: dict[str, float] = {g: t[0] for g, t in CUDA_GROUP_CROSSOVER.items()}
 
