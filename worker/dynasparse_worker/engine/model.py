@@ -19,7 +19,8 @@ group, bucket)`, the dispatch point where the width gates are applied (dense pat
 score does not pass the threshold read from the `SparsityState` tensors) and where the sparse kernels
 of `dynasparse_worker.kernels` plug in (thresholds are device tensors, so a threshold change needs
 no re-capture). Depth is a host-side plan (`Depth`): a skipped MLP half is not run at all, a skipped
-attention half only computes its keys and values for the cache; the runner captures one graph per depth plan the planner offers and picks one per step.
+attention half only computes its keys and values for the cache; the runner captures one graph per
+(depth plan, kernel choice) the planner offers and picks one per step.
 
 Built by `ModelRunner`; nothing else calls it.
 """

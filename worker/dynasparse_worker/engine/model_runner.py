@@ -78,6 +78,7 @@ class ModelRunner:
         self.host_np = self.host.numpy()
         self.graphs: dict[tuple[int, GraphKey], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self._signatures: dict[tuple[int, float], Signature] = {}
+        self._captured: dict[int, set[GraphKey]] = {}  # engine bucket -> its graphs' keys
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
@@ -287,7 +288,7 @@ class ModelRunner:
 
     def graph_for(self, bucket: int, variant: Variant, width: float) -> GraphKey | None:
         """The captured graph of engine bucket `bucket` that serves `variant` at `width`, or None."""
-        captured = {key for b, key in self.graphs if b == bucket}
+        captured = self._captured.get(bucket, set())
         return fallback(variant, self.signature(bucket, width if variant[0] else 0.0), captured)
 
     @torch.inference_mode()
@@ -311,5 +312,6 @@ class ModelRunner:
                 top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
             self.graphs[bucket, key] = (graph, out, top)
+            self._captured.setdefault(bucket, set()).add(key)
             self.captures += 1
         torch.cuda.synchronize()
