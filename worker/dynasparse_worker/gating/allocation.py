@@ -5,10 +5,11 @@ Skipping input channel j of group g at one token costs ≈ ½·score_j² of KL(d
 `row_elements_g / total` of the decode weight bytes. Greedy by cost per byte is then a single price:
 group g keeps channel j iff score_j > sqrt(2 λ row_g / total). A depth half (attention or MLP of one
 layer) is skipped when its own cost per byte (½E[(g·y)²]) is below λ (a skipped attention half
-still reads its key/value rows: the KV cache stays whole, so only the query and output bytes count). For each budget level and batch
-bucket we bisect λ to hit the byte target (at bucket B, a channel's bytes are saved only when all B
-tokens skip it) and keep the cheaper of the mixed plan and a depth-only plan. Pure tensor code, no
-model: called by `gating.calibrate`; tested on synthetic statistics.
+still reads its key/value rows: the KV cache stays whole, so only the query and output bytes count).
+For each budget level and batch bucket we bisect λ to hit the byte target (at bucket B, a channel's
+bytes are saved only when all B tokens skip it) and keep the cheaper of the mixed plan and a
+depth-only plan. Pure tensor code, no model: called by `gating.calibrate`; tested on synthetic
+statistics.
 """
 
 from __future__ import annotations

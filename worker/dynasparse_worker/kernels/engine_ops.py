@@ -66,7 +66,8 @@ class SparseLinearOps:
     def _default_policy(self, rows: int, group: str) -> str:
         return choose(rows, self.expected_sparsity, self.device_type, group)
 
-    def _pack(self, weight: torch.Tensor, layer: int, group: int, gated: bool = False) -> PackedWeight:
+    def _pack(self, weight: torch.Tensor, layer: int, group: int,
+              gated: bool = False) -> PackedWeight:
         key = (layer, group)
         pw = self._packed.get(key)
         if pw is None or pw.w_t.shape != (weight.shape[1], weight.shape[0]) or pw.gated != gated:
