@@ -1,11 +1,11 @@
 """Where a batch-1 decode step of the gated engine spends its GPU time, per budget (issue 4).
 
-Llama-3-8B shape, random bf16 weights, the synthetic plan of `dynasparse bench --shape` (width only at
-batch 1). Eager steps (no CUDA graph, so the profiler sees every kernel): per budget, the kernel time
-per decode step grouped by kernel, and the union sparsity each projection group really sees at decode
-against the width the plan targets (a threshold quantile from prefill-like passes). Run on the device
-machine from the repository root: `python3 scripts/gpu/profile_b1.py --out $OUT/profile-b1.json`;
-`--shape tiny --device cpu` is the dry run here.
+Llama-3-8B shape, random bf16 weights, the synthetic plan of `dynasparse bench --shape` (width
+only at batch 1). Eager steps (no CUDA graph, so the profiler sees every kernel): per budget, the
+kernel time per decode step grouped by kernel, and the union sparsity each projection group really
+sees at decode against the width the plan targets (a threshold quantile from prefill-like passes).
+Run on the device machine from the repository root: `python3 scripts/gpu/profile_b1.py --out
+$OUT/profile-b1.json`; `--shape tiny --device cpu` is the dry run here.
 """
 
 from __future__ import annotations
