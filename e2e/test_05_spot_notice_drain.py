@@ -30,10 +30,14 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
     doomed = pods[0]
     node = doomed["spec"]["nodeName"]
     survivors = {p["metadata"]["name"] for p in pods[1:]}
-    budgets_before = {p["name"]: p.get("budget") for p in model_status(cluster, namespace, name).get("pods") or []}
-    load = OpenLoopLoad(cluster, namespace, name, rate=BASE_RATE, max_tokens=4).start()
+    # half the base load: this scenario is about draining and the feed-forward cut, so the survivors
+    # must have headroom over their floor when the notice comes (at the floor there is nothing to cut)
+    load = OpenLoopLoad(cluster, namespace, name, rate=BASE_RATE / 2, max_tokens=4).start()
     try:
         time.sleep(3)
+        # every survivor reported a budget (the status lists a pod only after its first report)
+        budgets_before = wait_until(lambda: _budgets(cluster, namespace, name, survivors), 60,
+                                    "the survivors' budgets in the status", interval=0.5)
         nodeops.taint(cluster.api, node, notice_taint, "NoSchedule")
         nodeops.cordon(cluster.api, node)
         tightened = []  # checked last, so a drain problem is reported even if tightening is missing
@@ -58,3 +62,10 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
     assert result.ok > 0
     assert any(node in m for m in events_for(cluster, namespace, name))
     assert tightened, f"the survivors' budgets did not tighten on the notice: {model_status(cluster, namespace, name).get('pods')}"
+
+
+def _budgets(cluster, namespace: str, name: str, survivors: set[str]) -> dict[str, float] | None:
+    """Each survivor's reported budget, or None until all of them have one."""
+    found = {p["name"]: p["budget"] for p in model_status(cluster, namespace, name).get("pods") or []
+             if p["name"] in survivors and p.get("budget") is not None}
+    return found if set(found) == survivors else None
