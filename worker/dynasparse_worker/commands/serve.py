@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+
 HELP = "Serve a model: OpenAI-compatible HTTP API, mTLS gRPC control endpoint, in-pod fast loop."
 
 
@@ -40,6 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "endpoint is off (it never serves without mTLS)")
     a("--api-key", default=_env("DYNASPARSE_API_KEY"),
       help="bearer token required on /v1/* (env DYNASPARSE_API_KEY)")
+    a("--api-key-file", type=Path, default=_env("DYNASPARSE_API_KEY_FILE"),
+      help="file holding the bearer token (a mounted Secret), re-read when it changes "
+           "(env DYNASPARSE_API_KEY_FILE); instead of --api-key")
+    a("--metrics-auth", action=argparse.BooleanOptionalAction,
+      default=_env("DYNASPARSE_METRICS_AUTH", "false").lower() in ("1", "true", "yes"),
+      help="require the API key on /metrics too (off by default: Prometheus scrapes without a "
+           "bearer token unless its scrape config sets one); /healthz and /readyz stay open")
+    a("--max-body-bytes", type=int,
+      default=int(_env("DYNASPARSE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+      help="larger request bodies get 413 without being read")
+    a("--body-timeout", type=float,
+      default=float(_env("DYNASPARSE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S)),
+      help="seconds a request body may take to arrive; slower clients get 408")
+    a("--max-connections", type=int, default=int(_env("DYNASPARSE_MAX_CONNECTIONS", 512)),
+      help="open connections plus requests in flight; beyond it new requests get a plain 503")
+    a("--keep-alive-timeout", type=float, default=float(_env("DYNASPARSE_KEEP_ALIVE_TIMEOUT", 5.0)),
+      help="seconds an idle keep-alive connection stays open")
     a("--max-queue", type=int, default=int(_env("DYNASPARSE_MAX_QUEUE", 64)),
       help="waiting requests admitted before answering 429")
     a("--report-interval", type=float, default=float(_env("DYNASPARSE_REPORT_INTERVAL", 0.5)),
@@ -80,13 +99,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--budget {args.budget} is not in (0, 1]: pass for example 1.0")
     if args.max_queue < 1:
         raise UserError("--max-queue must be at least 1")
+    if args.max_body_bytes < 1024 or args.body_timeout <= 0 or args.max_connections < 8:
+        raise UserError("--max-body-bytes must be at least 1024, --body-timeout positive and "
+                        "--max-connections at least 8")
     pod_ip = _env("POD_IP")
     host = args.host
     settings = ServeSettings(
         model=args.model, calibration=args.calibration, device=args.device, host=host,
         port=args.port, control_host=args.control_host or host, control_port=args.control_port,
         tls_dir=Path(args.tls_dir) if args.tls_dir else None, pod_name=args.pod_name,
-        api_key=args.api_key, max_queue=args.max_queue, report_interval_s=args.report_interval,
+        api_key=args.api_key, api_key_file=args.api_key_file, metrics_auth=args.metrics_auth,
+        max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections, keep_alive_s=args.keep_alive_timeout,
+        max_queue=args.max_queue, report_interval_s=args.report_interval,
         drain_grace_s=args.drain_grace,
         deregister_s=args.deregister_delay, initial_budget=args.budget,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,

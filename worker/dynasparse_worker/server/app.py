@@ -3,35 +3,45 @@
 `create_app(ctx)` builds the ASGI app around a `WorkerContext`, which server/runtime.py fills in as
 the worker starts (the engine loop appears once the model is loaded: until then `/readyz` is 503 and
 generation endpoints answer 503). Admission errors follow OpenAI's error body: 400 naming the field,
-401 for a wrong bearer token, 429 with Retry-After when the queue is full, 503 while loading or
-draining. A client that disconnects has its sequence cancelled (its KV freed).
+401 for a wrong bearer token, 408/413 for a body too slow or too large (server/limits.py), 429 with
+Retry-After when the queue is full, 503 while loading or draining. A client that disconnects has its
+sequence cancelled (its KV freed).
+
+JSON parsing, validation, the chat template and tokenization run in small thread pools, never on the
+event loop: a large body costs its own request time, not the latency of `/healthz` or of other
+streams. Prompts longer in characters than the context could hold are refused before tokenizing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.engine.types import TokenEvent
+from dynasparse_worker.server.auth import ApiKey
 from dynasparse_worker.server.chat import chat_prompt_ids, completion_prompt_ids
 from dynasparse_worker.server.engine_loop import EngineLoop, NotAdmitting, QueueFull, RequestHandle
+from dynasparse_worker.server.limits import HttpLimits, RequestLimits, error_bytes, max_prompt_chars
 from dynasparse_worker.server.metrics import CONTENT_TYPE, WorkerMetrics
 from dynasparse_worker.server.openai_schema import (
-    ChatCompletionRequest, CompletionRequest, error_body, first_error,
+    ChatCompletionRequest, CompletionRequest, first_error,
 )
 from dynasparse_worker.server.responses import GenerationFailed, Shape, sse_stream, whole_response
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,7 +49,9 @@ class WorkerContext:
     supervisor: Supervisor
     metrics: WorkerMetrics
     model_name: str
-    api_key: str | None = None
+    auth: ApiKey = field(default_factory=ApiKey)  # no key: open
+    metrics_auth: bool = False  # /metrics needs the key too (Prometheus must then send it)
+    limits: HttpLimits = field(default_factory=HttpLimits)
     engine_loop: EngineLoop | None = None  # set once the model is loaded
     tokenizer: Any = None
     context_len: int = 0  # prompt + completion tokens a sequence may hold
@@ -47,6 +59,12 @@ class WorkerContext:
     default_max_tokens: int = 256  # chat requests without max_tokens
     retry_after_s: int = 1
     created: int = 0
+    # JSON parsing and validation, off the event loop; a few threads bound the CPU bodies take.
+    parse_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="http-parse"))
+    # The chat template and tokenization: one thread, as a fast tokenizer is not safe to share.
+    tokenize_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="http-tokenize"))
 
 
 class ApiError(Exception):
@@ -56,18 +74,26 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.type_ = status, message, param, type_
         self.headers = headers or {}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.param, self.type_), self.status,
-                            headers=self.headers)
+    def response(self) -> Response:
+        return Response(error_bytes(self.message, self.param, self.type_), self.status,
+                        headers=self.headers, media_type="application/json")
 
 
 def create_app(ctx: WorkerContext) -> FastAPI:
     app = FastAPI(title="dynasparse worker", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestLimits, limits=ctx.limits)
     ctx.created = ctx.created or int(time.time())
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(_: Request, exc: ApiError) -> Response:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown paths and methods answer in OpenAI's error shape too."""
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return ApiError(exc.status_code, message, type_="invalid_request_error",
+                        headers=dict(exc.headers or {})).response()
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -81,7 +107,9 @@ def create_app(ctx: WorkerContext) -> FastAPI:
         return JSONResponse({"ready": False, "reason": reason}, 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if ctx.metrics_auth:
+            _check_auth(ctx, request)
         ctx.metrics.refresh(ctx.supervisor.snapshot())
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -103,11 +131,7 @@ def create_app(ctx: WorkerContext) -> FastAPI:
 
 
 def _check_auth(ctx: WorkerContext, request: Request) -> None:
-    if not ctx.api_key:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), ctx.api_key):
+    if not ctx.auth.accepts(request.headers.get("authorization")):
         raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                        type_="authentication_error")
 
@@ -135,22 +159,11 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
     if not ctx.supervisor.admitting:
         raise ApiError(503, "this worker is draining and admits no new requests: send it to another "
                        "replica", type_="unavailable", headers={"Retry-After": "1"})
-    body = await _json_body(request)
-    model_cls = ChatCompletionRequest if chat else CompletionRequest
-    try:
-        req = model_cls.model_validate(body)
-    except ValidationError as exc:
-        param, message = first_error(exc)
-        raise ApiError(400, message, param) from None
-    if chat:
-        prompt_ids = chat_prompt_ids(ctx.tokenizer, req.messages)
-        wanted, prompt_field = req.requested_max_tokens, "messages"
-    else:
-        prompt_ids = completion_prompt_ids(ctx.tokenizer, req.prompt)
-        wanted, prompt_field = req.max_tokens, "prompt"
-        if ctx.vocab_size and any(not 0 <= t < ctx.vocab_size for t in prompt_ids):
-            raise ApiError(400, f"prompt: token ids must lie in [0, {ctx.vocab_size})", "prompt")
-    max_tokens = _check_lengths(ctx, len(prompt_ids), wanted, prompt_field)
+    raw = await request.body()
+    req = await _off_loop(ctx.parse_pool, _parse_request, raw, chat)
+    prompt_ids = await _off_loop(ctx.tokenize_pool, _prompt_ids, ctx, req, chat)
+    wanted = req.requested_max_tokens if chat else req.max_tokens
+    max_tokens = _check_lengths(ctx, len(prompt_ids), wanted, "messages" if chat else "prompt")
     try:
         handle = loop.submit(prompt_ids, req.sampling(max_tokens))
     except QueueFull as exc:
@@ -177,15 +190,57 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
         raise ApiError(500, str(exc), type_="server_error") from None
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+async def _off_loop(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _parse_request(raw: bytes, chat: bool) -> ChatCompletionRequest | CompletionRequest:
+    """The validated request of a body (in a pool thread); ApiError 400 naming what is wrong."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply", "body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", "body")
-    return body
+    model_cls = ChatCompletionRequest if chat else CompletionRequest
+    try:
+        return model_cls.model_validate(body)
+    except ValidationError as exc:
+        param, message = first_error(exc)
+        raise ApiError(400, message, param) from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply", "body") from None
+
+
+def _prompt_ids(ctx: WorkerContext, req: Any, chat: bool) -> list[int]:
+    """The prompt's token ids (in the tokenizer thread), after the checks that need no tokenizer:
+    length in characters, encodable text, token ids within the vocabulary."""
+    field_name = "messages" if chat else "prompt"
+    if isinstance(getattr(req, "prompt", None), list):
+        ids = req.prompt
+        if len(ids) >= ctx.context_len:
+            _check_lengths(ctx, len(ids), None, field_name)
+        if ctx.vocab_size and any(not 0 <= t < ctx.vocab_size for t in ids):
+            raise ApiError(400, f"prompt: token ids must lie in [0, {ctx.vocab_size})", "prompt")
+        return completion_prompt_ids(ctx.tokenizer, ids)
+    texts = [m.text() for m in req.messages] if chat else [req.prompt]
+    chars, cap = sum(len(t) for t in texts), max_prompt_chars(ctx.context_len)
+    if chars > cap:
+        raise ApiError(400, f"{field_name}: the prompt has {chars} characters, more than a "
+                       f"{ctx.context_len}-token context can hold (at most {cap} are read): "
+                       "shorten it", field_name)
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"{field_name}: the text is not valid Unicode ({exc.reason} at "
+                           f"character {exc.start}): send UTF-8 text, without lone surrogate "
+                           "escapes such as \\ud800", field_name) from None
+    if chat:
+        return chat_prompt_ids(ctx.tokenizer, req.messages)
+    return completion_prompt_ids(ctx.tokenizer, req.prompt)
 
 
 def _check_lengths(ctx: WorkerContext, prompt_len: int, wanted: int | None, prompt_field: str) -> int:

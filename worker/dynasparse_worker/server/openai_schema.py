@@ -2,7 +2,9 @@
 
 server/app.py validates request JSON with these; a `ValidationError` becomes a 400 whose `param`
 names the first offending field. Unknown fields are ignored (clients send many); fields we cannot
-honour (n > 1, echo, logprobs, penalties) are refused by name rather than silently dropped.
+honour (n > 1, echo, logprobs, penalties) are refused by name rather than silently dropped. Every
+number has explicit finite bounds, so nothing a client sends can overflow the engine's int64 sampling
+tensors (which would fail the whole batch's step, not just this request).
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynasparse_worker.engine.types import SamplingParams
 
+# Seeds: OpenAI clients send signed int64, others unsigned 64-bit; both are accepted and folded into
+# the non-negative int64 range the sampler's tensors hold. The sampler hashes only the low 32 bits,
+# which the fold keeps, so every accepted seed samples exactly as it would unfolded.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+_INT63_MASK = 2**63 - 1
+TOP_K_MAX = 2**31 - 1  # any top_k at or above the vocabulary size means "no cut"
+MAX_TOKENS_MAX = 2**31 - 1  # the context decides the real limit; this keeps the number an int32
+MAX_STOP_CHARS = 256
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -20,18 +31,18 @@ class StreamOptions(BaseModel):
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_MAX)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=TOP_K_MAX)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     ignore_eos: bool = False
     presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
@@ -43,14 +54,16 @@ class _Common(BaseModel):
         if v is None:
             return None
         stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("up to 4 non-empty stop strings")
+        if len(stops) > 4 or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"up to 4 non-empty stop strings of at most {MAX_STOP_CHARS} "
+                             "characters each")
         return stops
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-            top_k=self.top_k, seed=self.seed, stop_strings=tuple(self.stop or ()),
+            top_k=self.top_k, seed=None if self.seed is None else self.seed & _INT63_MASK,
+            stop_strings=tuple(self.stop or ()),
             ignore_eos=self.ignore_eos,
         )
 
@@ -61,7 +74,7 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_MAX)
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None
@@ -99,7 +112,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_MAX)
     logprobs: Literal[False] | None = None
 
     @property

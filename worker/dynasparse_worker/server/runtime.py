@@ -28,7 +28,9 @@ from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.errors import UserError
 from dynasparse_worker.server.actuators import GatedActuator, UncalibratedActuator
 from dynasparse_worker.server.app import WorkerContext, create_app
+from dynasparse_worker.server.auth import ApiKey
 from dynasparse_worker.server.engine_loop import EngineLoop
+from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpLimits
 from dynasparse_worker.server.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,12 @@ class ServeSettings:
     tls_dir: Path | None = None  # None: no control endpoint (never an insecure one)
     pod_name: str = "worker"
     api_key: str | None = None
+    api_key_file: Path | None = None  # re-read when it changes (a mounted Secret)
+    metrics_auth: bool = False  # /metrics requires the API key too
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies get 413
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body slower than this gets 408
+    max_connections: int = 512  # beyond it uvicorn answers 503 (connections + requests in flight)
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
     max_queue: int = 64
     report_interval_s: float = 0.5
     drain_grace_s: float = 30.0
@@ -85,7 +93,9 @@ class WorkerRuntime:
             deregister_s=settings.deregister_s,
         )
         self.ctx = WorkerContext(self.supervisor, self.metrics, settings.model,
-                                 api_key=settings.api_key,
+                                 auth=ApiKey(settings.api_key, settings.api_key_file),
+                                 metrics_auth=settings.metrics_auth,
+                                 limits=HttpLimits(settings.max_body_bytes, settings.body_timeout_s),
                                  default_max_tokens=settings.default_max_tokens)
         self.engine_loop: EngineLoop | None = None
         self.http_port = 0
@@ -157,7 +167,9 @@ class WorkerRuntime:
         sock.listen(512)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=5, access_log=False)
+                                timeout_graceful_shutdown=5, access_log=False,
+                                limit_concurrency=s.max_connections,
+                                timeout_keep_alive=s.keep_alive_s)
         server = _QuietServer(config)
         log.info("HTTP API on http://%s:%d", s.host, self.http_port)
         return server, asyncio.create_task(server.serve(sockets=[sock]))
