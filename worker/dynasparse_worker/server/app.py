@@ -32,7 +32,9 @@ from dynasparse_worker.engine.types import TokenEvent
 from dynasparse_worker.server.auth import ApiKey
 from dynasparse_worker.server.chat import chat_prompt_ids, completion_prompt_ids
 from dynasparse_worker.server.engine_loop import EngineLoop, NotAdmitting, QueueFull, RequestHandle
-from dynasparse_worker.server.limits import HttpLimits, RequestLimits, error_bytes, max_prompt_chars
+from dynasparse_worker.server.limits import (
+    HttpLimits, RequestLimits, error_bytes, max_json_separators, max_prompt_chars,
+)
 from dynasparse_worker.server.metrics import CONTENT_TYPE, WorkerMetrics
 from dynasparse_worker.server.openai_schema import (
     ChatCompletionRequest, CompletionRequest, first_error,
@@ -160,7 +162,7 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
         raise ApiError(503, "this worker is draining and admits no new requests: send it to another "
                        "replica", type_="unavailable", headers={"Retry-After": "1"})
     raw = await request.body()
-    req = await _off_loop(ctx.parse_pool, _parse_request, raw, chat)
+    req = await _off_loop(ctx.parse_pool, _parse_request, raw, chat, ctx.context_len)
     prompt_ids = await _off_loop(ctx.tokenize_pool, _prompt_ids, ctx, req, chat)
     wanted = req.requested_max_tokens if chat else req.max_tokens
     max_tokens = _check_lengths(ctx, len(prompt_ids), wanted, "messages" if chat else "prompt")
@@ -194,8 +196,13 @@ async def _off_loop(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) 
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
-def _parse_request(raw: bytes, chat: bool) -> ChatCompletionRequest | CompletionRequest:
+def _parse_request(raw: bytes, chat: bool, context_len: int
+                   ) -> ChatCompletionRequest | CompletionRequest:
     """The validated request of a body (in a pool thread); ApiError 400 naming what is wrong."""
+    separators, most = raw.count(b","), max_json_separators(context_len)
+    if separators > most:
+        raise ApiError(400, f"the body holds {separators} JSON values, more than any request to a "
+                       f"{context_len}-token context needs (at most {most}): send fewer", "body")
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

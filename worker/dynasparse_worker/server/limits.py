@@ -30,9 +30,10 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# A 2048-token context needs at most ~100 KB of JSON (token ids, or text escaped as \uXXXX); the
-# default leaves room for long-context models and many chat turns, not for abuse.
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# The longest prompt a 2048-token context reads (see max_prompt_chars) is under 800 KB of JSON even
+# if every character is escaped as a \uXXXX surrogate pair; a typical one is ~10 KB. Parsing holds the
+# interpreter lock however it is threaded, so the cap also bounds how long one body can stall others.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
@@ -172,3 +173,10 @@ PROMPT_CHARS_PER_TOKEN = 32
 
 def max_prompt_chars(context_len: int) -> int:
     return context_len * PROMPT_CHARS_PER_TOKEN
+
+
+def max_json_separators(context_len: int) -> int:
+    """Commas a request body may hold. Parsing cost grows with the number of JSON values, not
+    bytes (a megabyte of `1,1,1,...` takes ~100 ms to parse, a megabyte of text ~5 ms); no prompt
+    this context can read needs more values than it has characters, plus room for the other fields."""
+    return max_prompt_chars(context_len) + 4096
