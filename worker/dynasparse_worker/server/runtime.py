@@ -30,6 +30,7 @@ from dynasparse_worker.server.actuators import GatedActuator, UncalibratedActuat
 from dynasparse_worker.server.app import WorkerContext, create_app
 from dynasparse_worker.server.auth import ApiKey
 from dynasparse_worker.server.engine_loop import EngineLoop
+from dynasparse_worker.server.http_protocol import HeadDeadlineH11Protocol
 from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpLimits
 from dynasparse_worker.server.metrics import WorkerMetrics
 
@@ -55,7 +56,7 @@ class ServeSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies get 413
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body slower than this gets 408
     max_connections: int = 512  # beyond it uvicorn answers 503 (connections + requests in flight)
-    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    keep_alive_s: float = 5.0  # idle connections, and request heads slower than this, are closed
     max_queue: int = 64
     report_interval_s: float = 0.5
     drain_grace_s: float = 30.0
@@ -168,7 +169,7 @@ class WorkerRuntime:
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=5, access_log=False,
-                                limit_concurrency=s.max_connections,
+                                http=HeadDeadlineH11Protocol, limit_concurrency=s.max_connections,
                                 timeout_keep_alive=s.keep_alive_s)
         server = _QuietServer(config)
         log.info("HTTP API on http://%s:%d", s.host, self.http_port)
