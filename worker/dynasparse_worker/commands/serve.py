@@ -59,9 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="KV cache capacity in tokens on the CPU")
     a("--queue-high", type=int, default=int(_env("DYNASPARSE_QUEUE_HIGH", 8)),
       help="fast loop: waiting requests that tighten the budget")
-    a("--stream-lost-timeout", type=float,
-      default=float(_env("DYNASPARSE_STREAM_LOST_TIMEOUT", 10.0)),
-      help="fast loop: seconds without the operator before moving to the floor")
     a("--log-level", default=_env("DYNASPARSE_LOG_LEVEL", "info"))
 
 
@@ -92,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
         kv_tokens=args.kv_tokens,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
-                                      queue_low=args.queue_high // 4,
-                                      stream_lost_timeout_s=args.stream_lost_timeout),
+                                      queue_low=args.queue_high // 4),
     )
     if pod_ip:
         logging.getLogger(__name__).info("pod %s at %s", settings.pod_name, pod_ip)

@@ -79,6 +79,7 @@ def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
         kv_usage=s.kv_usage, applied_epoch=s.control.epoch,
         applied_sequence=s.control.sequence, min_budget=s.min_budget,
         requests_total=s.requests_total, requests_failed=s.requests_failed,
+        warnings=s.warnings,
     )
     report.quality_curve.extend(
         control_pb2.QualityPoint(budget=b, expected_loss=loss) for b, loss in s.quality_curve

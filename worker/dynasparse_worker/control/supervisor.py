@@ -11,6 +11,8 @@ adapter in server/engine_adapter.py), which writes it into the model's device te
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +25,11 @@ from dynasparse_worker.control.fast_loop import (
 from dynasparse_worker.control.memory import MemoryProbe, MemoryReading
 from dynasparse_worker.control.window import LatencyWindows, Summary
 from dynasparse_worker.engine.types import EngineStats
+
+log = logging.getLogger(__name__)
+WARNING_TTL_S = 60.0
+"""How long a warning (a refused control message) is repeated in reports."""
+MAX_WARNINGS = 4
 
 
 class BudgetActuator(Protocol):
@@ -67,6 +74,7 @@ class Snapshot:
     quality_curve: list[tuple[float, float]] = field(default_factory=list)
     requests_total: int = 0
     requests_failed: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 class Supervisor:
@@ -97,7 +105,6 @@ class Supervisor:
         self._expected_loss = actuator.set_budget(self._loop.budget)
         self._last_decision: TimedDecision | None = None
         self._streams = 0
-        self._last_contact: float | None = None
         self._stats = EngineStats()
         self._memory = self.memory.read()
         self._memory_at = clock()
@@ -109,6 +116,7 @@ class Supervisor:
         self._pending_budget: float | None = None
         self._applied = threading.Event()
         self._applied.set()
+        self._warnings: collections.deque[tuple[float, str]] = collections.deque(maxlen=MAX_WARNINGS)
         self.drain_listeners: list[Callable[[float], None]] = []
         self.decision_listeners: list[Callable[[TimedDecision], None]] = []
 
@@ -175,11 +183,17 @@ class Supervisor:
 
     # ---- operator side ---------------------------------------------------------------------------
     def apply_update(self, update: B.OperatorUpdate) -> bool:
-        """Apply an operator update if newer than the last; a drain update starts the drain."""
+        """Apply an operator update if newer than the last; a drain update starts the drain. An
+        update `bounds.rejection` refuses is logged and named in the next reports' warnings."""
+        now_ms = int(time.time() * 1000)
         with self._lock:
             was_draining = self.draining
-            control, applied = B.apply_update(self._control, update, self._min_budget)
-            self._last_contact = self.clock()
+            refused = B.is_newer(update, self._control) and B.rejection(update, now_ms)
+            if refused:
+                log.warning("%s (from %s)", refused, update.sender or "an unnamed sender")
+                self._warnings.append((self.clock(), refused))
+                return False
+            control, applied = B.apply_update(self._control, update, self._min_budget, now_ms)
             if not applied:
                 return False
             self._control = control
@@ -211,12 +225,10 @@ class Supervisor:
     def stream_opened(self) -> None:
         with self._lock:
             self._streams += 1
-            self._last_contact = self.clock()
 
     def stream_closed(self) -> None:
         with self._lock:
             self._streams = max(0, self._streams - 1)
-            self._last_contact = self.clock()
 
     # ---- engine side -----------------------------------------------------------------------------
     def on_step(self, stats: EngineStats) -> None:
@@ -232,7 +244,6 @@ class Supervisor:
                 now=now, queue_depth=stats.queue_depth, running=stats.running,
                 kv_usage=stats.kv_usage, memory_used_bytes=self._memory.used_bytes,
                 memory_total_bytes=self._memory.total_bytes,
-                operator_connected=self._streams > 0, last_operator_contact=self._last_contact,
             )
             self._loop, decision = decide(signals, self._control, self._loop, self.config)
             self._apply(decision, on_engine_thread=True)
@@ -269,6 +280,7 @@ class Supervisor:
                 kv_usage=self._stats.kv_usage, last_decision=self._last_decision,
                 min_budget=self._min_budget, quality_curve=list(self.actuator.quality_curve()),
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
+                warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
             )
 
     # ---- internals -------------------------------------------------------------------------------
