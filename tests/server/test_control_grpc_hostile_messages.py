@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from dynasparse_proto import control_pb2, control_pb2_grpc
-from dynasparse_worker.control import bounds
-from dynasparse_worker.control.bounds import OperatorUpdate, apply_update, initial_state
+from dynasparse_proto import limits
+from dynasparse_worker.control.bounds import OperatorUpdate, apply_update, initial_state, rejection
 from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
 from dynasparse_worker.control.service import TlsFiles, build_control_server
 from dynasparse_worker.control.supervisor import Supervisor
@@ -113,7 +113,7 @@ async def test_an_epoch_of_2_to_the_64_and_a_nanosecond_interval_do_not_lock_the
         drained = await session.until(lambda r: r.applied_epoch == epoch)
         assert drained.mode == control_pb2.MODE_DRAIN and drained.applied_sequence == 1
         assert sup.budget == pytest.approx(0.3), "drain runs at the floor"
-        assert sup.report_interval_s == bounds.REPORT_INTERVAL_RANGE_S[0]
+        assert sup.report_interval_s == limits.REPORT_INTERVAL_RANGE_S[0]
         reports = await session.count_reports(1.0)
         assert reports <= 12, f"{reports} reports in one second"
     finally:
@@ -158,5 +158,5 @@ def test_non_finite_or_negative_budgets_leave_the_bounds_as_they_were(bad):
 def test_an_epoch_within_a_day_of_the_workers_clock_is_accepted():
     now = now_ms()
     for epoch in (1, now - 10**9, now + 3_600_000):
-        assert bounds.rejection(OperatorUpdate(epoch, 1), now) == ""
-    assert bounds.rejection(OperatorUpdate(now + 2 * 86_400_000, 1), now) != ""
+        assert rejection(OperatorUpdate(epoch, 1), now) == ""
+    assert rejection(OperatorUpdate(now + 2 * 86_400_000, 1), now) != ""

@@ -19,13 +19,9 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
-REPORT_INTERVAL_RANGE_S = (0.1, 60.0)
-"""Report intervals an update may ask for; outside values are clamped into it."""
-MAX_DRAIN_GRACE_S = 3600.0
-MAX_EPOCH_AHEAD_MS = 24 * 3600 * 1000
-"""Operators stamp epochs with their wall clock in ms: one further ahead than this is refused."""
-MAX_SEQUENCE = 2**53
-"""Operators count sequences up from 1 within an epoch; no honest one reaches this."""
+from dynasparse_proto.limits import (
+    MAX_DRAIN_GRACE_S, MAX_SEQUENCE, REPORT_INTERVAL_RANGE_S, epoch_too_far_ahead,
+)
 
 
 class Mode(str, Enum):
@@ -88,7 +84,7 @@ def is_newer(update: OperatorUpdate, state: ControlState) -> bool:
 def rejection(update: OperatorUpdate, now_unix_ms: int) -> str:
     """Why `update` must not be applied at all ("" when it may): an (epoch, sequence) pair that
     would make every honest operator's later updates look stale."""
-    if update.epoch > now_unix_ms + MAX_EPOCH_AHEAD_MS:
+    if epoch_too_far_ahead(update.epoch, now_unix_ms):
         return (f"refused a control message with epoch {update.epoch}: more than a day ahead of "
                 f"this worker's clock ({now_unix_ms} ms); check the sender's clock")
     if update.sequence >= MAX_SEQUENCE:
