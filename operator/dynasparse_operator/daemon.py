@@ -17,7 +17,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from dynasparse_operator import control_law, epochs, signals, status as status_mod, wire
-from dynasparse_operator.grpc_client import ClientTls, StreamPool
+from dynasparse_operator.grpc_client import StreamPool, TlsSource
 from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
@@ -57,7 +57,7 @@ class LoopDeps:
     """Everything the loop needs from outside."""
 
     settings: OperatorSettings
-    tls: ClientTls
+    tls: TlsSource  # grpc_client.ClientCertificates renews it; a fixed ClientTls in some tests
     epoch: int  # the operator process's wall-clock epoch; each loop derives its own from status
     sequence: itertools.count
     sender: str
@@ -66,6 +66,12 @@ class LoopDeps:
     scale_workers: Callable[[str, str, int], Awaitable[None]] | None = None
     metrics: OperatorMetrics | None = None
     clock: Callable[[], float] = time.monotonic
+    renew_worker_tls: Callable[[], Awaitable[None]] | None = None
+    """Re-issues the workers' server certificate Secret when due (kubelet then updates the mounted
+    files and the workers reload them); called every WORKER_TLS_CHECK_S."""
+
+
+WORKER_TLS_CHECK_S = 3600.0
 
 
 def law_params(spec: AdaptiveModelSpec, settings: OperatorSettings) -> LawParams:
@@ -98,6 +104,7 @@ class ControlLoop:
         # nothing is sent until this loop's epoch is persisted too.
         self.epoch = epochs.starting_epoch(body.get("status"), deps.epoch)
         self.epoch_persisted = False
+        self.worker_tls_checked_at = deps.clock()
         self.warned: set[tuple[str, str]] = set()
         self.last_status_at = -1e9
         self.sequence_sent = 0
@@ -183,6 +190,9 @@ class ControlLoop:
         facts = signals.pod_facts(pod_bodies, nodes, keys)
         addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
         await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
+        for name in list(self.last_sent):
+            if name not in self.pool.streams:  # a stream opened later gets its command at once
+                del self.last_sent[name]
         for name in list(self.reports):
             if name not in self.runtime.pods:
                 del self.reports[name]
@@ -200,7 +210,19 @@ class ControlLoop:
         if decision.changed or now - self.last_status_at >= max(1.0, params.interval_s):
             self.last_status_at = now
             await self._write_status(decision, spec, facts, len(pod_bodies), len(ready))
+        await self._renew_worker_tls(now)
         return decision
+
+    async def _renew_worker_tls(self, now: float) -> None:
+        if self.deps.renew_worker_tls is None or now - self.worker_tls_checked_at < WORKER_TLS_CHECK_S:
+            return
+        self.worker_tls_checked_at = now
+        try:
+            await self.deps.renew_worker_tls()
+        except Exception as exc:  # noqa: BLE001 - retried at the next check; certificates last months
+            self.worker_tls_checked_at = now - WORKER_TLS_CHECK_S + 60.0
+            log.warning("%s/%s: worker certificate renewal failed (retrying in a minute): %s",
+                        self.owner.namespace, self.owner.name, exc)
 
     async def _persist_epoch(self) -> bool:
         """Write this loop's epoch to status before the first command carries it (True once it is
