@@ -30,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 
 from dynasparse_operator.law_types import (MODE_DRAIN, MODE_NORMAL, Decision, LawParams, LawState,
                                            PodCommand, PodFacts, PodReport)
+from dynasparse_proto.quality import budget_for_loss, valid_curve
 
 
 def quality_floor(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, str]:
@@ -61,29 +62,6 @@ def bounds(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, floa
     return floor, floor, why, (
         f"maxBudget {ceiling:.2f} is below the quality floor {floor:.2f} ({why}): budgets stay at "
         f"{floor:.2f}; raise maxBudget or relax the quality bound")
-
-
-def valid_curve(points: Iterable[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    """The (budget, expected loss) points with a budget in (0, 1] and a finite loss >= 0, sorted
-    by budget; anything else in a reported curve is dropped."""
-    kept = {(float(b), float(loss)) for b, loss in points
-            if math.isfinite(b) and 0.0 < b <= 1.0 and math.isfinite(loss) and loss >= 0.0}
-    return tuple(sorted(kept))
-
-
-def budget_for_loss(curve: Sequence[tuple[float, float]], max_loss: float) -> float:
-    """Smallest measured budget from which every measured point up to dense meets `max_loss`.
-
-    Conservative on purpose: nothing between two calibration points is known, so the answer is a
-    point whose loss was measured, and a bump in the curve above it cannot hide a violation.
-    """
-    points = sorted(curve)  # by budget
-    answer = 1.0  # no point meets the loss: stay dense
-    for budget, loss in reversed(points):
-        if loss > max_loss:
-            break
-        answer = budget
-    return answer
 
 
 def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = None) -> float | None:

@@ -16,9 +16,9 @@ import logging
 import math
 import time
 
-from dynasparse_operator.control_law import valid_curve
 from dynasparse_operator.law_types import MODE_DRAIN, LawParams, PodCommand, PodReport
 from dynasparse_proto import control_pb2
+from dynasparse_proto.quality import valid_curve
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 2**31 - 1

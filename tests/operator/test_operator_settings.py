@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dynasparse_operator.control_law import budget_for_loss, quality_floor
+from dynasparse_operator.control_law import quality_floor
+from dynasparse_proto.quality import budget_for_loss
 from dynasparse_operator.errors import UserError
 from dynasparse_operator.law_types import LawParams, PodReport
 from dynasparse_operator.settings import load_settings

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from dynasparse_proto.quality import budget_for_loss, valid_curve
 from dynasparse_worker.control import bounds as B
 from dynasparse_worker.control.fast_loop import (
     Decision, FastLoopConfig, LoopState, Signals, decide, follow_operator,
@@ -82,11 +83,18 @@ class Supervisor:
                  config: FastLoopConfig | None = None, memory: MemoryProbe | None = None,
                  initial_budget: float = 1.0, report_interval_s: float = 0.5,
                  drain_grace_s: float = 30.0, deregister_s: float = 0.0, window_s: float = 30.0,
+                 quality_min_budget: float | None = None, quality_max_loss: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         """`deregister_s`: how long a draining worker, already reporting not-ready, still admits
         requests, so that clients routed here before the endpoints dropped this pod are served
         rather than refused (Kubernetes removes a pod from a Service only after its readiness probe
-        fails and every proxy has caught up)."""
+        fails and every proxy has caught up).
+
+        `quality_min_budget` / `quality_max_loss`: the AdaptiveModel's quality bound, given at pod
+        creation, so that the floor holds from the first request on, not only once the operator's
+        first update arrives (see `lowest_budget`)."""
+        self.quality_min_budget = quality_min_budget
+        self.quality_max_loss = quality_max_loss
         self.actuator = actuator
         self.pod_name = pod_name
         self.model_name = model_name
@@ -99,7 +107,8 @@ class Supervisor:
         self.windows = LatencyWindows(window_s)
         self.clock = clock
         self._lock = threading.Lock()
-        self._min_budget = actuator.min_budget()
+        self._calibration_min = actuator.min_budget()
+        self._min_budget = self.lowest_budget(actuator)
         self._control = B.initial_state(self._min_budget, initial_budget)
         self._loop = LoopState(budget=self._control.target)
         self._expected_loss = actuator.set_budget(self._loop.budget)
@@ -162,13 +171,26 @@ class Supervisor:
         """Swap in the model's actuator once it is loaded; the floor rises to its min_budget."""
         with self._lock:
             self.actuator = actuator
-            self._min_budget = actuator.min_budget()
+            self._calibration_min = actuator.min_budget()
+            self._min_budget = self.lowest_budget(actuator)
             floor = max(self._control.floor, self._min_budget)
             self._control = replace(self._control, floor=floor,
                                     ceiling=max(self._control.ceiling, floor))
             self._control = replace(self._control, target=self._control.clamp(self._control.target))
             self._loop = replace(self._loop, budget=self._control.clamp(self._loop.budget))
             self._expected_loss = actuator.set_budget(self._loop.budget)
+
+    def lowest_budget(self, actuator: BudgetActuator) -> float:
+        """The floor no update can lower: the calibration's minimum raised to the quality bound
+        (an expected loss maps to a measured point of the curve, never between two; no curve
+        that meets it means dense)."""
+        floor = actuator.min_budget()
+        if self.quality_min_budget is not None:
+            floor = max(floor, self.quality_min_budget)
+        if self.quality_max_loss is not None:
+            curve = valid_curve(actuator.quality_curve())
+            floor = max(floor, budget_for_loss(curve, self.quality_max_loss))
+        return min(1.0, floor)
 
     def bind_engine_thread(self, wake: Callable[[], None]) -> None:
         """From now on budgets reach the actuator only from `on_step` (the engine thread), between
@@ -278,7 +300,8 @@ class Supervisor:
                 applied_budget=self._loop.budget, expected_loss=self._expected_loss,
                 control=self._control, ready=self.ready, memory=self._memory,
                 kv_usage=self._stats.kv_usage, last_decision=self._last_decision,
-                min_budget=self._min_budget, quality_curve=list(self.actuator.quality_curve()),
+                min_budget=self._calibration_min,
+                quality_curve=list(self.actuator.quality_curve()),
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
                 warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
             )
