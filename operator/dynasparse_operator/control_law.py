@@ -96,7 +96,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
     survivors = [p for p in pods if not p.disruption]
     budget = min(max(state.budget, floor), ceiling)
     bounded = abs(budget - state.budget) > 1e-9  # the floor or ceiling moved past the budget
-    events: list[str] = [problem] if problem else []
+    events: list[str] = []
 
     budget, ff_reason, new_drains = _feed_forward_disruption(budget, floor, draining, survivors, state)
     if ff_reason:
@@ -130,7 +130,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         kind=fb.kind, floor=floor, ceiling=params.max_budget, worst_ratio=fb.worst_ratio,
         ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms, observation=fb.observation,
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
-        events=tuple(events),
+        events=tuple(events), problems=(problem,) if problem else (),
     )
 
 

@@ -111,6 +111,7 @@ class ControlLoop:
         self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
         self.decision: Decision | None = None
         self.last_events: set[str] = set()
+        self.last_problems: set[str] = set()
         self.pool = StreamPool(deps.tls, worker_dns_names(owner)[0],
                                deps.settings.worker.control_port, self._on_report,
                                deps.settings.grpc, self._on_stream_state)
@@ -275,6 +276,9 @@ class ControlLoop:
             if "draining" not in message:  # the disruption decision already said so
                 self.deps.emit_event("Warning", "NodePressure", message)
         self.last_events = current
+        for message in sorted(set(decision.problems) - self.last_problems):
+            self.deps.emit_event("Warning", "InvalidQualityBounds", message)
+        self.last_problems = set(decision.problems)
 
     async def _write_status(self, decision: Decision, spec: AdaptiveModelSpec, facts, existing: int,
                             ready: int) -> None:

@@ -90,3 +90,19 @@ async def test_a_refused_control_message_becomes_a_warning_event(tmp_path):
         assert len(refused) == 1 and refused[0][0] == "Warning" and "epoch" in refused[0][2]
     finally:
         await server.stop(None)
+
+
+async def test_a_max_budget_below_the_quality_floor_is_a_warning_event_once(tmp_path):
+    ca = pki.make_ca()
+    sup, server, port = await start_worker(tmp_path, ca)
+    try:
+        events = []
+        loop = make_loop(port, ca, [], events)
+        loop.body["spec"] = {**loop.body["spec"], "control": {"intervalSeconds": 5, "maxBudget": 0.3}}
+        await run_loop(loop, sup, lambda: loop.epoch)
+        await loop.step()
+        invalid = [e for e in events if e[1] == "InvalidQualityBounds"]
+        assert len(invalid) == 1 and "maxBudget 0.30 is below the quality floor 0.40" in invalid[0][2]
+        assert sup.budget == pytest.approx(0.4), "quality wins over speed"
+    finally:
+        await server.stop(None)

@@ -70,7 +70,8 @@ def test_a_max_budget_below_the_quality_floor_keeps_the_floor_and_says_so():
     params = LawParams(ttft_slo_ms=500, min_budget=0.6, max_budget=0.4)
     decision = control_law.decide({}, [PodFacts("a")], params, LawState(budget=0.5), 0.0)
     assert decision.to_budget == pytest.approx(0.6) and decision.ceiling == pytest.approx(0.6)
-    assert any("maxBudget 0.40 is below the quality floor 0.60" in e for e in decision.events)
+    assert decision.problems == ("maxBudget 0.40 is below the quality floor 0.60 (minBudget 0.60): "
+                                 "budgets stay at 0.60; raise maxBudget or relax the quality bound",)
 
 
 @st.composite
