@@ -3,6 +3,7 @@ loopback address, real HTTP probes, restarts by policy, SIGTERM on termination."
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import shutil
 import sys
@@ -139,3 +140,24 @@ def test_an_interpreter_under_tmp_runs_in_a_pod_that_mounts_an_empty_dir_at_tmp(
         assert f"ran {tmp_path}/volumes/scratch/scratch" in out, "the pod's own /tmp is still its volume"
     finally:
         shutil.rmtree(venv)
+
+
+def test_a_renewed_secret_reaches_the_running_pods_files_within_a_minute(ctx, tmp_path):
+    secret = {"data": {"server.crt": base64.b64encode(b"first").decode()}}
+    lookup = lambda kind, ns, name: secret if kind == "Secret" else None  # noqa: E731
+    spec = pod(["python", "-c", "import time; time.sleep(60)"],
+               volumeMounts=[{"name": "tls", "mountPath": "/etc/tls"}])
+    spec["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": "tls"}}]
+    runtime = PodRuntime(spec, free_ip(), tmp_path, dataclasses.replace(ctx, lookup=lookup))
+    cert = tmp_path / "volumes" / "tls" / "server.crt"
+    try:
+        runtime.poll(spec, 0.0)
+        assert cert.read_bytes() == b"first"
+        secret["data"]["server.crt"] = base64.b64encode(b"renewed").decode()
+        runtime.poll(spec, 30.0)
+        assert cert.read_bytes() == b"first", "not before the kubelet's next sync"
+        runtime.poll(spec, 61.0)
+        assert cert.read_bytes() == b"renewed"
+        assert not list(cert.parent.glob(".*.new")), "replaced atomically, nothing left behind"
+    finally:
+        runtime.kill_now()

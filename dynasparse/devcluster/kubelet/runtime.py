@@ -90,6 +90,7 @@ class PodRuntime:
             for c in pod["spec"]["containers"]
         }
         self.volume_dirs: dict[str, str] = {}
+        self.volumes_written_at: float | None = None
         self.env_base: dict[str, str] = {}
 
     # ---- start -------------------------------------------------------------------------------
@@ -120,6 +121,20 @@ class PodRuntime:
             return False
         self.prepared = True
         return True
+
+    def _refresh_volumes(self, pod: dict, now: float) -> None:
+        """Rewrite the volumes from their sources every volumes.REFRESH_S (the first poll after
+        `prepare` only starts the clock); a source gone missing keeps the files it left."""
+        if self.volumes_written_at is None:
+            self.volumes_written_at = now
+        if now - self.volumes_written_at < volumes.REFRESH_S:
+            return
+        self.volumes_written_at = now
+        try:
+            volumes.materialise(pod, self.pod_dir, self.pod_ip, self.ctx.lookup,
+                                lambda aud, exp: self.ctx.token(pod, aud, exp))
+        except podspec.NotReadyYet:
+            pass
 
     def _start(self, c: Container, now: float) -> None:
         c.view.message = ""
@@ -161,6 +176,7 @@ class PodRuntime:
         if self.terminating or not self.prepare(pod):
             self._reap_all(now)
             return
+        self._refresh_volumes(pod, now)
         policy = pod["spec"].get("restartPolicy", "Always")
         for c in self.containers.values():
             if c.view.state == "waiting" and c.restart_at is None and not c.view.restart_count \
