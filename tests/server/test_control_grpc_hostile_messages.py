@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 
 import grpc
@@ -160,3 +161,44 @@ def test_an_epoch_within_a_day_of_the_workers_clock_is_accepted():
     for epoch in (1, now - 10**9, now + 3_600_000):
         assert rejection(OperatorUpdate(epoch, 1), now) == ""
     assert rejection(OperatorUpdate(now + 2 * 86_400_000, 1), now) != ""
+
+
+def random_message(rng: random.Random, now: int) -> control_pb2.ControlMessage:
+    """A ControlMessage with every field drawn from values that break naive code."""
+    ints = [0, 1, now, now + 2 * 86_400_000, 2**53, 2**63, U64_MAX, rng.randrange(U64_MAX)]
+    floats = [math.nan, math.inf, -math.inf, 0.0, -1.0, 1e-300, 1e300, 5e-324, rng.uniform(-2, 2)]
+    return control_pb2.ControlMessage(
+        epoch=rng.choice(ints), sequence=rng.choice(ints), target_budget=rng.choice(floats),
+        floor=rng.choice(floats), ceiling=rng.choice(floats), mode=rng.choice([0, 1, 2, 7, 2**20]),
+        slo=control_pb2.SloTargets(ttft_p95_ms=rng.choice(floats),
+                                   inter_token_p95_ms=rng.choice(floats)),
+        reason=rng.choice(["", "x" * 100_000, "\udc80".encode("utf-8", "surrogatepass")
+                           .decode("utf-8", "replace"), "ok"]),
+        sender=rng.choice(["", "op", "\x00" * 10]), report_interval_s=rng.choice(floats),
+        drain_grace_s=rng.choice(floats), sent_at_unix_ms=rng.choice([0, -1, 2**62]))
+
+
+async def test_a_thousand_malformed_messages_leave_the_worker_bounded_and_steerable(worker):
+    sup, stub = worker
+    rng = random.Random(14)
+    session = Session(stub)
+    try:
+        for _ in range(1000):
+            session.outbox.put_nowait(random_message(rng, now_ms()))
+        await session.until(lambda r: session.outbox.empty(), timeout=30.0)
+        control = sup.control
+        assert 0.3 <= control.floor <= control.target <= control.ceiling <= 1.0
+        assert math.isfinite(sup.budget) and 0.3 <= sup.budget <= 1.0
+        low, high = limits.REPORT_INTERVAL_RANGE_S
+        assert control.report_interval_s == 0.0 or low <= control.report_interval_s <= high
+        assert math.isfinite(control.drain_grace_s) and math.isfinite(control.ttft_p95_ms)
+        assert control.epoch <= now_ms() + limits.MAX_EPOCH_AHEAD_MS
+        epoch = max(control.epoch + 1, now_ms())
+        session.send(epoch=epoch, sequence=1, target_budget=0.5, floor=0.4, ceiling=0.9)
+        report = await session.until(lambda r: r.applied_epoch == epoch, timeout=10.0)
+        if sup.control.mode.value == "normal":
+            assert report.applied_budget == pytest.approx(0.5)
+        else:  # one of the random messages drained it: drain is one-way, at the floor
+            assert report.applied_budget == pytest.approx(sup.control.floor)
+    finally:
+        session.call.cancel()
