@@ -85,7 +85,8 @@ class ClientCertificates:
     def _issue(self) -> tuple[ClientTls, dt.datetime]:
         leaf = pki.issue(self._ca, pki.OPERATOR_COMMON_NAME, server=False, days=self._days,
                          now=self._clock())
-        return ClientTls(self._ca.cert_pem, leaf.cert_pem, leaf.key_pem), pki.renewal_due_at(leaf.cert_pem)
+        tls = ClientTls(self._ca.cert_pem, leaf.cert_pem, leaf.key_pem)
+        return tls, pki.renewal_due_at(leaf.cert_pem)
 
 
 class WorkerStream:

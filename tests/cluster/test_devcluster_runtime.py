@@ -24,8 +24,8 @@ def ctx():
     pool = ThreadPoolExecutor(2)
     configmaps = {"web": {"data": {"hello.txt": "hi\n"}}}
     yield PodContext(python=sys.executable, base_env={}, lookup=lambda kind, ns, name: configmaps.get(name),
-                     token=lambda pod, aud, exp: "token", kubeconfig_for=lambda pod, d: None, executor=pool,
-                     backoff_start=0.5)  # a real kubelet's 10 s first back-off, shortened for speed
+                     token=lambda pod, aud, exp: "token", kubeconfig_for=lambda pod, d: None,
+                     executor=pool, backoff_start=0.5)  # a kubelet's 10 s first back-off, shortened
     pool.shutdown(cancel_futures=True)
 
 
