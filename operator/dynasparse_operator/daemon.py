@@ -24,6 +24,7 @@ from dynasparse_operator.metrics import OperatorMetrics
 from dynasparse_operator.settings import OperatorSettings
 from dynasparse_operator.spec import AdaptiveModelSpec, parse_spec
 from dynasparse_proto import control_pb2
+from dynasparse_proto.limits import MAX_WARNINGS, clipped
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,10 @@ class ControlLoop:
         self.runtime.wake.set()
 
     def _warnings(self, pod: str, warnings) -> None:
-        """A worker refused a control message: one Warning event per pod and text."""
-        for text in warnings:
+        """A worker refused a control message: one Warning event per pod and text (a few, clipped:
+        reports are untrusted too)."""
+        for text in list(warnings)[:MAX_WARNINGS]:
+            text = clipped(text)
             key = (pod, text)
             if key in self.warned:
                 continue

@@ -15,6 +15,16 @@ MAX_EPOCH_AHEAD_MS = 24 * 3600 * 1000
 than this is refused."""
 MAX_SEQUENCE = 2**53
 """Operators count sequences up from 1 within an epoch; no honest one reaches this."""
+MAX_TEXT = 1024
+"""Characters kept of a free-text field (a reason, a sender, a warning): the worker echoes reasons
+in every report, so an unbounded one would multiply into every later message."""
+MAX_WARNINGS = 4
+"""Warnings a report carries (and the operator reads) at most."""
+
+
+def clipped(text: str) -> str:
+    """`text` cut to MAX_TEXT characters, marked when cut."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
 
 
 def epoch_too_far_ahead(epoch: int, now_unix_ms: int) -> bool:

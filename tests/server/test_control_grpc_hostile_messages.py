@@ -202,3 +202,17 @@ async def test_a_thousand_malformed_messages_leave_the_worker_bounded_and_steera
             assert report.applied_budget == pytest.approx(sup.control.floor)
     finally:
         session.call.cancel()
+
+
+async def test_a_megabyte_reason_is_clipped_before_it_is_echoed_in_every_report(worker):
+    sup, stub = worker
+    session = Session(stub)
+    try:
+        epoch = now_ms()
+        session.send(epoch=epoch, sequence=1, target_budget=0.6, reason="r" * 1_000_000,
+                     sender="s" * 100_000)
+        report = await session.until(lambda r: r.applied_epoch == epoch)
+        assert len(report.last_decision.reason) <= 2 * limits.MAX_TEXT + 16  # reason (from sender)
+        assert report.ByteSize() < 10_000
+    finally:
+        session.call.cancel()

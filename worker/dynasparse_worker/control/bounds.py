@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from dynasparse_proto.limits import (
-    MAX_DRAIN_GRACE_S, MAX_SEQUENCE, REPORT_INTERVAL_RANGE_S, epoch_too_far_ahead,
+    MAX_DRAIN_GRACE_S, MAX_SEQUENCE, REPORT_INTERVAL_RANGE_S, clipped, epoch_too_far_ahead,
 )
 
 
@@ -112,8 +112,8 @@ def apply_update(state: ControlState, update: OperatorUpdate, min_budget: float,
         mode=update.mode if state.mode is Mode.NORMAL else Mode.DRAIN,  # drain is one-way
         epoch=update.epoch,
         sequence=update.sequence,
-        reason=update.reason,
-        sender=update.sender,
+        reason=clipped(update.reason),
+        sender=clipped(update.sender),
         report_interval_s=_clamped(update.report_interval_s, *REPORT_INTERVAL_RANGE_S,
                                    unset=state.report_interval_s),
         drain_grace_s=_clamped(update.drain_grace_s, 0.0, MAX_DRAIN_GRACE_S,

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from dynasparse_proto.limits import MAX_WARNINGS, REPORT_INTERVAL_RANGE_S, clipped
 from dynasparse_proto.quality import budget_for_loss, valid_curve
 from dynasparse_worker.control import bounds as B
 from dynasparse_worker.control.fast_loop import (
@@ -30,7 +31,6 @@ from dynasparse_worker.engine.types import EngineStats
 log = logging.getLogger(__name__)
 WARNING_TTL_S = 60.0
 """How long a warning (a refused control message) is repeated in reports."""
-MAX_WARNINGS = 4
 
 
 class BudgetActuator(Protocol):
@@ -161,7 +161,9 @@ class Supervisor:
 
     @property
     def report_interval_s(self) -> float:
-        return self._control.report_interval_s or self.default_report_interval_s
+        """The operator's interval (already clamped), else the configured default, clamped too."""
+        low, high = REPORT_INTERVAL_RANGE_S
+        return self._control.report_interval_s or min(high, max(low, self.default_report_interval_s))
 
     @property
     def drain_grace_s(self) -> float:
@@ -212,7 +214,7 @@ class Supervisor:
             was_draining = self.draining
             refused = B.is_newer(update, self._control) and B.rejection(update, now_ms)
             if refused:
-                log.warning("%s (from %s)", refused, update.sender or "an unnamed sender")
+                log.warning("%s (from %s)", refused, clipped(update.sender) or "an unnamed sender")
                 self._warnings.append((self.clock(), refused))
                 return False
             control, applied = B.apply_update(self._control, update, self._min_budget, now_ms)
