@@ -5,7 +5,10 @@ interval and at once when `violates_slo` says a fresh report broke the SLO; the 
 simulation tests (tests/operator/) call it the same way. Types live in law_types.py.
 
 The loop, in small steps:
-1. `quality_floor`: spec.quality (minBudget, or maxLoss mapped through the workers' quality curve).
+1. `quality_floor`: spec.quality (minBudget, or maxLoss mapped through the workers' quality curve),
+   never below the workers' calibration minimum; the ceiling (maxBudget) never below the floor.
+   A worker's reported minimum raises only that worker's floor: the shared floor takes the lower
+   median of the reported minimums, so one worker claiming 1.0 cannot force every pod dense.
 2. Feed-forward: pods on a disrupted/cordoned node drain; survivors' budget drops in proportion to
    the capacity lost, at once, before their latency rises. Node pressure lowers that pod's ceiling.
 3. Feedback: integral control in log space on the worst fresh pod's p95/SLO, steered to
@@ -13,6 +16,10 @@ The loop, in small steps:
    steps, and hold-offs that wait for the reports to show the last change);
    clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
+
+Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as
+no sample and a non-finite budget in the state falls back to the ceiling, so the budget `decide`
+returns is always finite and within [floor, ceiling].
 """
 
 from __future__ import annotations
@@ -23,31 +30,38 @@ from typing import Iterable, Mapping, Sequence
 
 from dynasparse_operator.law_types import (MODE_DRAIN, MODE_NORMAL, Decision, LawParams, LawState,
                                            PodCommand, PodFacts, PodReport)
+from dynasparse_proto.quality import budget_for_loss, valid_curve
 
 
 def quality_floor(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, str]:
-    """Lowest budget the spec allows, and how it was found."""
+    """Lowest budget the spec allows (never above the ceiling `bounds` gives), and how it was found.
+
+    The calibration minimum that joins it is the lower median of the workers' reports: workers
+    enforce their own minimum anyway, so an outlier only raises its own pod's floor (`_commands`).
+    """
     reports = list(reports)
-    worker_min = max((r.min_budget for r in reports), default=0.0)
-    if params.min_budget is not None:
-        floor = max(params.min_budget, worker_min)
-        return min(floor, params.max_budget), f"minBudget {params.min_budget:.2f}"
-    curve = next((r.quality_curve for r in reports if r.quality_curve), ())
-    if params.max_loss is None or not curve:
-        return params.max_budget, "no quality curve reported yet: holding the ceiling"
-    floor = max(budget_for_loss(curve, params.max_loss), worker_min)
-    return min(floor, params.max_budget), f"maxLoss {params.max_loss:g} -> budget {floor:.2f}"
+    worker_min = _lower_median([_unit(r.min_budget, 0.0) for r in reports])
+    min_budget = _unit(params.min_budget, None) if params.min_budget is not None else None
+    if min_budget is not None:
+        return max(min_budget, worker_min), f"minBudget {min_budget:.2f}"
+    curve = next((c for r in reports if (c := valid_curve(r.quality_curve))), ())
+    max_loss = params.max_loss
+    if max_loss is None or not math.isfinite(max_loss) or not curve:
+        return _max_budget(params), "no quality curve reported yet: holding the ceiling"
+    floor = max(budget_for_loss(curve, max_loss), worker_min)
+    return floor, f"maxLoss {max_loss:g} -> budget {floor:.2f}"
 
 
-def budget_for_loss(curve: Sequence[tuple[float, float]], max_loss: float) -> float:
-    """Smallest budget whose expected loss is <= max_loss (linear between curve points)."""
-    points = sorted(curve)  # by budget; loss falls as budget rises
-    if points[0][1] <= max_loss:
-        return points[0][0]
-    for (b0, l0), (b1, l1) in zip(points, points[1:]):
-        if l1 <= max_loss < l0:
-            return b0 + (b1 - b0) * (l0 - max_loss) / (l0 - l1)
-    return 1.0  # no point meets the loss: stay dense
+def bounds(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, float, str, str]:
+    """(floor, ceiling, how the floor was found, problem): the ceiling is maxBudget raised to the
+    floor when the two conflict (quality wins over speed); `problem` says so, else ""."""
+    floor, why = quality_floor(params, reports)
+    ceiling = _max_budget(params)
+    if ceiling >= floor - 1e-9:
+        return floor, ceiling, why, ""
+    return floor, floor, why, (
+        f"maxBudget {ceiling:.2f} is below the quality floor {floor:.2f} ({why}): budgets stay at "
+        f"{floor:.2f}; raise maxBudget or relax the quality bound")
 
 
 def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = None) -> float | None:
@@ -59,6 +73,7 @@ def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = No
         ratios.append(report.ttft_p95_ms / params.ttft_slo_ms)
     if params.inter_token_slo_ms > 0 and itl_samples >= need:
         ratios.append(report.inter_token_p95_ms / params.inter_token_slo_ms)
+    ratios = [r for r in ratios if math.isfinite(r) and r >= 0.0]  # a broken sample is no sample
     return max(ratios) if ratios else None
 
 
@@ -71,10 +86,15 @@ def violates_slo(report: PodReport, params: LawParams) -> bool:
 def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: LawParams,
            state: LawState, now: float) -> Decision:
     """One control decision. `pods` are the ready worker pods; `reports` their latest reports."""
-    floor, floor_why = quality_floor(params, reports.values())
+    floor, ceiling, floor_why, problem = bounds(params, reports.values())
+    params = dataclasses.replace(params, max_budget=ceiling)
+    if not math.isfinite(state.budget):
+        state = dataclasses.replace(state, budget=ceiling)
+    if not math.isfinite(state.last_error):
+        state = dataclasses.replace(state, last_error=0.0)
     draining = [p for p in pods if p.disruption]
     survivors = [p for p in pods if not p.disruption]
-    budget = min(max(state.budget, floor), params.max_budget)
+    budget = min(max(state.budget, floor), ceiling)
     bounded = abs(budget - state.budget) > 1e-9  # the floor or ceiling moved past the budget
     events: list[str] = []
 
@@ -91,16 +111,17 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         fb = dataclasses.replace(fb, kind="bounds", reason=(
             f"bounds [{floor:.2f}, {params.max_budget:.2f}] ({floor_why}): "
             f"budget {state.budget:.2f} → {budget:.2f}"))
-    budget = fb.budget
+    budget = fb.budget if math.isfinite(fb.budget) else budget
+    budget = min(max(budget, floor), ceiling)
 
-    commands, pressure_events = _commands(pods, budget, floor, params, fb.reason)
+    commands, pressure_events = _commands(pods, reports, budget, floor, params, fb.reason)
     events.extend(pressure_events)
     changed = abs(budget - state.budget) > 1e-9
     live = {p.name for p in pods}
     new_state = LawState(
         budget=budget,
         last_change_at=now if changed else state.last_change_at,
-        last_error=fb.error,
+        last_error=fb.error if math.isfinite(fb.error) else 0.0,
         draining=frozenset((state.draining | new_drains) & live),
     )
     return Decision(
@@ -109,7 +130,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         kind=fb.kind, floor=floor, ceiling=params.max_budget, worst_ratio=fb.worst_ratio,
         ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms, observation=fb.observation,
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
-        events=tuple(events),
+        events=tuple(events), problems=(problem,) if problem else (),
     )
 
 
@@ -263,17 +284,22 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
                      ratio, ttft, itl)
 
 
-def _commands(pods: Sequence[PodFacts], budget: float, floor: float, params: LawParams,
-              reason: str) -> tuple[dict[str, PodCommand], list[str]]:
-    """Per-pod command: drain for disrupted pods, pressure-lowered ceilings for the rest."""
+def _commands(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], budget: float,
+              shared_floor: float, params: LawParams, reason: str
+              ) -> tuple[dict[str, PodCommand], list[str]]:
+    """Per-pod command: drain for disrupted pods, pressure-lowered ceilings for the rest; a pod's
+    floor is the shared floor raised to its own calibration minimum."""
     commands, events = {}, []
     for pod in pods:
+        report = reports.get(pod.name)
+        floor = max(shared_floor, _unit(report.min_budget, 0.0) if report else 0.0)
+        budget_here = max(budget, floor)
         if pod.disruption:
             commands[pod.name] = PodCommand(
-                pod.name, floor, floor, max(floor, min(budget, params.max_budget)), MODE_DRAIN,
+                pod.name, floor, floor, max(floor, min(budget_here, params.max_budget)), MODE_DRAIN,
                 f"node {pod.node or '?'} has {pod.disruption[0]}: draining")
             continue
-        ceiling = params.max_budget
+        ceiling = max(params.max_budget, floor)
         pod_reason = reason
         if pod.pressure:
             lowered = max(floor, params.max_budget * params.pressure_ceiling_factor)
@@ -282,6 +308,25 @@ def _commands(pods: Sequence[PodFacts], budget: float, floor: float, params: Law
                           else f"{where}: ceiling held at the quality floor {floor:.2f}")
             events.append(pod_reason + f" for pod {pod.name}")
             ceiling = lowered
-        commands[pod.name] = PodCommand(pod.name, min(budget, ceiling), floor, ceiling,
+        commands[pod.name] = PodCommand(pod.name, min(budget_here, ceiling), floor, ceiling,
                                         MODE_NORMAL, pod_reason)
     return commands, events
+
+
+def _unit(value: float | None, fallback: float | None) -> float | None:
+    """`value` clamped into [0, 1]; `fallback` when it is missing or not finite."""
+    if value is None or not math.isfinite(value):
+        return fallback
+    return min(1.0, max(0.0, float(value)))
+
+
+def _max_budget(params: LawParams) -> float:
+    """maxBudget when it is a budget in (0, 1], else dense."""
+    value = params.max_budget
+    return float(value) if math.isfinite(value) and 0.0 < value <= 1.0 else 1.0
+
+
+def _lower_median(values: Sequence[float]) -> float:
+    """The lower median (0 for none): robust to one outlier among three or more workers."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0

@@ -16,14 +16,15 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
-from dynasparse_operator import control_law, signals, status as status_mod, wire
-from dynasparse_operator.grpc_client import ClientTls, StreamPool
+from dynasparse_operator import control_law, epochs, signals, status as status_mod, wire
+from dynasparse_operator.grpc_client import StreamPool, TlsSource
 from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
 from dynasparse_operator.settings import OperatorSettings
 from dynasparse_operator.spec import AdaptiveModelSpec, parse_spec
 from dynasparse_proto import control_pb2
+from dynasparse_proto.limits import MAX_WARNINGS, clipped
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class LoopDeps:
     """Everything the loop needs from outside."""
 
     settings: OperatorSettings
-    tls: ClientTls
-    epoch: int
+    tls: TlsSource  # grpc_client.ClientCertificates renews it; a fixed ClientTls in some tests
+    epoch: int  # the operator process's wall-clock epoch; each loop derives its own from status
     sequence: itertools.count
     sender: str
     patch_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
@@ -66,6 +67,12 @@ class LoopDeps:
     scale_workers: Callable[[str, str, int], Awaitable[None]] | None = None
     metrics: OperatorMetrics | None = None
     clock: Callable[[], float] = time.monotonic
+    renew_worker_tls: Callable[[], Awaitable[None]] | None = None
+    """Re-issues the workers' server certificate Secret when due (kubelet then updates the mounted
+    files and the workers reload them); called every WORKER_TLS_CHECK_S."""
+
+
+WORKER_TLS_CHECK_S = 3600.0
 
 
 def law_params(spec: AdaptiveModelSpec, settings: OperatorSettings) -> LawParams:
@@ -94,11 +101,18 @@ class ControlLoop:
         self.state = dataclasses.replace(status_mod.resume_state(body.get("status")),
                                          last_change_at=deps.clock())
         self.last_sent: dict[str, tuple] = {}
+        # Never below an epoch sent before (persisted in status), whatever the wall clock says;
+        # nothing is sent until this loop's epoch is persisted too.
+        self.epoch = epochs.starting_epoch(body.get("status"), deps.epoch)
+        self.epoch_persisted = False
+        self.worker_tls_checked_at = deps.clock()
+        self.warned: set[tuple[str, str]] = set()
         self.last_status_at = -1e9
         self.sequence_sent = 0
         self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
         self.decision: Decision | None = None
         self.last_events: set[str] = set()
+        self.last_problems: set[str] = set()
         self.pool = StreamPool(deps.tls, worker_dns_names(owner)[0],
                                deps.settings.worker.control_port, self._on_report,
                                deps.settings.grpc, self._on_stream_state)
@@ -107,10 +121,38 @@ class ControlLoop:
 
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
         rep = wire.report_from_pb(report, at, pod)
+        self._check_epoch(pod, int(report.applied_epoch))
+        self._warnings(pod, report.warnings)
         first = pod not in self.reports
         self.reports[pod] = rep
         if first or control_law.violates_slo(rep, self.params()):
             self.runtime.wake.set()  # a new pod's bounds, or an SLO violation: decide now
+
+    def _check_epoch(self, pod: str, applied: int) -> None:
+        """A worker runs an epoch beyond ours (a lost status write, another operator's clock):
+        move past it, or every command we send would be ignored as stale."""
+        newer = epochs.overtaken(self.epoch, applied, int(time.time() * 1000))
+        if newer is None:
+            return
+        log.warning("%s/%s: pod %s applied epoch %d, beyond ours (%d): continuing at %d",
+                    self.owner.namespace, self.owner.name, pod, applied, self.epoch, newer)
+        self.epoch, self.epoch_persisted = newer, False
+        self.last_sent.clear()  # resend every pod its command under the new epoch
+        self.runtime.wake.set()
+
+    def _warnings(self, pod: str, warnings) -> None:
+        """A worker refused a control message: one Warning event per pod and text (a few, clipped:
+        reports are untrusted too)."""
+        for text in list(warnings)[:MAX_WARNINGS]:
+            text = clipped(text)
+            key = (pod, text)
+            if key in self.warned:
+                continue
+            if len(self.warned) > 256:
+                self.warned.clear()
+            self.warned.add(key)
+            log.warning("%s/%s: pod %s: %s", self.owner.namespace, self.owner.name, pod, text)
+            self.deps.emit_event("Warning", "ControlMessageRefused", f"pod {pod}: {text}")
 
     def _on_stream_state(self, pod: str, connected: bool, detail: str) -> None:
         self.connected[pod] = connected
@@ -152,6 +194,9 @@ class ControlLoop:
         facts = signals.pod_facts(pod_bodies, nodes, keys)
         addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
         await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
+        for name in list(self.last_sent):
+            if name not in self.pool.streams:  # a stream opened later gets its command at once
+                del self.last_sent[name]
         for name in list(self.reports):
             if name not in self.runtime.pods:
                 del self.reports[name]
@@ -159,7 +204,8 @@ class ControlLoop:
         decision = control_law.decide(self.reports, facts, params, self.state, now)
         self.state = decision.state
         self.decision = decision
-        self._send(decision, params, spec)
+        if await self._persist_epoch():
+            self._send(decision, params, spec)
         await self._surge(decision, spec)
         self._events(decision)
         if self.deps.metrics:
@@ -168,7 +214,33 @@ class ControlLoop:
         if decision.changed or now - self.last_status_at >= max(1.0, params.interval_s):
             self.last_status_at = now
             await self._write_status(decision, spec, facts, len(pod_bodies), len(ready))
+        await self._renew_worker_tls(now)
         return decision
+
+    async def _renew_worker_tls(self, now: float) -> None:
+        if self.deps.renew_worker_tls is None or now - self.worker_tls_checked_at < WORKER_TLS_CHECK_S:
+            return
+        self.worker_tls_checked_at = now
+        try:
+            await self.deps.renew_worker_tls()
+        except Exception as exc:  # noqa: BLE001 - retried at the next check; certificates last months
+            self.worker_tls_checked_at = now - WORKER_TLS_CHECK_S + 60.0
+            log.warning("%s/%s: worker certificate renewal failed (retrying in a minute): %s",
+                        self.owner.namespace, self.owner.name, exc)
+
+    async def _persist_epoch(self) -> bool:
+        """Write this loop's epoch to status before the first command carries it (True once it is
+        there), so a restarted operator starts above it even if its clock went back."""
+        if self.epoch_persisted:
+            return True
+        try:
+            await self.deps.patch_status(self.owner.namespace, self.owner.name, {"epoch": self.epoch})
+        except Exception as exc:  # noqa: BLE001 - retried at the next step; nothing sent meanwhile
+            log.warning("%s/%s: cannot persist epoch %d, holding commands: %s",
+                        self.owner.namespace, self.owner.name, self.epoch, exc)
+            return False
+        self.epoch_persisted = True
+        return True
 
     def _send(self, decision: Decision, params: LawParams, spec: AdaptiveModelSpec) -> None:
         """Send each pod its command when it changed, or as a refresh every few intervals."""
@@ -183,7 +255,7 @@ class ControlLoop:
                 continue
             self.sequence_sent = next(self.deps.sequence)
             stream.send(wire.command_to_pb(
-                cmd, params, epoch=self.deps.epoch, sequence=self.sequence_sent,
+                cmd, params, epoch=self.epoch, sequence=self.sequence_sent,
                 sender=self.deps.sender, report_interval_s=self.deps.settings.control.report_interval_s,
                 drain_grace_s=float(spec.worker.drain_grace_s)))
             self.last_sent[cmd.name] = (key, now)
@@ -207,6 +279,9 @@ class ControlLoop:
             if "draining" not in message:  # the disruption decision already said so
                 self.deps.emit_event("Warning", "NodePressure", message)
         self.last_events = current
+        for message in sorted(set(decision.problems) - self.last_problems):
+            self.deps.emit_event("Warning", "InvalidQualityBounds", message)
+        self.last_problems = set(decision.problems)
 
     async def _write_status(self, decision: Decision, spec: AdaptiveModelSpec, facts, existing: int,
                             ready: int) -> None:
@@ -216,7 +291,7 @@ class ControlLoop:
             desired_replicas=spec.replicas, existing_pods=existing, ready_pods=ready,
             selector=selector_string(self.owner.name), decision=decision, pods=facts,
             reports=self.reports, connected=self.connected, ttft_slo_ms=spec.slo.ttft_p95_ms,
-            epoch=self.deps.epoch, sequence=self.sequence_sent, surge_replicas=self.surge,
+            epoch=self.epoch, sequence=self.sequence_sent, surge_replicas=self.surge,
             previous_conditions=body_status.get("conditions") or ()))
         try:
             await self.deps.patch_status(self.owner.namespace, self.owner.name, patch)

@@ -4,19 +4,23 @@
 `WorkerStream` for each new pod and closes the ones that went away. A stream sends the latest
 ControlMessage given to `send()` (and resends it after a reconnect; the worker ignores an
 (epoch, sequence) it has already applied), and hands every Report to the daemon's callback.
-Reconnects back off exponentially. No kopf, no kubernetes here.
+Reconnects back off exponentially. The client certificate comes from a `TlsSource`:
+`ClientCertificates` re-issues it from the CA once two thirds of its lifetime have passed, and each
+open stream then reconnects with the new one at once. No kopf, no kubernetes here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import grpc
 
+from dynasparse_operator import pki
 from dynasparse_operator.settings import GrpcSettings
 from dynasparse_proto import control_pb2, control_pb2_grpc
 
@@ -34,16 +38,61 @@ class ClientTls:
     cert_pem: bytes
     key_pem: bytes
 
+    generation = 0  # a fixed certificate is never renewed
+
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.ca_pem,
                                             private_key=self.key_pem,
                                             certificate_chain=self.cert_pem)
 
+    def current(self) -> "ClientTls":
+        return self
+
+
+class TlsSource(Protocol):
+    """Where streams get the client certificate: `current()` before each connection and every
+    CERT_CHECK_S while connected; a changed `generation` means reconnect with the new one."""
+
+    generation: int
+
+    def current(self) -> ClientTls: ...
+
+
+CERT_CHECK_S = 1.0
+OPERATOR_CERT_DAYS = 30.0
+
+
+class ClientCertificates:
+    """The operator's client certificate, signed by its CA and renewed (a new key too) once
+    pki.RENEW_AFTER of its lifetime has passed; `clock` (UTC) stamps and judges validity."""
+
+    def __init__(self, ca: pki.KeyPair, *, days: float = OPERATOR_CERT_DAYS,
+                 clock: Callable[[], dt.datetime] = pki.utc_now) -> None:
+        self._ca = ca
+        self._days = days
+        self._clock = clock
+        self.generation = 0
+        self._tls, self._due = self._issue()
+
+    def current(self) -> ClientTls:
+        if self._clock() >= self._due:
+            self._tls, self._due = self._issue()
+            self.generation += 1
+            log.info("operator client certificate renewed (generation %d), next renewal at %s",
+                     self.generation, self._due.isoformat())
+        return self._tls
+
+    def _issue(self) -> tuple[ClientTls, dt.datetime]:
+        leaf = pki.issue(self._ca, pki.OPERATOR_COMMON_NAME, server=False, days=self._days,
+                         now=self._clock())
+        tls = ClientTls(self._ca.cert_pem, leaf.cert_pem, leaf.key_pem)
+        return tls, pki.renewal_due_at(leaf.cert_pem)
+
 
 class WorkerStream:
     """One pod's Session, kept open until `close()`."""
 
-    def __init__(self, pod: str, address: str, tls: ClientTls, server_name: str,
+    def __init__(self, pod: str, address: str, tls: TlsSource, server_name: str,
                  on_report: ReportCallback, settings: GrpcSettings,
                  on_state: StateCallback | None = None) -> None:
         self.pod = pod
@@ -85,7 +134,11 @@ class WorkerStream:
         while True:
             started = time.monotonic()
             try:
-                await self._session()
+                if await self._session():
+                    log.info("control stream to %s: reconnecting with the renewed client "
+                             "certificate", self.pod)
+                    delay = self._settings.backoff_initial_s
+                    continue
                 detail = "stream ended by the worker"
             except asyncio.CancelledError:
                 raise
@@ -102,12 +155,14 @@ class WorkerStream:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.backoff_max_s)
 
-    async def _session(self) -> None:
+    async def _session(self) -> bool:
+        """One connection and Session; True when it ended because the certificate was renewed."""
+        tls, generation = self._tls.current(), self._tls.generation
         options = [("grpc.ssl_target_name_override", self._server_name),
                    ("grpc.default_authority", self._server_name),
                    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                    ("grpc.keepalive_permit_without_calls", 1)]
-        async with grpc.aio.secure_channel(self.address, self._tls.credentials(), options=options) as channel:
+        async with grpc.aio.secure_channel(self.address, tls.credentials(), options=options) as channel:
             await asyncio.wait_for(channel.channel_ready(), self._settings.connect_timeout_s)
             outbox: asyncio.Queue[control_pb2.ControlMessage] = asyncio.Queue()
             if self._latest is not None:
@@ -116,10 +171,23 @@ class WorkerStream:
             try:
                 call = control_pb2_grpc.ControlStub(channel).Session(_drain(outbox))
                 self._set_state(True, "")
-                async for report in call:
-                    self._on_report(self.pod, report, time.monotonic())
+                reader = asyncio.ensure_future(self._read(call))
+                try:
+                    while not (await asyncio.wait({reader}, timeout=CERT_CHECK_S))[0]:
+                        self._tls.current()
+                        if self._tls.generation != generation:
+                            return True
+                    reader.result()
+                    return False
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
             finally:
                 self._outbox = None
+
+    async def _read(self, call) -> None:
+        async for report in call:
+            self._on_report(self.pod, report, time.monotonic())
 
 
 async def _drain(outbox: asyncio.Queue):
@@ -130,7 +198,7 @@ async def _drain(outbox: asyncio.Queue):
 class StreamPool:
     """The streams of one AdaptiveModel's pods."""
 
-    def __init__(self, tls: ClientTls, server_name: str, port: int, on_report: ReportCallback,
+    def __init__(self, tls: TlsSource, server_name: str, port: int, on_report: ReportCallback,
                  settings: GrpcSettings, on_state: StateCallback | None = None) -> None:
         self._tls = tls
         self._server_name = server_name

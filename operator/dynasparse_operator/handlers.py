@@ -17,7 +17,7 @@ import kopf
 
 from dynasparse_operator import manifests, pki, signals
 from dynasparse_operator.daemon import ControlLoop, LoopDeps, Registry
-from dynasparse_operator.grpc_client import ClientTls
+from dynasparse_operator.grpc_client import ClientCertificates
 from dynasparse_operator.kube import Kube
 from dynasparse_operator.metrics import OperatorMetrics
 from dynasparse_operator.settings import OperatorSettings
@@ -39,7 +39,7 @@ class OperatorContext:
     sequence: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
     kube: Kube | None = None
     ca: pki.KeyPair | None = None
-    client_tls: ClientTls | None = None
+    client_tls: ClientCertificates | None = None
 
 
 def make_memo(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf.Memo:
@@ -74,8 +74,7 @@ def build_registry() -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         ctx.kube = Kube.connect()
         ctx.ca = await ctx.kube.ensure_ca(ca_namespace(ctx.settings), ctx.settings.pki.ca_secret)
-        client = pki.issue(ctx.ca, pki.OPERATOR_COMMON_NAME, server=False, days=30)
-        ctx.client_tls = ClientTls(ctx.ca.cert_pem, client.cert_pem, client.key_pem)
+        ctx.client_tls = ClientCertificates(ctx.ca)  # renewed as it ages, streams follow
         log.info("operator epoch %d; CA from %s/%s", ctx.epoch, ca_namespace(ctx.settings),
                  ctx.settings.pki.ca_secret)
 
@@ -102,6 +101,7 @@ def build_registry() -> kopf.OperatorRegistry:
         """The closed loop of one model (daemon.py); budgets resume from status."""
         ctx: OperatorContext = memo.ctx
         runtime = ctx.registry.runtime(namespace, name)
+        owner = manifests.Owner(name, namespace, uid)
         kube = ctx.kube
         for pod in await kube.list_pods(namespace, name):
             runtime.pods.setdefault(pod["metadata"]["name"], pod)
@@ -112,9 +112,9 @@ def build_registry() -> kopf.OperatorRegistry:
         deps = LoopDeps(settings=ctx.settings, tls=ctx.client_tls, epoch=ctx.epoch,
                         sequence=ctx.sequence, sender=ctx.settings.server.pod_name or "dynasparse-operator",
                         patch_status=kube.patch_status, emit_event=emit,
-                        scale_workers=kube.scale_workers, metrics=ctx.metrics)
-        loop = ControlLoop(manifests.Owner(name, namespace, uid), body, runtime,
-                           ctx.registry.nodes, deps)
+                        scale_workers=kube.scale_workers, metrics=ctx.metrics,
+                        renew_worker_tls=lambda: _ensure_worker_tls(ctx, owner))
+        loop = ControlLoop(owner, body, runtime, ctx.registry.nodes, deps)
         try:
             await loop.run(lambda: bool(stopped))
         finally:

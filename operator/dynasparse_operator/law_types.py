@@ -141,6 +141,7 @@ class Decision:
     observation: str = ""  # 'p95 TTFT 812 ms > SLO 500 ms' for the worst fresh pod
     surge_replicas: int = 0
     events: tuple[str, ...] = ()  # feed-forward messages (pressure, disruption)
+    problems: tuple[str, ...] = ()  # spec errors a user must fix (maxBudget below the quality floor)
 
     @property
     def changed(self) -> bool:

@@ -2,8 +2,11 @@
 
 Pure: PEM bytes in, PEM bytes out. handlers.py keeps the CA in a Secret (`ca.crt`, `ca.key`; name
 and namespace from settings.PkiSettings), signs each model's worker server certificate into the
-worker TLS Secret (manifests.tls_secret), and signs one client certificate for this operator
-process at start (kept in memory, never written: the operator's root filesystem is read-only).
+worker TLS Secret (manifests.tls_secret), and signs the client certificate of this operator
+process (kept in memory, never written: the operator's root filesystem is read-only; renewed by
+grpc_client.ClientCertificates). Every leaf is renewed once `RENEW_AFTER` of its lifetime has
+passed (`needs_renewal`), which leaves a third of it to deliver the new one. Functions that judge
+or stamp validity take `now`, so tests can run months of simulated time.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ class KeyPair:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
 
-def _now() -> dt.datetime:
+RENEW_AFTER = 2 / 3
+"""Fraction of a certificate's lifetime after which it is renewed."""
+MAX_BACKDATE = dt.timedelta(minutes=5)
+"""Leaves are valid from a little before they are issued (clock skew between pods)."""
+
+
+def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -50,7 +59,7 @@ def _name(cn: str) -> x509.Name:
 def make_ca(days: int = 3650) -> KeyPair:
     """A new self-signed CA (EC P-256)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    now = utc_now()
     cert = (x509.CertificateBuilder()
             .subject_name(_name(CA_COMMON_NAME)).issuer_name(_name(CA_COMMON_NAME))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -67,18 +76,19 @@ def make_ca(days: int = 3650) -> KeyPair:
 
 
 def issue(ca: KeyPair, common_name: str, *, server: bool, dns_names: tuple[str, ...] = (),
-          days: int = 365) -> KeyPair:
+          days: float = 365, now: dt.datetime | None = None) -> KeyPair:
     """A leaf certificate signed by `ca`: a server certificate for workers, a client one for us."""
     ca_cert = ca.certificate
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    now = now or utc_now()
+    lifetime = dt.timedelta(days=days)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (x509.CertificateBuilder()
                .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+               .not_valid_before(now - min(MAX_BACKDATE, lifetime / 4))
+               .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -90,13 +100,20 @@ def issue(ca: KeyPair, common_name: str, *, server: bool, dns_names: tuple[str, 
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def needs_renewal(cert_pem: bytes, *, min_days_left: float = 30) -> bool:
-    """True when the certificate expires within `min_days_left` days (or cannot be read)."""
+def renewal_due_at(cert_pem: bytes) -> dt.datetime | None:
+    """When the certificate should be renewed (RENEW_AFTER of its validity); None if unreadable."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
-        return True
-    return cert.not_valid_after_utc - _now() < dt.timedelta(days=min_days_left)
+        return None
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * RENEW_AFTER
+
+
+def needs_renewal(cert_pem: bytes, *, now: dt.datetime | None = None) -> bool:
+    """True once RENEW_AFTER of the certificate's lifetime has passed (or it cannot be read)."""
+    due = renewal_due_at(cert_pem)
+    return due is None or (now or utc_now()) >= due
 
 
 def signed_by(cert_pem: bytes, ca: KeyPair) -> bool:

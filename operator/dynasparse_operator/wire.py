@@ -2,30 +2,47 @@
 
 Pure; the only place the operator reads or builds `dynasparse.v1` messages field by field.
 Called by daemon.py (and by tests that play a worker).
+
+Reports are untrusted input (any worker, any bug): `report_from_pb` is the boundary where every
+field is checked, so the control law only ever sees finite, in-range numbers. A latency that is not
+a finite non-negative number is dropped (its axis counts as having no samples) and logged; budgets
+and losses are clamped into their ranges; quality-curve points that are not finite or out of range
+are dropped.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 from dynasparse_operator.law_types import MODE_DRAIN, LawParams, PodCommand, PodReport
 from dynasparse_proto import control_pb2
+from dynasparse_proto.quality import valid_curve
+
+log = logging.getLogger(__name__)
+MAX_SAMPLES = 2**31 - 1
+MAX_LATENCY_MS = 24 * 3600 * 1000.0
+"""A p95 beyond a day is a broken clock, not a measurement."""
 
 
 def report_from_pb(report: control_pb2.Report, received_at: float, pod: str = "") -> PodReport:
     """The law's view of one Report; `received_at` is the operator's monotonic clock."""
+    name = pod or report.pod_name
+    ttft_ms, ttft_n = _latency(name, "ttft", report.ttft)
+    itl_ms, itl_n = _latency(name, "inter_token", report.inter_token)
     return PodReport(
-        name=pod or report.pod_name,
+        name=name,
         received_at=received_at,
-        ttft_p95_ms=report.ttft.p95_ms,
-        inter_token_p95_ms=report.inter_token.p95_ms,
-        samples=int(report.ttft.count),
-        inter_token_samples=int(report.inter_token.count),
+        ttft_p95_ms=ttft_ms,
+        inter_token_p95_ms=itl_ms,
+        samples=ttft_n,
+        inter_token_samples=itl_n,
         queue_depth=int(report.queue_depth),
-        applied_budget=report.applied_budget,
-        expected_loss=report.expected_quality_loss,
-        min_budget=report.min_budget,
-        quality_curve=tuple((p.budget, p.expected_loss) for p in report.quality_curve),
+        applied_budget=_within(report.applied_budget, 0.0, 1.0, fallback=1.0),
+        expected_loss=_within(report.expected_quality_loss, 0.0, 1e6, fallback=0.0),
+        min_budget=_within(report.min_budget, 0.0, 1.0, fallback=0.0),
+        quality_curve=valid_curve((p.budget, p.expected_loss) for p in report.quality_curve),
         mode=MODE_DRAIN if report.mode == control_pb2.MODE_DRAIN else "normal",
     )
 
@@ -49,3 +66,19 @@ def command_to_pb(command: PodCommand, params: LawParams, *, epoch: int, sequenc
         drain_grace_s=drain_grace_s,
         sent_at_unix_ms=int(time.time() * 1000),
     )
+
+
+def _latency(pod: str, axis: str, summary: control_pb2.LatencySummary) -> tuple[float, int]:
+    """(p95 ms, samples); a p95 that is not a finite, non-negative number of ms is dropped."""
+    p95, count = summary.p95_ms, min(int(summary.count), MAX_SAMPLES)
+    if math.isfinite(p95) and 0.0 <= p95 <= MAX_LATENCY_MS:
+        return float(p95), count
+    log.warning("pod %s reported %s p95 %r ms: dropped (not a latency)", pod, axis, p95)
+    return 0.0, 0
+
+
+def _within(value: float, low: float, high: float, *, fallback: float) -> float:
+    """`value` clamped into [low, high]; `fallback` when it is NaN."""
+    if math.isnan(value):
+        return fallback
+    return min(high, max(low, float(value)))

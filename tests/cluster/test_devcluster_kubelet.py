@@ -124,3 +124,35 @@ def test_pods_of_other_images_are_reported_running_without_a_process(dev_cluster
            "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]}}
     dev_cluster.api.post(f"/api/v1/namespaces/{namespace}/pods", pod)
     wait_until(lambda: is_ready(get_pod(dev_cluster, namespace, "nginx")), 20, "the foreign pod to be Ready")
+
+
+def test_a_deployment_whose_container_cannot_start_keeps_one_pod_in_crash_loop_back_off(dev_cluster,
+                                                                                       namespace):
+    labels = {"app": "broken"}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "broken"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "c", "image": "dynasparse-test:dev",
+                "command": ["/nonexistent/venv/bin/server"]}]}}},
+    }
+    dev_cluster.api.post(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment)
+
+    def pods():
+        return dev_cluster.api.get(f"/api/v1/namespaces/{namespace}/pods",
+                                   labelSelector="app=broken")["items"]
+
+    def restarted(pod):
+        status = (pod["status"].get("containerStatuses") or [{}])[0]
+        return status.get("restartCount", 0) >= 1 and pod
+
+    first = wait_until(lambda: (p := pods()) and restarted(p[0]), 40,
+                       "the container to fail to start and be restarted after its 10 s back-off")
+    status = first["status"]["containerStatuses"][0]
+    assert first["status"]["phase"] == "Running"
+    assert status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert "back-off 20s" in status["state"]["waiting"]["message"]
+    assert status["lastState"]["terminated"]["reason"] == "StartError"
+    names = {p["metadata"]["name"] for p in pods()}
+    assert names == {first["metadata"]["name"]}, "the ReplicaSet kept its pod instead of replacing it"

@@ -3,14 +3,19 @@ loopback address, real HTTP probes, restarts by policy, SIGTERM on termination."
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from dynasparse.devcluster.kubelet.runtime import PodContext, PodRuntime
+from dynasparse.devcluster.kubelet.runtime import BACKOFF_MAX, BACKOFF_START, PodContext, PodRuntime
 from dynasparse.devcluster.kubelet.status import pod_status
 
 
@@ -19,7 +24,8 @@ def ctx():
     pool = ThreadPoolExecutor(2)
     configmaps = {"web": {"data": {"hello.txt": "hi\n"}}}
     yield PodContext(python=sys.executable, base_env={}, lookup=lambda kind, ns, name: configmaps.get(name),
-                     token=lambda pod, aud, exp: "token", kubeconfig_for=lambda pod, d: None, executor=pool)
+                     token=lambda pod, aud, exp: "token", kubeconfig_for=lambda pod, d: None,
+                     executor=pool, backoff_start=0.5)  # a kubelet's 10 s first back-off, shortened
     pool.shutdown(cancel_futures=True)
 
 
@@ -84,3 +90,74 @@ def test_a_process_ignoring_sigterm_is_killed_when_the_grace_period_ends(ctx, tm
     runtime.begin_termination(1.0, started)
     run_until(runtime, spec, runtime.finished, timeout=5)
     assert 0.9 < time.monotonic() - started < 3 and runtime.views()[0].exit_code == 137
+
+
+def test_a_container_that_cannot_start_backs_off_10_s_doubling_to_5_min_and_keeps_the_pod_running(
+        ctx, tmp_path):
+    faithful = dataclasses.replace(ctx, backoff_start=BACKOFF_START, backoff_max=BACKOFF_MAX)
+    spec = pod(["/nonexistent/bin/server", "--port", "8080"])
+    runtime = PodRuntime(spec, free_ip(), tmp_path, faithful)
+    now, waits = 1000.0, []
+    for _ in range(8):
+        runtime.poll(spec, now)
+        view = runtime.views()[0]
+        assert view.state == "waiting" and view.reason == "CrashLoopBackOff"
+        assert "No such file" in view.message and view.last_terminated["reason"] == "StartError"
+        status = pod_status(spec, runtime.views(), None, "t", runtime.started_at)
+        assert status["phase"] == "Running", "never completed, so never replaced"
+        assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        runtime.poll(spec, now + 1.0)  # nothing happens before the back-off ends
+        assert runtime.views()[0].restart_count == len(waits)
+        wait = runtime.containers["c"].restart_at - now
+        waits.append(round(wait))
+        now += wait
+    assert waits == [10, 20, 40, 80, 160, 300, 300, 300]
+
+
+def test_a_container_that_cannot_start_under_restart_policy_never_fails_with_start_error(ctx, tmp_path):
+    spec = pod(["/nonexistent/bin/server"], policy="Never")
+    runtime = PodRuntime(spec, free_ip(), tmp_path, ctx)
+    runtime.poll(spec, time.monotonic())
+    view = runtime.views()[0]
+    assert view.state == "terminated" and view.reason == "StartError" and view.exit_code == 128
+    assert pod_status(spec, runtime.views(), None, "t", runtime.started_at)["phase"] == "Failed"
+
+
+def test_an_interpreter_under_tmp_runs_in_a_pod_that_mounts_an_empty_dir_at_tmp(ctx, tmp_path):
+    venv = Path(tempfile.mkdtemp(prefix="venv-", dir="/tmp"))
+    try:
+        (venv / "bin").mkdir()
+        (venv / "bin" / "python").symlink_to(sys.executable)
+        spec = pod(["python", "-c", "import sys; print('ran', sys.argv[1])", "/tmp/scratch"],
+                   policy="Never", volumeMounts=[{"name": "scratch", "mountPath": "/tmp"}])
+        spec["spec"]["volumes"].append({"name": "scratch", "emptyDir": {}})
+        runtime = PodRuntime(spec, free_ip(), tmp_path,
+                             dataclasses.replace(ctx, python=str(venv / "bin" / "python")))
+        run_until(runtime, spec, lambda: runtime.views()[0].state == "terminated")
+        view = runtime.views()[0]
+        assert view.exit_code == 0, view
+        out = (tmp_path / "c.log").read_text()
+        assert f"ran {tmp_path}/volumes/scratch/scratch" in out, "the pod's own /tmp is still its volume"
+    finally:
+        shutil.rmtree(venv)
+
+
+def test_a_renewed_secret_reaches_the_running_pods_files_within_a_minute(ctx, tmp_path):
+    secret = {"data": {"server.crt": base64.b64encode(b"first").decode()}}
+    lookup = lambda kind, ns, name: secret if kind == "Secret" else None  # noqa: E731
+    spec = pod(["python", "-c", "import time; time.sleep(60)"],
+               volumeMounts=[{"name": "tls", "mountPath": "/etc/tls"}])
+    spec["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": "tls"}}]
+    runtime = PodRuntime(spec, free_ip(), tmp_path, dataclasses.replace(ctx, lookup=lookup))
+    cert = tmp_path / "volumes" / "tls" / "server.crt"
+    try:
+        runtime.poll(spec, 0.0)
+        assert cert.read_bytes() == b"first"
+        secret["data"]["server.crt"] = base64.b64encode(b"renewed").decode()
+        runtime.poll(spec, 30.0)
+        assert cert.read_bytes() == b"first", "not before the kubelet's next sync"
+        runtime.poll(spec, 61.0)
+        assert cert.read_bytes() == b"renewed"
+        assert not list(cert.parent.glob(".*.new")), "replaced atomically, nothing left behind"
+    finally:
+        runtime.kill_now()

@@ -123,7 +123,7 @@ async def test_budget_change_reaches_the_worker_within_a_second_of_a_violating_r
     task = asyncio.create_task(loop.run(stop.is_set))
     try:
         loop.runtime.wake.set()
-        await wait_for(lambda: sup.control.epoch == loop.deps.epoch)
+        await wait_for(lambda: sup.control.epoch == loop.epoch)
         assert sup.budget == pytest.approx(0.9), "restart safety: the budget resumes from status"
         assert sup.control.floor == pytest.approx(0.4)
         for _ in range(20):
@@ -153,11 +153,11 @@ async def test_stream_reconnects_to_a_restarted_worker_and_resends_the_budget(tm
     task = asyncio.create_task(loop.run(stop.is_set))
     try:
         loop.runtime.wake.set()
-        await wait_for(lambda: sup.control.epoch == loop.deps.epoch)
+        await wait_for(lambda: sup.control.epoch == loop.epoch)
         await server.stop(None)
         await wait_for(lambda: not loop.pool.streams["w0"].connected)
         sup2, server, _ = await start_worker(tmp_path, ca, port)
-        await wait_for(lambda: sup2.control.epoch == loop.deps.epoch, timeout=10.0)
+        await wait_for(lambda: sup2.control.epoch == loop.epoch, timeout=10.0)
         assert sup2.budget == pytest.approx(0.9)
     finally:
         stop.set()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dynasparse_operator.control_law import budget_for_loss, quality_floor
+from dynasparse_operator.control_law import quality_floor
+from dynasparse_proto.quality import budget_for_loss
 from dynasparse_operator.errors import UserError
 from dynasparse_operator.law_types import LawParams, PodReport
 from dynasparse_operator.settings import load_settings
@@ -51,11 +52,14 @@ def test_spec_defaults_and_exactly_one_quality_floor():
         parse_spec({"model": "m", "slo": {}, "quality": {"maxLoss": 0.1}})
 
 
-def test_max_loss_maps_through_the_reported_quality_curve():
+def test_max_loss_maps_through_the_reported_quality_curve_to_a_measured_point():
     curve = ((0.4, 0.65), (0.5, 0.29), (0.6, 0.1), (0.75, 0.03), (1.0, 0.0))
     assert budget_for_loss(curve, 0.1) == pytest.approx(0.6)
-    assert budget_for_loss(curve, 0.2) == pytest.approx(0.5 + 0.1 * (0.29 - 0.2) / 0.19)
+    assert budget_for_loss(curve, 0.2) == pytest.approx(0.6)  # 0.5..0.6 is not measured
     assert budget_for_loss(curve, 1.0) == 0.4
+    bumpy = ((0.3, 0.05), (0.5, 0.2), (1.0, 0.0))  # not monotone: 0.3 alone would meet 0.1
+    assert budget_for_loss(bumpy, 0.1) == 1.0
+    assert budget_for_loss(curve, 0.0) == 1.0
     params = LawParams(ttft_slo_ms=500, max_loss=0.1)
     floor, why = quality_floor(params, [PodReport("a", 0.0, quality_curve=curve, min_budget=0.3)])
     assert floor == pytest.approx(0.6) and "maxLoss" in why

@@ -88,29 +88,6 @@ def test_the_standard_health_service_says_serving(worker):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_a_lost_operator_stream_moves_the_worker_to_the_floor_after_the_timeout(start_worker,
-                                                                                Session):
-    from dynasparse_worker.control.fast_loop import FastLoopConfig
-
-    with start_worker(fast_loop=FastLoopConfig(stream_lost_timeout_s=1.0)) as w:
-        session = Session(w.stub())
-        session.send(epoch=1, sequence=1, target_budget=0.8, floor=0.45, ceiling=0.9)
-        assert session.next_report(lambda r: r.applied_sequence == 1).applied_budget == \
-            pytest.approx(0.8)
-        session.close()
-        time.sleep(0.5)
-        held = w.stub().GetStatus(control_pb2.StatusRequest(), timeout=5)
-        assert held.applied_budget == pytest.approx(0.8)  # holds the last bounds for a while
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            status = w.stub().GetStatus(control_pb2.StatusRequest(), timeout=5)
-            if status.last_decision.source == "stream-lost":
-                break
-            time.sleep(0.1)
-        assert status.last_decision.source == "stream-lost"
-        assert status.applied_budget == pytest.approx(0.45) and "lost" in status.last_decision.reason
-
-
 def test_reports_keep_coming_after_the_operator_half_closes_its_side(worker):
     message = control_pb2.ControlMessage(epoch=next(_epochs), sequence=1, target_budget=1.0,
                                          report_interval_s=0.05)

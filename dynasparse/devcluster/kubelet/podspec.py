@@ -6,7 +6,9 @@ Called by `runtime` when it starts a container. No I/O: ConfigMaps and Secrets c
 Path rewriting: pods run outside any container, so a volume mounted at `/etc/dynasparse/tls` really
 lives in the pod's directory. Every occurrence of a mount path in the container's args and env values
 is rewritten to the local directory (longest mount path first). Files that contain paths are not
-rewritten; programs should take paths from args or env.
+rewritten; programs should take paths from args or env. The host interpreter that `python` and
+`dynasparse` commands map onto is the kubelet's, not the pod's, so it is never rewritten: a venv
+under /tmp must keep working in a pod that mounts an emptyDir at /tmp.
 """
 
 from __future__ import annotations
@@ -198,8 +200,10 @@ def process_spec(pod: dict, container: dict, pod_ip: str, python: str, lookup: L
                  volume_dirs: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """(argv, env overrides) of one container: everything a process start needs, fully resolved."""
     env = container_env(pod, container, pod_ip, lookup)
-    argv = [expand(a, env) for a in container_argv(container, python)]
+    argv = container_argv(container, python)
+    host = argv[:1] if argv[0] == python else []  # the kubelet's interpreter, a host path
     mounts = mount_map(container, volume_dirs)
-    argv = rebind_wildcard([rewrite_paths(a, mounts) for a in argv], pod_ip)
+    argv = host + rebind_wildcard([rewrite_paths(expand(a, env), mounts) for a in argv[len(host):]],
+                                  pod_ip)
     env = {k: rewrite_paths(v, mounts) for k, v in env.items()}
     return argv, env

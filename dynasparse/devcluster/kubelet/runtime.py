@@ -3,6 +3,11 @@
 Owned by `agent` (one `PodRuntime` per pod bound to our nodes). Nothing here blocks: process exits
 are polled, probes run on a shared thread pool, and termination is SIGTERM now and SIGKILL when the
 grace period is over, checked on each `poll`.
+
+Restarts follow a real kubelet: a container that exits, or cannot even be started (a missing
+executable: `StartError`), is restarted under its pod's restart policy after a back-off of 10 s,
+20 s, ... capped at 5 min, and reported meanwhile as waiting in `CrashLoopBackOff`; the pod stays
+Running, so its ReplicaSet keeps it instead of replacing it over and over.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from dynasparse.devcluster.kubelet.status import ContainerView
 from dynasparse.devcluster.nodes import now_rfc3339
 from dynasparse.devcluster.processes import signal_group
 
-BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET_AFTER = 1.0, 16.0, 60.0
+BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
+BACKOFF_RESET_AFTER = 600.0  # a container that ran this long starts its back-off over
+START_ERROR_EXIT_CODE = 128  # what container runtimes report for a process that never started
 
 
 @dataclasses.dataclass
@@ -63,6 +70,8 @@ class PodContext:
     token: Callable[[dict, str | None, int], str]  # (pod, audience, expiration) -> token
     kubeconfig_for: Callable[[dict, Path], Path | None]  # (pod, pod_dir) -> kubeconfig path
     executor: Executor
+    backoff_start: float = BACKOFF_START
+    backoff_max: float = BACKOFF_MAX
 
 
 class PodRuntime:
@@ -73,12 +82,15 @@ class PodRuntime:
         self.prepared = False
         self.waiting_message = ""
         self.terminating = False
+        self.policy = pod["spec"].get("restartPolicy", "Always")
         self.containers = {
             c["name"]: Container(spec=c, view=ContainerView(name=c["name"], image=c.get("image", ""),
-                                                            state="waiting"))
+                                                            state="waiting"),
+                                 backoff=ctx.backoff_start)
             for c in pod["spec"]["containers"]
         }
         self.volume_dirs: dict[str, str] = {}
+        self.volumes_written_at: float | None = None
         self.env_base: dict[str, str] = {}
 
     # ---- start -------------------------------------------------------------------------------
@@ -110,6 +122,20 @@ class PodRuntime:
         self.prepared = True
         return True
 
+    def _refresh_volumes(self, pod: dict, now: float) -> None:
+        """Rewrite the volumes from their sources every volumes.REFRESH_S (the first poll after
+        `prepare` only starts the clock); a source gone missing keeps the files it left."""
+        if self.volumes_written_at is None:
+            self.volumes_written_at = now
+        if now - self.volumes_written_at < volumes.REFRESH_S:
+            return
+        self.volumes_written_at = now
+        try:
+            volumes.materialise(pod, self.pod_dir, self.pod_ip, self.ctx.lookup,
+                                lambda aud, exp: self.ctx.token(pod, aud, exp))
+        except podspec.NotReadyYet:
+            pass
+
     def _start(self, c: Container, now: float) -> None:
         c.view.message = ""
         c.restart_at = None
@@ -131,8 +157,13 @@ class PodRuntime:
                                          start_new_session=True)
         except OSError as exc:
             c.process = None
-            c.view.state, c.view.reason, c.view.message = "waiting", "RunContainerError", str(exc)
-            c.restart_at = now + c.backoff
+            terminated = {"exitCode": START_ERROR_EXIT_CODE, "reason": "StartError",
+                          "message": str(exc), "startedAt": c.view.started_at,
+                          "finishedAt": now_rfc3339()}
+            if self._restarts(START_ERROR_EXIT_CODE):
+                self._back_off(c, now, terminated, str(exc))
+            else:
+                self._terminated(c, START_ERROR_EXIT_CODE, "StartError", terminated["finishedAt"])
             return
         finally:
             log.close()
@@ -145,6 +176,7 @@ class PodRuntime:
         if self.terminating or not self.prepare(pod):
             self._reap_all(now)
             return
+        self._refresh_volumes(pod, now)
         policy = pod["spec"].get("restartPolicy", "Always")
         for c in self.containers.values():
             if c.view.state == "waiting" and c.restart_at is None and not c.view.restart_count \
@@ -171,18 +203,30 @@ class PodRuntime:
         c.kill_reason = ""
         terminated = {"exitCode": code, "reason": reason, "startedAt": c.view.started_at,
                       "finishedAt": finished}
-        restart = policy == "Always" or (policy == "OnFailure" and code != 0)
-        if restart and not self.terminating:
+        if policy is not None and self._restarts(code, policy) and not self.terminating:
             if now - c.started_mono > BACKOFF_RESET_AFTER:
-                c.backoff = BACKOFF_START
-            c.view.last_terminated = terminated
-            c.view.state, c.view.reason, c.view.ready = "waiting", "CrashLoopBackOff", False
-            c.view.message = f"back-off {c.backoff:.0f}s restarting failed container"
-            c.view.will_restart, c.restart_at = True, now + c.backoff
-            c.backoff = min(c.backoff * 2, BACKOFF_MAX)
+                c.backoff = self.ctx.backoff_start
+            self._back_off(c, now, terminated)
         else:
-            c.view.state, c.view.exit_code, c.view.reason = "terminated", code, reason
-            c.view.finished_at, c.view.ready, c.view.will_restart = finished, False, False
+            self._terminated(c, code, reason, finished)
+
+    def _restarts(self, code: int, policy: str | None = None) -> bool:
+        policy = policy or self.policy
+        return policy == "Always" or (policy == "OnFailure" and code != 0)
+
+    def _back_off(self, c: Container, now: float, terminated: dict, why: str = "") -> None:
+        """Waiting in CrashLoopBackOff until `restart_at`; the next wait is twice as long."""
+        c.view.last_terminated = terminated
+        c.view.state, c.view.reason, c.view.ready = "waiting", "CrashLoopBackOff", False
+        c.view.message = (f"back-off {c.backoff:.0f}s restarting failed container"
+                          + (f": {why}" if why else ""))
+        c.view.will_restart, c.restart_at = True, now + c.backoff
+        c.backoff = min(c.backoff * 2, self.ctx.backoff_max)
+
+    @staticmethod
+    def _terminated(c: Container, code: int, reason: str, finished: str) -> None:
+        c.view.state, c.view.exit_code, c.view.reason = "terminated", code, reason
+        c.view.finished_at, c.view.ready, c.view.will_restart = finished, False, False
 
     def _probe(self, c: Container, now: float, pod: dict) -> None:
         for probe, kind in ((c.startup_probe, "startup"), (c.ready_probe, "readiness"),

@@ -4,25 +4,35 @@ Called by `runtime` before a pod's containers start. ConfigMap, Secret, downward
 volumes (including the service-account token a projected volume asks for) are written as files under
 `<pod dir>/volumes/<volume name>/`; emptyDir (and anything else) is an empty directory; hostPath is
 the host path itself. Returns volume name -> local directory, which `podspec.mount_map` turns into the
-path rewrites. Contents are written once, at start: later ConfigMap/Secret edits are not propagated.
+path rewrites. `runtime` calls it again every REFRESH_S, as a kubelet's periodic sync does, so a
+renewed Secret (a certificate, say) reaches a running pod; each file is replaced atomically and only
+when its content changed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Callable
 
 from dynasparse.devcluster.kubelet.podspec import Lookup, NotReadyYet, field_value
 
 TokenFn = Callable[[str | None, int], str]  # (audience, expirationSeconds) -> token
+REFRESH_S = 60.0
 
 
 def _write(directory: Path, rel: str, data: bytes, mode: int | None) -> None:
     path = directory / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode if mode is not None else 0o644)
+    mode = mode if mode is not None else 0o644
+    if path.is_file() and path.read_bytes() == data:
+        path.chmod(mode)
+        return
+    staged = path.with_name(f".{path.name}.new")
+    staged.write_bytes(data)
+    staged.chmod(mode)
+    os.replace(staged, path)
 
 
 def _raw_data(obj: dict, kind: str) -> dict[str, bytes]:

@@ -89,7 +89,7 @@ class QualityPoint(_message.Message):
     def __init__(self, budget: _Optional[float] = ..., expected_loss: _Optional[float] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("pod_name", "model", "sent_at_unix_ms", "ttft", "inter_token", "queue_depth", "running_sequences", "tokens_per_s", "applied_budget", "expected_quality_loss", "floor", "ceiling", "mode", "ready", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "memory_source", "kv_usage", "last_decision", "applied_epoch", "applied_sequence", "min_budget", "quality_curve", "requests_total", "requests_failed")
+    __slots__ = ("pod_name", "model", "sent_at_unix_ms", "ttft", "inter_token", "queue_depth", "running_sequences", "tokens_per_s", "applied_budget", "expected_quality_loss", "floor", "ceiling", "mode", "ready", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "memory_source", "kv_usage", "last_decision", "applied_epoch", "applied_sequence", "min_budget", "quality_curve", "requests_total", "requests_failed", "warnings")
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Report(_message.Message):
     QUALITY_CURVE_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     pod_name: str
     model: str
     sent_at_unix_ms: int
@@ -140,4 +141,5 @@ class Report(_message.Message):
     quality_curve: _containers.RepeatedCompositeFieldContainer[QualityPoint]
     requests_total: int
     requests_failed: int
-    def __init__(self, pod_name: _Optional[str] = ..., model: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., inter_token: _Optional[_Union[LatencySummary, _Mapping]] = ..., queue_depth: _Optional[int] = ..., running_sequences: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., applied_budget: _Optional[float] = ..., expected_quality_loss: _Optional[float] = ..., floor: _Optional[float] = ..., ceiling: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., ready: _Optional[bool] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., kv_usage: _Optional[float] = ..., last_decision: _Optional[_Union[LocalDecision, _Mapping]] = ..., applied_epoch: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., min_budget: _Optional[float] = ..., quality_curve: _Optional[_Iterable[_Union[QualityPoint, _Mapping]]] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pod_name: _Optional[str] = ..., model: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., inter_token: _Optional[_Union[LatencySummary, _Mapping]] = ..., queue_depth: _Optional[int] = ..., running_sequences: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., applied_budget: _Optional[float] = ..., expected_quality_loss: _Optional[float] = ..., floor: _Optional[float] = ..., ceiling: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., ready: _Optional[bool] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., kv_usage: _Optional[float] = ..., last_decision: _Optional[_Union[LocalDecision, _Mapping]] = ..., applied_epoch: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., min_budget: _Optional[float] = ..., quality_curve: _Optional[_Iterable[_Union[QualityPoint, _Mapping]]] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

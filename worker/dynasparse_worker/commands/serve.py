@@ -16,6 +16,10 @@ from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_
 HELP = "Serve a model: OpenAI-compatible HTTP API, mTLS gRPC control endpoint, in-pod fast loop."
 
 
+def _float_or_none(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
 def _env(name: str, default=None):
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -71,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pod-name", default=_env("POD_NAME", os.uname().nodename), help="name used in reports")
     a("--budget", type=float, default=float(_env("DYNASPARSE_BUDGET", 1.0)),
       help="budget before the operator says otherwise, (0, 1]")
+    a("--min-budget", type=float, default=_float_or_none(_env("DYNASPARSE_MIN_BUDGET")),
+      help="the AdaptiveModel's quality bound as a budget, (0, 1]: no budget below it, ever "
+           "(before the operator's first update and with the operator gone too)")
+    a("--max-loss", type=float, default=_float_or_none(_env("DYNASPARSE_MAX_LOSS")),
+      help="the quality bound as an expected loss (>= 0), mapped through the calibration's "
+           "quality curve to the lowest budget allowed")
     a("--max-batch-size", type=int, default=int(_env("DYNASPARSE_MAX_BATCH_SIZE", 16)))
     a("--max-seq-len", type=int, default=int(_env("DYNASPARSE_MAX_SEQ_LEN", 2048)),
       help="prompt + completion tokens per sequence")
@@ -78,9 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="KV cache capacity in tokens on the CPU")
     a("--queue-high", type=int, default=int(_env("DYNASPARSE_QUEUE_HIGH", 8)),
       help="fast loop: waiting requests that tighten the budget")
-    a("--stream-lost-timeout", type=float,
-      default=float(_env("DYNASPARSE_STREAM_LOST_TIMEOUT", 10.0)),
-      help="fast loop: seconds without the operator before moving to the floor")
     a("--log-level", default=_env("DYNASPARSE_LOG_LEVEL", "info"))
 
 
@@ -97,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0.0 < args.budget <= 1.0:
         raise UserError(f"--budget {args.budget} is not in (0, 1]: pass for example 1.0")
+    if args.min_budget is not None and not 0.0 < args.min_budget <= 1.0:
+        raise UserError(f"--min-budget {args.min_budget} is not in (0, 1]: pass for example 0.5")
+    if args.max_loss is not None and not 0.0 <= args.max_loss < float("inf"):
+        raise UserError(f"--max-loss {args.max_loss} is not a loss >= 0: pass for example 0.1")
     if args.max_queue < 1:
         raise UserError("--max-queue must be at least 1")
     if args.max_body_bytes < 1024 or args.body_timeout <= 0 or args.max_connections < 8:
@@ -114,11 +125,11 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, report_interval_s=args.report_interval,
         drain_grace_s=args.drain_grace,
         deregister_s=args.deregister_delay, initial_budget=args.budget,
+        quality_min_budget=args.min_budget, quality_max_loss=args.max_loss,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
         kv_tokens=args.kv_tokens,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
-                                      queue_low=args.queue_high // 4,
-                                      stream_lost_timeout_s=args.stream_lost_timeout),
+                                      queue_low=args.queue_high // 4),
     )
     if pod_ip:
         logging.getLogger(__name__).info("pod %s at %s", settings.pod_name, pod_ip)

@@ -9,8 +9,10 @@ queue or memory spike tightens the budget within one step. Rules, all inside the
   `memory_critical` goes straight to the floor;
 * pressure clear (every signal under its *low* mark: hysteresis) for `relax_hold_s` relaxes by
   `relax_step` per hold period, back up to the operator's target, never beyond;
-* the operator stream lost for `stream_lost_timeout_s` moves to the safest budget in the last
-  bounds (the floor: the most capacity the quality floor allows); drain also moves to the floor.
+* drain moves to the floor. A lost operator stream changes nothing: the worker keeps its last
+  bounds and target (they were chosen for the load the operator last saw, and the fast loop still
+  tightens within them on pressure), so an operator restart or an expired certificate never
+  costs quality.
 
 No I/O, no clocks: `now` comes in as an argument (monotonic seconds).
 """
@@ -47,8 +49,6 @@ class FastLoopConfig:
     relax_step: float = 0.05
     relax_hold_s: float = 2.0
     """Pressure must stay clear this long before each relaxing step."""
-    stream_lost_timeout_s: float = 10.0
-    """After this long without the operator, move to the floor of the last bounds."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,6 @@ class Signals:
     kv_usage: float = 0.0
     memory_used_bytes: int = 0
     memory_total_bytes: int = 0
-    operator_connected: bool = False
-    last_operator_contact: float | None = None  # monotonic seconds; None: never connected
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class LoopState:
 
 @dataclass(frozen=True)
 class Decision:
-    """A budget change and why; `source` is "fast-loop", "stream-lost", "drain" or "operator"."""
+    """A budget change and why; `source` is "fast-loop", "drain" or "operator"."""
 
     from_budget: float
     to_budget: float
@@ -104,13 +102,6 @@ def pressure_of(s: Signals, cfg: FastLoopConfig) -> tuple[float, str]:
 def is_clear(s: Signals, cfg: FastLoopConfig) -> bool:
     return (s.queue_depth <= cfg.queue_low and memory_fraction(s) < cfg.memory_low
             and s.kv_usage < cfg.kv_low)
-
-
-def stream_lost(s: Signals, cfg: FastLoopConfig) -> bool:
-    """Lost = it was connected once, is not now, and the last contact is older than the timeout."""
-    if s.operator_connected or s.last_operator_contact is None:
-        return False
-    return s.now - s.last_operator_contact >= cfg.stream_lost_timeout_s
 
 
 def follow_operator(loop: LoopState, control: ControlState) -> tuple[LoopState, Decision | None]:
@@ -139,9 +130,6 @@ def decide(s: Signals, control: ControlState, loop: LoopState, cfg: FastLoopConf
 
     if control.mode is Mode.DRAIN:
         return change(control.floor, "draining", "drain")
-    if stream_lost(s, cfg):
-        gone = s.now - (s.last_operator_contact or s.now)
-        return change(control.floor, f"operator stream lost for {gone:.0f} s", "stream-lost")
 
     goal = control.clamp(control.target)
     if before > goal + 1e-9 or before < control.floor - 1e-9:

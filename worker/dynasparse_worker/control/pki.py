@@ -136,3 +136,16 @@ def write_bundle(bundle: dict[str, bytes], out_dir: Path) -> list[Path]:
             path.chmod(0o600)
         written.append(path)
     return written
+
+
+def pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """True when `key_pem` is the private key of the certificate in `cert_pem` (both readable), so
+    a Secret caught half-updated (new certificate, old key) is never served."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return (cert.public_key().public_bytes(serialization.Encoding.DER, spki)
+            == key.public_key().public_bytes(serialization.Encoding.DER, spki))

@@ -1,7 +1,9 @@
 """The gRPC control endpoint: `dynasparse.v1.Control` (Session, GetStatus) and grpc.health.v1, mTLS only.
 
 `build_control_server(supervisor, tls, port)` returns a started-ready `grpc.aio.Server` bound with
-server credentials that require a client certificate signed by the configured CA. Called by
+server credentials that require a client certificate signed by the configured CA. The PEM files are
+read again before each new connection's handshake and used once they form a valid pair, so a
+renewed Secret (kubelet rewrites the mounted files) is served without a restart. Called by
 server/runtime.py (inside `dynasparse serve`) and by tests. Protobuf conversion lives here so the
 supervisor stays plain Python.
 """
@@ -18,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dynasparse_proto import control_pb2, control_pb2_grpc
 from dynasparse_worker.control.bounds import Mode, OperatorUpdate
+from dynasparse_worker.control.pki import pair_matches
 from dynasparse_worker.control.supervisor import Snapshot, Supervisor
 from dynasparse_worker.errors import UserError
 
@@ -44,12 +47,54 @@ class TlsFiles:
                             f"run `dynasparse dev-certs --out {directory}` or mount the Secret there")
         return files
 
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(key, certificate chain, client CA) as the files hold them now."""
+        return self.key.read_bytes(), self.cert.read_bytes(), self.client_ca.read_bytes()
+
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key.read_bytes(), self.cert.read_bytes())],
-            root_certificates=self.client_ca.read_bytes(),
-            require_client_auth=True,
-        )
+        """mTLS server credentials that follow the files (see `CertificateReloader`)."""
+        return CertificateReloader(self).credentials()
+
+
+class CertificateReloader:
+    """Hands gRPC the files' current certificate before each handshake when they changed and form
+    a valid pair; keeps serving the last good one otherwise (a file missing or half-written)."""
+
+    def __init__(self, files: TlsFiles):
+        self.files = files
+        self._served = files.read()
+        if not pair_matches(self._served[1], self._served[0]):
+            raise UserError(f"{files.cert} and {files.key} are not a certificate and its key: "
+                            f"mount a Secret whose server.crt and server.key belong together")
+        self.reloads = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self._configuration(self._served), self.fetch,
+                                                   require_client_authentication=True)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before every new connection's handshake: None keeps the current one."""
+        try:
+            current = self.files.read()
+        except OSError as exc:
+            log.warning("cannot read the TLS files (%s): serving the previous certificate", exc)
+            return None
+        if current == self._served:
+            return None
+        key, cert, _ = current
+        if not pair_matches(cert, key):
+            log.warning("%s does not match %s (mid-update?): serving the previous certificate",
+                        self.files.cert, self.files.key)
+            return None
+        self._served = current
+        self.reloads += 1
+        log.info("control TLS certificate reloaded from %s", self.files.cert.parent)
+        return self._configuration(current)
+
+    @staticmethod
+    def _configuration(files: tuple[bytes, bytes, bytes]) -> grpc.ServerCertificateConfiguration:
+        key, cert, client_ca = files
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
 
 
 def update_from_pb(msg: control_pb2.ControlMessage) -> OperatorUpdate:
@@ -79,6 +124,7 @@ def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
         kv_usage=s.kv_usage, applied_epoch=s.control.epoch,
         applied_sequence=s.control.sequence, min_budget=s.min_budget,
         requests_total=s.requests_total, requests_failed=s.requests_failed,
+        warnings=s.warnings,
     )
     report.quality_curve.extend(
         control_pb2.QualityPoint(budget=b, expected_loss=loss) for b, loss in s.quality_curve

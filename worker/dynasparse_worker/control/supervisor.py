@@ -11,11 +11,15 @@ adapter in server/engine_adapter.py), which writes it into the model's device te
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from dynasparse_proto.limits import MAX_WARNINGS, REPORT_INTERVAL_RANGE_S, clipped
+from dynasparse_proto.quality import budget_for_loss, valid_curve
 from dynasparse_worker.control import bounds as B
 from dynasparse_worker.control.fast_loop import (
     Decision, FastLoopConfig, LoopState, Signals, decide, follow_operator,
@@ -23,6 +27,10 @@ from dynasparse_worker.control.fast_loop import (
 from dynasparse_worker.control.memory import MemoryProbe, MemoryReading
 from dynasparse_worker.control.window import LatencyWindows, Summary
 from dynasparse_worker.engine.types import EngineStats
+
+log = logging.getLogger(__name__)
+WARNING_TTL_S = 60.0
+"""How long a warning (a refused control message) is repeated in reports."""
 
 
 class BudgetActuator(Protocol):
@@ -67,6 +75,7 @@ class Snapshot:
     quality_curve: list[tuple[float, float]] = field(default_factory=list)
     requests_total: int = 0
     requests_failed: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 class Supervisor:
@@ -74,11 +83,18 @@ class Supervisor:
                  config: FastLoopConfig | None = None, memory: MemoryProbe | None = None,
                  initial_budget: float = 1.0, report_interval_s: float = 0.5,
                  drain_grace_s: float = 30.0, deregister_s: float = 0.0, window_s: float = 30.0,
+                 quality_min_budget: float | None = None, quality_max_loss: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         """`deregister_s`: how long a draining worker, already reporting not-ready, still admits
         requests, so that clients routed here before the endpoints dropped this pod are served
         rather than refused (Kubernetes removes a pod from a Service only after its readiness probe
-        fails and every proxy has caught up)."""
+        fails and every proxy has caught up).
+
+        `quality_min_budget` / `quality_max_loss`: the AdaptiveModel's quality bound, given at pod
+        creation, so that the floor holds from the first request on, not only once the operator's
+        first update arrives (see `lowest_budget`)."""
+        self.quality_min_budget = quality_min_budget
+        self.quality_max_loss = quality_max_loss
         self.actuator = actuator
         self.pod_name = pod_name
         self.model_name = model_name
@@ -91,13 +107,13 @@ class Supervisor:
         self.windows = LatencyWindows(window_s)
         self.clock = clock
         self._lock = threading.Lock()
-        self._min_budget = actuator.min_budget()
+        self._calibration_min = actuator.min_budget()
+        self._min_budget = self.lowest_budget(actuator)
         self._control = B.initial_state(self._min_budget, initial_budget)
         self._loop = LoopState(budget=self._control.target)
         self._expected_loss = actuator.set_budget(self._loop.budget)
         self._last_decision: TimedDecision | None = None
         self._streams = 0
-        self._last_contact: float | None = None
         self._stats = EngineStats()
         self._memory = self.memory.read()
         self._memory_at = clock()
@@ -109,6 +125,7 @@ class Supervisor:
         self._pending_budget: float | None = None
         self._applied = threading.Event()
         self._applied.set()
+        self._warnings: collections.deque[tuple[float, str]] = collections.deque(maxlen=MAX_WARNINGS)
         self.drain_listeners: list[Callable[[float], None]] = []
         self.decision_listeners: list[Callable[[TimedDecision], None]] = []
 
@@ -144,7 +161,9 @@ class Supervisor:
 
     @property
     def report_interval_s(self) -> float:
-        return self._control.report_interval_s or self.default_report_interval_s
+        """The operator's interval (already clamped), else the configured default, clamped too."""
+        low, high = REPORT_INTERVAL_RANGE_S
+        return self._control.report_interval_s or min(high, max(low, self.default_report_interval_s))
 
     @property
     def drain_grace_s(self) -> float:
@@ -154,13 +173,26 @@ class Supervisor:
         """Swap in the model's actuator once it is loaded; the floor rises to its min_budget."""
         with self._lock:
             self.actuator = actuator
-            self._min_budget = actuator.min_budget()
+            self._calibration_min = actuator.min_budget()
+            self._min_budget = self.lowest_budget(actuator)
             floor = max(self._control.floor, self._min_budget)
             self._control = replace(self._control, floor=floor,
                                     ceiling=max(self._control.ceiling, floor))
             self._control = replace(self._control, target=self._control.clamp(self._control.target))
             self._loop = replace(self._loop, budget=self._control.clamp(self._loop.budget))
             self._expected_loss = actuator.set_budget(self._loop.budget)
+
+    def lowest_budget(self, actuator: BudgetActuator) -> float:
+        """The floor no update can lower: the calibration's minimum raised to the quality bound
+        (an expected loss maps to a measured point of the curve, never between two; no curve
+        that meets it means dense)."""
+        floor = actuator.min_budget()
+        if self.quality_min_budget is not None:
+            floor = max(floor, self.quality_min_budget)
+        if self.quality_max_loss is not None:
+            curve = valid_curve(actuator.quality_curve())
+            floor = max(floor, budget_for_loss(curve, self.quality_max_loss))
+        return min(1.0, floor)
 
     def bind_engine_thread(self, wake: Callable[[], None]) -> None:
         """From now on budgets reach the actuator only from `on_step` (the engine thread), between
@@ -175,11 +207,17 @@ class Supervisor:
 
     # ---- operator side ---------------------------------------------------------------------------
     def apply_update(self, update: B.OperatorUpdate) -> bool:
-        """Apply an operator update if newer than the last; a drain update starts the drain."""
+        """Apply an operator update if newer than the last; a drain update starts the drain. An
+        update `bounds.rejection` refuses is logged and named in the next reports' warnings."""
+        now_ms = int(time.time() * 1000)
         with self._lock:
             was_draining = self.draining
-            control, applied = B.apply_update(self._control, update, self._min_budget)
-            self._last_contact = self.clock()
+            refused = B.is_newer(update, self._control) and B.rejection(update, now_ms)
+            if refused:
+                log.warning("%s (from %s)", refused, clipped(update.sender) or "an unnamed sender")
+                self._warnings.append((self.clock(), refused))
+                return False
+            control, applied = B.apply_update(self._control, update, self._min_budget, now_ms)
             if not applied:
                 return False
             self._control = control
@@ -211,12 +249,10 @@ class Supervisor:
     def stream_opened(self) -> None:
         with self._lock:
             self._streams += 1
-            self._last_contact = self.clock()
 
     def stream_closed(self) -> None:
         with self._lock:
             self._streams = max(0, self._streams - 1)
-            self._last_contact = self.clock()
 
     # ---- engine side -----------------------------------------------------------------------------
     def on_step(self, stats: EngineStats) -> None:
@@ -232,7 +268,6 @@ class Supervisor:
                 now=now, queue_depth=stats.queue_depth, running=stats.running,
                 kv_usage=stats.kv_usage, memory_used_bytes=self._memory.used_bytes,
                 memory_total_bytes=self._memory.total_bytes,
-                operator_connected=self._streams > 0, last_operator_contact=self._last_contact,
             )
             self._loop, decision = decide(signals, self._control, self._loop, self.config)
             self._apply(decision, on_engine_thread=True)
@@ -267,8 +302,10 @@ class Supervisor:
                 applied_budget=self._loop.budget, expected_loss=self._expected_loss,
                 control=self._control, ready=self.ready, memory=self._memory,
                 kv_usage=self._stats.kv_usage, last_decision=self._last_decision,
-                min_budget=self._min_budget, quality_curve=list(self.actuator.quality_curve()),
+                min_budget=self._calibration_min,
+                quality_curve=list(self.actuator.quality_curve()),
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
+                warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
             )
 
     # ---- internals -------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ class ServeSettings:
     drain_grace_s: float = 30.0
     deregister_s: float = 0.0  # still admitting, not ready, while endpoints drop the pod
     initial_budget: float = 1.0
+    quality_min_budget: float | None = None  # the AdaptiveModel's quality bound, as a budget...
+    quality_max_loss: float | None = None  # ...or as an expected loss
     uncalibrated_min_budget: float = 1.0
     max_batch_size: int = 16
     max_seq_len: int = 2048
@@ -91,7 +93,8 @@ class WorkerRuntime:
             self.actuator, pod_name=settings.pod_name, model_name=settings.model,
             config=settings.fast_loop, initial_budget=settings.initial_budget,
             report_interval_s=settings.report_interval_s, drain_grace_s=settings.drain_grace_s,
-            deregister_s=settings.deregister_s,
+            deregister_s=settings.deregister_s, quality_min_budget=settings.quality_min_budget,
+            quality_max_loss=settings.quality_max_loss,
         )
         self.ctx = WorkerContext(self.supervisor, self.metrics, settings.model,
                                  auth=ApiKey(settings.api_key, settings.api_key_file),
