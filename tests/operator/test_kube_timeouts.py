@@ -8,7 +8,6 @@ through the official client; the control loop is the real `ControlLoop` with tha
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import threading

@@ -53,3 +53,14 @@ def test_peers_and_operator_labels_come_from_the_settings_file(tmp_path):
         "kubernetes.io/metadata.name": "ingress"}
     assert rule_for(obj, 50051)["from"][0]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/instance": "dynasparse"}
+
+
+def test_a_mapping_setting_given_as_a_string_is_a_user_error(tmp_path):
+    import pytest
+
+    from dynasparse_operator.errors import UserError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("networkPolicy:\n  operatorLabels: operator\n")
+    with pytest.raises(UserError, match="networkPolicy.operatorLabels"):
+        load_settings({"DYNASPARSE_CONFIG": str(path)})
