@@ -29,10 +29,18 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def chart_installed(dev_cluster: DevCluster) -> DevCluster:  # noqa: F811 - the fixture above
-    """`helm install` of the repository's chart, once per session (scenario 1 checks it in depth)."""
+    """`helm install` of the repository's chart, once per session (scenario 1 checks it in depth).
+    The workers' cache volume is this machine's model cache (a hostPath), so that worker pods find
+    the dequantized default model and its calibration instead of making them again in each pod."""
+    import json
+
+    from dynasparse_worker.models.loading import cache_root
+
+    cache = json.dumps({"hostPath": {"path": str(cache_root()), "type": "DirectoryOrCreate"}})
     dev_cluster.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
                      "--create-namespace", "--set", "operator.image.repository=dynasparse-operator",
-                     "--set", "config.control.intervalSeconds=1")
+                     "--set", "config.control.intervalSeconds=1",
+                     "--set-json", f"config.worker.cacheVolume={cache}")
     wait_until(lambda: dev_cluster.api.exists("/apis/dynasparse.io/v1alpha1/adaptivemodels"), 30,
                "the AdaptiveModel API to be served")
     return dev_cluster

@@ -24,6 +24,8 @@ import time
 
 import openai
 
+from e2e_support import model_api_key
+
 from dynasparse.devcluster.fixture import DevCluster
 
 REQUEST_TIMEOUT_S = 120.0
@@ -66,7 +68,8 @@ class _Clients:
     each request opens its own connection, so a pod that shuts down refuses the next one (retried
     elsewhere) instead of dropping a pooled connection under a request already sent."""
 
-    def __init__(self):
+    def __init__(self, api_key: str):
+        self._api_key = api_key
         self._by_url: dict[str, openai.OpenAI] = {}
         self._lock = threading.Lock()
 
@@ -74,7 +77,7 @@ class _Clients:
         with self._lock:
             if url not in self._by_url:
                 self._by_url[url] = openai.OpenAI(
-                    base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=REQUEST_TIMEOUT_S,
+                    base_url=f"{url}/v1", api_key=self._api_key, max_retries=0, timeout=REQUEST_TIMEOUT_S,
                     default_headers={"Connection": "close"})
             return self._by_url[url]
 
@@ -118,7 +121,7 @@ class OpenLoopLoad:
         self._lock = threading.Lock()
         self._endpoints: list[str] = []
         self._threads: list[threading.Thread] = []
-        self._clients = _Clients()
+        self._clients = _Clients(model_api_key(cluster, namespace, service))
 
     def _refresh(self) -> None:
         while not self._stop.is_set():
@@ -202,7 +205,7 @@ def probe_capacity(cluster: DevCluster, namespace: str, service: str, *, clients
     would make a noisy rate), after one warm-up request per pod."""
     urls = ready_endpoints(cluster, namespace, service)
     assert urls, f"no ready pod behind Service {service}"
-    clients = _Clients()
+    clients = _Clients(model_api_key(cluster, namespace, service))
     try:
         for url in urls:
             complete(clients.get(url), "Warm-up: the capital of France is", max_tokens)

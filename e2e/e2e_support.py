@@ -48,6 +48,21 @@ def apply_model(cluster: DevCluster, namespace: str, name: str, spec: dict) -> d
     return cluster.api.get(f"/apis/dynasparse.io/v1alpha1/namespaces/{namespace}/adaptivemodels/{name}")
 
 
+def model_api_key(cluster: DevCluster, namespace: str, name: str) -> str:
+    """The bearer key of a model's workers, read where its status says it lives (as a user would
+    with the status hint); "none" when the model's auth is Disabled."""
+    import base64
+
+    from dynasparse.devcluster.fixture import wait_until
+
+    auth = wait_until(lambda: model_status(cluster, namespace, name).get("auth"), 60,
+                      f"status.auth of AdaptiveModel {name}")
+    if not auth.get("secretName"):
+        return "none"
+    secret = cluster.api.get(f"/api/v1/namespaces/{namespace}/secrets/{auth['secretName']}")
+    return base64.b64decode(secret["data"][auth["secretKey"]]).decode()
+
+
 def model_status(cluster: DevCluster, namespace: str, name: str) -> dict:
     am = cluster.api.get(f"/apis/dynasparse.io/v1alpha1/namespaces/{namespace}/adaptivemodels/{name}")
     return am.get("status") or {}

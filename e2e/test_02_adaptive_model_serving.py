@@ -5,7 +5,7 @@ real values and `kubectl describe am` showing conditions and events."""
 from __future__ import annotations
 
 import yaml
-from e2e_support import needs
+from e2e_support import model_api_key, needs
 
 from dynasparse.devcluster.fixture import wait_until
 
@@ -34,7 +34,8 @@ def test_three_replicas_are_scheduled_on_gpu_nodes_and_serve(operator_running, n
     import openai  # the real client, against one pod's OpenAI-compatible API
 
     port = next(p["containerPort"] for p in pods[0]["spec"]["containers"][0]["ports"] if p["name"] == "http")
-    client = openai.OpenAI(base_url=f"http://{pods[0]['status']['podIP']}:{port}/v1", api_key="none", timeout=120)
+    url = f"http://{pods[0]['status']['podIP']}:{port}/v1"
+    client = openai.OpenAI(base_url=url, api_key=model_api_key(cluster, namespace, "chat"), timeout=120)
     answer = client.completions.create(model="default", prompt="The capital of France is", max_tokens=4)
     assert answer.choices[0].text.strip()
 

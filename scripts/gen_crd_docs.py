@@ -76,6 +76,9 @@ def render() -> str:
             for c in version.get("additionalPrinterColumns", [])),
         "",
     ]
+    object_rules = [r.get("message") or r["rule"] for r in root.get("x-kubernetes-validations", [])]
+    if object_rules:
+        lines += ["Rules on the whole object:", "", *(f"* {rule}" for rule in object_rules), ""]
     for section in ("spec", "status"):
         schema = root["properties"].get(section)
         if not schema:

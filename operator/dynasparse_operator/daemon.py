@@ -263,8 +263,14 @@ class ControlLoop:
     async def _surge(self, decision: Decision, spec: AdaptiveModelSpec) -> None:
         if self.deps.scale_workers is None or decision.surge_replicas == self.surge:
             return
-        self.surge = decision.surge_replicas
-        await self.deps.scale_workers(self.owner.namespace, self.owner.name, spec.replicas + self.surge)
+        try:
+            await self.deps.scale_workers(self.owner.namespace, self.owner.name,
+                                          spec.replicas + decision.surge_replicas)
+        except Exception as exc:  # noqa: BLE001 - surge stays unchanged: the next step retries
+            log.warning("%s/%s: scaling to %d replicas failed (retrying next step): %s",
+                        self.owner.namespace, self.owner.name, spec.replicas + decision.surge_replicas, exc)
+            return
+        self.surge = decision.surge_replicas  # only once the Deployment has it
         self.deps.emit_event("Normal", "ReplacingCapacity", (
             f"{self.surge} draining pod{'s' if self.surge != 1 else ''}: replicas "
             f"{spec.replicas} → {spec.replicas + self.surge} until they are gone") if self.surge
@@ -287,6 +293,7 @@ class ControlLoop:
                             ready: int) -> None:
         body_status = self.body.get("status") or {}
         patch = status_mod.status_patch(status_mod.StatusInput(
+            rejected=body_status.get("specRejected") or "",
             generation=int((self.body.get("metadata") or {}).get("generation") or 0),
             desired_replicas=spec.replicas, existing_pods=existing, ready_pods=ready,
             selector=selector_string(self.owner.name), decision=decision, pods=facts,

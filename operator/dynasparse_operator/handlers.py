@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from dynasparse_operator import manifests, pki, signals
+from dynasparse_operator import api_key, manifests, network_policy, pki, signals, worker_policy
 from dynasparse_operator.daemon import ControlLoop, LoopDeps, Registry
 from dynasparse_operator.grpc_client import ClientCertificates
 from dynasparse_operator.kube import Kube
@@ -51,6 +51,13 @@ def make_memo(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf.Memo
 def ca_namespace(settings: OperatorSettings) -> str:
     if settings.pki.namespace or settings.server.namespace:
         return settings.pki.namespace or settings.server.namespace
+    return operator_namespace(settings)
+
+
+def operator_namespace(settings: OperatorSettings) -> str:
+    """Where the operator's pods run (downward API, else the service-account file, else default)."""
+    if settings.server.namespace:
+        return settings.server.namespace
     try:
         with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
             return f.read().strip()
@@ -72,7 +79,7 @@ def build_registry() -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dynasparse.io")
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
-        ctx.kube = Kube.connect()
+        ctx.kube = Kube.connect(ctx.settings.kube.request_timeout_s)
         ctx.ca = await ctx.kube.ensure_ca(ca_namespace(ctx.settings), ctx.settings.pki.ca_secret)
         ctx.client_tls = ClientCertificates(ctx.ca)  # renewed as it ages, streams follow
         log.info("operator epoch %d; CA from %s/%s", ctx.epoch, ca_namespace(ctx.settings),
@@ -81,18 +88,31 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.resume(*AM, registry=registry)
     @kopf.on.create(*AM, registry=registry)
     @kopf.on.update(*AM, field="spec", registry=registry)
-    async def reconcile(spec: Any, name: str, namespace: str, uid: str, status: Any,
+    async def reconcile(spec: Any, name: str, namespace: str, uid: str, status: Any, body: kopf.Body,
                         memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
-        """Worker TLS Secret, Deployment and Service match the spec (owned by the model)."""
+        """Worker TLS Secret, API key, NetworkPolicy, Deployment and Service match the spec (owned
+        by the model), unless the spec asks for what the operator's settings do not allow."""
         ctx: OperatorContext = memo.ctx
         parsed = parse_spec(dict(spec))
         owner = manifests.Owner(name, namespace, uid)
+        refused = worker_policy.violations(parsed, ctx.settings.worker)
+        patch.status["specRejected"] = "; ".join(refused) or None
+        if refused:  # nothing created or changed; a fixed spec runs this handler again
+            kopf.event(body, type="Warning", reason="SpecRejected", message="; ".join(refused))
+            log.warning("%s/%s: spec rejected: %s", namespace, name, "; ".join(refused))
+            return
         await _ensure_worker_tls(ctx, owner)
+        if api_key.operator_made(parsed):
+            await ctx.kube.create_if_absent(api_key.secret(owner, parsed, api_key.new_key()))
+        if ctx.settings.network_policy.enabled:
+            await ctx.kube.apply(network_policy.network_policy(
+                owner, ctx.settings.worker, ctx.settings.network_policy, operator_namespace(ctx.settings)))
         surge = int((status or {}).get("surgeReplicas") or 0)
         await ctx.kube.apply(manifests.deployment(parsed, owner, ctx.settings.worker,
                                                   surge_replicas=surge))
         await ctx.kube.apply(manifests.service(owner, ctx.settings.worker))
         patch.status["selector"] = manifests.selector_string(name)
+        patch.status["auth"] = api_key.status(owner, parsed)
         ctx.registry.runtime(namespace, name).wake.set()
 
     @kopf.daemon(*AM, registry=registry, cancellation_timeout=10, initial_delay=0.1)
@@ -179,6 +199,6 @@ async def _ensure_worker_tls(ctx: OperatorContext, owner: manifests.Owner) -> No
     cert = (current or {}).get("server.crt", b"")
     if cert and pki.signed_by(cert, ctx.ca) and not pki.needs_renewal(cert):
         return
-    leaf = pki.issue(ctx.ca, f"{owner.name}.{owner.namespace} worker", server=True,
+    leaf = pki.issue(ctx.ca, manifests.worker_common_name(owner), server=True,
                      dns_names=manifests.worker_dns_names(owner))
     await ctx.kube.apply(manifests.tls_secret(owner, ctx.ca.cert_pem, leaf.cert_pem, leaf.key_pem))

@@ -3,7 +3,12 @@
 Pure: returns plain dicts; handlers.py applies them (create or patch) and never edits them by
 hand. Every object carries an owner reference to the AdaptiveModel, so deleting it deletes them.
 Names: Deployment `<name>-worker`, Service `<name>` (ports `http`, `control`), Secret
-`<name>-worker-tls` (`ca.crt`, `server.crt`, `server.key`, as `dynasparse serve --tls-dir` reads).
+`<name>-worker-tls` (`ca.crt`, `server.crt`, `server.key`, as `dynasparse serve --tls-dir` reads);
+api_key.py and network_policy.py render the API-key Secret and the NetworkPolicy.
+
+Worker pods run under the restricted profile: non-root, read-only root filesystem (writable
+emptyDirs for /tmp and the caches), no capabilities, no privilege escalation, the runtime's
+default seccomp profile and no service-account token (workers never call the API server).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from dynasparse_operator.settings import WorkerSettings
-from dynasparse_operator.spec import AdaptiveModelSpec
+from dynasparse_operator.spec import AUTH_API_KEY, AdaptiveModelSpec
 
 GROUP = "dynasparse.io"
 VERSION = "v1alpha1"
@@ -21,6 +26,13 @@ PLURAL = "adaptivemodels"
 MODEL_LABEL = "dynasparse.io/model"
 COMPONENT_LABELS = {"app.kubernetes.io/component": "worker", "app.kubernetes.io/part-of": "dynasparse"}
 SPEC_HASH_ANNOTATION = "dynasparse.io/spec-hash"
+# The model's name is its Service's name (a DNS-1035 label) and the value of the labels above
+# (at most 63 characters); the suffixed names (`-worker`, `-worker-tls`, `-api-key`) are DNS
+# subdomains (253), so the label limit is the binding one. The CRD enforces the same rule.
+MAX_NAME_LENGTH = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+CERT_COMMON_NAME_MAX = 64  # X.509 upper bound on a common name
+API_KEY_FILE = "api-key"  # file name of the key inside WorkerSettings.api_key_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +69,19 @@ def selector_string(model: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector(model).items()))
 
 
+def worker_common_name(owner: Owner) -> str:
+    """Subject common name of the worker certificate: informative only (the operator verifies the
+    DNS names), cut to the X.509 limit so that long model and namespace names still get one."""
+    return f"{owner.name}.{owner.namespace} worker"[:CERT_COMMON_NAME_MAX]
+
+
 def worker_dns_names(owner: Owner) -> tuple[str, ...]:
     """Names in the worker certificate; the operator verifies the first one (target name override)."""
     svc = service_name(owner.name)
     return (f"{svc}.{owner.namespace}.svc", f"{svc}.{owner.namespace}.svc.cluster.local", svc)
 
 
-def _metadata(name: str, owner: Owner, extra_labels: Mapping[str, str] | None = None) -> dict:
+def owned_metadata(name: str, owner: Owner, extra_labels: Mapping[str, str] | None = None) -> dict:
     labels = {"app.kubernetes.io/name": "dynasparse-worker", "app.kubernetes.io/instance": owner.name,
               "app.kubernetes.io/managed-by": "dynasparse-operator", **selector(owner.name)}
     labels.update(extra_labels or {})
@@ -110,12 +128,64 @@ def _cpu_threads_env() -> list[dict[str, Any]]:
         "containerName": "worker", "resource": "requests.cpu", "divisor": "1"}}}]
 
 
+def _cache_env(settings: WorkerSettings) -> list[dict[str, Any]]:
+    """Every cache the worker (and the libraries it loads) writes goes to the cache volume, and
+    temporary files to /tmp: nothing else on the read-only root filesystem is writable."""
+    cache = settings.cache_dir
+    return [{"name": "DYNASPARSE_CACHE_DIR", "value": cache},
+            {"name": "HF_HOME", "value": f"{cache}/huggingface"},
+            {"name": "TRITON_CACHE_DIR", "value": f"{cache}/triton"},
+            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+            {"name": "TMPDIR", "value": "/tmp"}]
+
+
+def _auth_env(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[dict[str, Any]]:
+    if spec.auth.mode != AUTH_API_KEY:
+        return []
+    return [{"name": "DYNASPARSE_API_KEY_FILE", "value": f"{settings.api_key_dir}/{API_KEY_FILE}"}]
+
+
+def _mounts(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[dict[str, Any]]:
+    mounts = [{"name": "tls", "mountPath": settings.tls_dir, "readOnly": True},
+              {"name": "tmp", "mountPath": "/tmp"},
+              {"name": "cache", "mountPath": settings.cache_dir}]
+    if spec.auth.mode == AUTH_API_KEY:
+        mounts.append({"name": "api-key", "mountPath": settings.api_key_dir, "readOnly": True})
+    return mounts
+
+
+def _volumes(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) -> list[dict[str, Any]]:
+    volumes = [{"name": "tls", "secret": {"secretName": tls_secret_name(owner.name), "defaultMode": 0o440}},
+               {"name": "tmp", "emptyDir": {}},
+               {"name": "cache", **dict(settings.cache_volume)}]
+    if spec.auth.mode == AUTH_API_KEY:
+        # items: the key lands at a fixed file name whatever the Secret's key is; no subPath, so
+        # the kubelet keeps updating the file when the Secret changes (the worker re-reads it)
+        volumes.append({"name": "api-key", "secret": {
+            "secretName": api_key_secret_name(owner.name, spec), "defaultMode": 0o440,
+            "items": [{"key": spec.auth.secret_key, "path": API_KEY_FILE}]}})
+    return volumes
+
+
+def api_key_secret_name(model: str, spec: AdaptiveModelSpec) -> str:
+    """The Secret holding the model's API key: the user's own, else the operator's `<name>-api-key`."""
+    return spec.auth.secret_name or f"{model}-api-key"
+
+
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "privileged": False, "runAsNonRoot": True,
+                        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
     http = {"port": settings.http_port, "path": "/readyz"}
     env = [  # listen on the pod IP (the dev cluster's process kubelet needs it; right anywhere)
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "DYNASPARSE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *_cache_env(settings), *_auth_env(spec, settings),
     ]
     return {
         "name": "worker",
@@ -132,8 +202,8 @@ def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) 
         "startupProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 5,
                          "failureThreshold": 120},
         "resources": _resources(spec),
-        "volumeMounts": [{"name": "tls", "mountPath": settings.tls_dir, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": _mounts(spec, settings),
+        "securityContext": dict(RESTRICTED_CONTAINER),
     }
 
 
@@ -142,10 +212,10 @@ def deployment(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings, 
     """The worker Deployment: rolls one pod at a time, never below the desired count."""
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, owner, settings)],
-        "volumes": [{"name": "tls", "secret": {"secretName": tls_secret_name(owner.name),
-                                                "defaultMode": 0o440}}],
+        "volumes": _volumes(spec, owner, settings),
         "terminationGracePeriodSeconds": DEREGISTER_DELAY_S + spec.worker.drain_grace_s + 5,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
+        "securityContext": dict(RESTRICTED_POD),
+        "automountServiceAccountToken": False,  # workers never call the API server
     }
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
@@ -161,14 +231,14 @@ def deployment(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings, 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(deployment_name(owner.name), owner),
+        "metadata": owned_metadata(deployment_name(owner.name), owner),
         "spec": {
             "replicas": spec.replicas + max(0, surge_replicas),
             "selector": {"matchLabels": selector(owner.name)},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": _metadata("", owner)["labels"],
+                "metadata": {"labels": owned_metadata("", owner)["labels"],
                              "annotations": {SPEC_HASH_ANNOTATION: spec_hash} if spec_hash else {}},
                 "spec": pod_spec,
             },
@@ -181,7 +251,7 @@ def service(owner: Owner, settings: WorkerSettings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(service_name(owner.name), owner),
+        "metadata": owned_metadata(service_name(owner.name), owner),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(owner.name),
@@ -198,7 +268,7 @@ def tls_secret(owner: Owner, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> 
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": _metadata(tls_secret_name(owner.name), owner),
+        "metadata": owned_metadata(tls_secret_name(owner.name), owner),
         "stringData": {"ca.crt": ca_pem.decode(), "server.crt": cert_pem.decode(),
                        "server.key": key_pem.decode()},
     }

@@ -1,4 +1,5 @@
-"""Operator-wide settings: signal keys, loop defaults, worker ports, PKI names.
+"""Operator-wide settings: signal keys, loop defaults, worker pods and what a model may ask of them,
+NetworkPolicy peers, PKI names, API timeouts.
 
 Loaded once by `commands/run.py` (`load_settings()`), then passed down explicitly; nothing reads a
 module global. Sources, later wins: the defaults below, the YAML file named by `DYNASPARSE_CONFIG`
@@ -121,6 +122,64 @@ class WorkerSettings:
     service_account: str = ""
     """ServiceAccount for worker pods; empty uses the namespace default."""
 
+    api_key_dir: str = "/etc/dynasparse/api-key"
+    """Where the API-key Secret is mounted in the pod; the worker reads `<dir>/api-key`
+    (DYNASPARSE_API_KEY_FILE) and re-reads it when the Secret changes."""
+
+    cache_dir: str = "/var/cache/dynasparse"
+    """Writable cache of the worker (dequantized models, calibration, Hugging Face and Triton
+    caches): the root filesystem is read-only, so this is the `cacheVolume` mounted here."""
+
+    cache_volume: dict = dataclasses.field(default_factory=lambda: {"emptyDir": {}})
+    """Volume source behind `cache_dir` (a Kubernetes Volume without `name`): an emptyDir by
+    default, a PersistentVolumeClaim or hostPath to keep dequantized models across restarts."""
+
+    allowed_images: list = dataclasses.field(default_factory=list)
+    """Images an AdaptiveModel may name: a pattern without tag or digest matches any tag or digest
+    of that repository, `*` matches any characters. The default image (`image`) is always allowed;
+    an empty list allows only its repository."""
+
+    allowed_priority_classes: list = dataclasses.field(default_factory=list)
+    """PriorityClass names an AdaptiveModel may ask for; empty allows none."""
+
+    allowed_extra_args: list = dataclasses.field(default_factory=lambda: [
+        "--device", "--max-queue", "--max-batch-size", "--max-seq-len", "--kv-tokens",
+        "--queue-high", "--stream-lost-timeout", "--log-level", "--max-body-bytes",
+        "--body-timeout", "--max-connections", "--keep-alive-timeout", "--metrics-auth"])
+    """`dynasparse serve` flags an AdaptiveModel may add through worker.extraArgs (exact names;
+    `--flag=value` and `--flag value` both count as `--flag`). Flags the operator sets itself
+    (address, ports, TLS, API key, model) are never allowed here."""
+
+
+@dataclasses.dataclass
+class NetworkPolicySettings:
+    """The NetworkPolicy the operator renders for each AdaptiveModel's worker pods."""
+
+    enabled: bool = True
+    """Render it (needs a CNI that enforces NetworkPolicy to have any effect)."""
+
+    http_from: list = dataclasses.field(default_factory=lambda: [{"podSelector": {}}])
+    """Peers (NetworkPolicyPeer list) allowed on the workers' HTTP port. The default,
+    `[{podSelector: {}}]`, is every pod of the model's own namespace; an empty list closes the
+    HTTP port to every pod (only what `http_from_everywhere` opens remains)."""
+
+    http_from_everywhere: bool = False
+    """Open the HTTP port to every source, in-cluster and outside; only when asked."""
+
+    operator_labels: dict = dataclasses.field(default_factory=lambda: {
+        "app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "dynasparse"})
+    """Labels of the operator's pods: together with the operator's namespace, the only peers
+    allowed on the workers' control port."""
+
+
+@dataclasses.dataclass
+class KubeSettings:
+    """The operator's own Kubernetes API calls."""
+
+    request_timeout_s: float = 10.0
+    """Longest time one API call may take (connect and read), so a stuck API server never stalls
+    a control step."""
+
 
 @dataclasses.dataclass
 class GrpcSettings:
@@ -174,6 +233,8 @@ class OperatorSettings:
     grpc: GrpcSettings = dataclasses.field(default_factory=GrpcSettings)
     pki: PkiSettings = dataclasses.field(default_factory=PkiSettings)
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    network_policy: NetworkPolicySettings = dataclasses.field(default_factory=NetworkPolicySettings)
+    kube: KubeSettings = dataclasses.field(default_factory=KubeSettings)
 
 
 # env var -> (section, field). Documented in docs/DESIGN.md "Operator configuration".
@@ -181,6 +242,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DYNASPARSE_WORKER_IMAGE": ("worker", "image"),
     "DYNASPARSE_WORKER_IMAGE_PULL_POLICY": ("worker", "image_pull_policy"),
     "DYNASPARSE_WORKER_SERVICE_ACCOUNT": ("worker", "service_account"),
+    "DYNASPARSE_WORKER_ALLOWED_IMAGES": ("worker", "allowed_images"),
+    "DYNASPARSE_KUBE_TIMEOUT_S": ("kube", "request_timeout_s"),
     "DYNASPARSE_CONTROL_PORT": ("worker", "control_port"),
     "DYNASPARSE_WORKER_HTTP_PORT": ("worker", "http_port"),
     "DYNASPARSE_CONTROL_INTERVAL_S": ("control", "interval_s"),
@@ -207,10 +270,15 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
             return int(value)
         if isinstance(current, float):
             return float(value)
+        if isinstance(current, dict):
+            if not isinstance(value, Mapping):
+                raise TypeError("not a mapping")
+            return dict(value)
         if isinstance(current, list):
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
-            return [str(v) for v in value]
+            # NetworkPolicy peers and the like stay mappings; names become strings
+            return [dict(v) if isinstance(v, Mapping) else str(v) for v in value]
         return str(value)
     except (TypeError, ValueError) as exc:
         raise UserError(f"operator setting {where}={value!r} is not a valid "

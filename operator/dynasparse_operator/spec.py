@@ -71,6 +71,22 @@ class SignalOverrides:
     disruption_labels: tuple[str, ...] | None = None
 
 
+AUTH_API_KEY = "APIKey"
+AUTH_DISABLED = "Disabled"
+DEFAULT_API_KEY_KEY = "api-key"
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSpec:
+    """Who may call the workers' HTTP API. `APIKey` (the default): a bearer key from a Secret,
+    the operator's own `<name>-api-key` unless `secret_name` names one the user brings;
+    `Disabled`: no key, only the NetworkPolicy guards the port (an explicit choice)."""
+
+    mode: str = AUTH_API_KEY
+    secret_name: str = ""
+    secret_key: str = DEFAULT_API_KEY_KEY
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptiveModelSpec:
     model: str
@@ -82,6 +98,7 @@ class AdaptiveModelSpec:
     control: ControlSpec = ControlSpec()
     scheduling: SchedulingSpec = SchedulingSpec()
     signals: SignalOverrides = SignalOverrides()
+    auth: AuthSpec = AuthSpec()
 
 
 def _num(data: Mapping[str, Any], key: str, default: float | None) -> float | None:
@@ -102,6 +119,8 @@ def parse_spec(spec: Mapping[str, Any]) -> AdaptiveModelSpec:
     control = spec.get("control") or {}
     scheduling = spec.get("scheduling") or {}
     signals = spec.get("signals") or {}
+    auth = spec.get("auth") or {}
+    secret = auth.get("apiKeySecret") or {}
     parsed = AdaptiveModelSpec(
         model=str(spec.get("model") or ""),
         calibration=str(spec.get("calibration") or ""),
@@ -137,6 +156,9 @@ def parse_spec(spec: Mapping[str, Any]) -> AdaptiveModelSpec:
             disruption_taints=_strs(signals, "disruptionTaints"),
             disruption_labels=_strs(signals, "disruptionLabels"),
         ),
+        auth=AuthSpec(mode=str(auth.get("mode") or AUTH_API_KEY),
+                      secret_name=str(secret.get("name") or ""),
+                      secret_key=str(secret.get("key") or DEFAULT_API_KEY_KEY)),
     )
     check_spec(parsed)
     return parsed
@@ -158,3 +180,7 @@ def check_spec(spec: AdaptiveModelSpec) -> None:
         raise UserError("spec.control.responsiveness must be in [0.05, 1]")
     if spec.control.interval_s < 0.2:
         raise UserError("spec.control.intervalSeconds must be at least 0.2")
+    if spec.auth.mode not in (AUTH_API_KEY, AUTH_DISABLED):
+        raise UserError(f"spec.auth.mode must be {AUTH_API_KEY} or {AUTH_DISABLED}")
+    if spec.auth.mode == AUTH_DISABLED and spec.auth.secret_name:
+        raise UserError("spec.auth.apiKeySecret needs spec.auth.mode APIKey (or drop the secret)")

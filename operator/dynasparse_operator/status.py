@@ -32,6 +32,7 @@ class StatusInput:
     sequence: int = 0
     surge_replicas: int = 0
     previous_conditions: Sequence[Mapping[str, Any]] = ()
+    rejected: str = ""  # why the operator refused the spec (status.specRejected), if it did
     now: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -53,8 +54,11 @@ def conditions(inp: StatusInput) -> list[dict[str, Any]]:
     d = inp.decision
     gen, now = inp.generation, inp.now
     ready = inp.ready_pods >= inp.desired_replicas and (inp.ready_pods > 0 or inp.desired_replicas == 0)
-    out = [_condition(prev, "Ready", ready, "PodsReady" if ready else "PodsNotReady",
-                      f"{inp.ready_pods}/{inp.desired_replicas} worker pods ready", gen, now)]
+    if inp.rejected:
+        out = [_condition(prev, "Ready", False, "SpecRejected", inp.rejected, gen, now)]
+    else:
+        out = [_condition(prev, "Ready", ready, "PodsReady" if ready else "PodsNotReady",
+                          f"{inp.ready_pods}/{inp.desired_replicas} worker pods ready", gen, now)]
     if d is None or d.worst_ratio is None:
         out.append(_condition(prev, "SLOMet", None, "NoReports",
                               "no latency reports with enough samples yet", gen, now))

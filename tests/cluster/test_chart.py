@@ -31,10 +31,13 @@ def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedP
     return result
 
 
-def render(helm: str, *args: str) -> dict[tuple[str, str], dict]:
+def render_docs(helm: str, *args: str) -> list[dict]:
     out = run_helm(helm, "template", "rel", str(CHART), "--namespace", "ml-system", "--include-crds", *args).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def render(helm: str, *args: str) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in render_docs(helm, *args)}
 
 
 def test_the_chart_lints_cleanly_in_strict_mode(helm):
@@ -78,22 +81,62 @@ def test_signal_keys_are_configurable_from_values(helm):
     assert config["signals"]["disruptionTaints"] == ["example.com/going-away"]
 
 
+def granted_by(docs: list[dict], kind: str) -> dict[tuple[str, str | None], set[tuple[str, str, str, tuple]]]:
+    """(name, namespace) -> {(apiGroup, resource, verb, resourceNames)} of every role of `kind`."""
+    out = {}
+    for obj in docs:
+        if obj["kind"] == kind:
+            out[(obj["metadata"]["name"], obj["metadata"].get("namespace"))] = {
+                (g, r, v, tuple(rule.get("resourceNames") or ())) for rule in obj["rules"]
+                for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
 def test_rbac_is_least_privilege(helm):
-    rules = render(helm)[("ClusterRole", "rel-dynasparse-operator")]["rules"]
-    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert ("dynasparse.io", "adaptivemodels/status", "patch") in granted
-    assert ("apps", "deployments", "create") in granted
-    assert ("", "nodes", "watch") in granted
-    assert not any(v in ("*", "escalate", "bind", "impersonate") or r == "*" for _, r, v in granted)
-    assert not any(r in ("pods", "nodes") and v in ("delete", "create", "update", "patch") for _, r, v in granted)
-    assert ("", "pods/eviction", "create") not in granted
+    docs = render_docs(helm)
+    granted = set().union(*granted_by(docs, "ClusterRole").values(), *granted_by(docs, "Role").values())
+    plain = {(g, r, v) for g, r, v, names in granted if not names}
+    assert ("dynasparse.io", "adaptivemodels/status", "patch") in plain
+    assert ("apps", "deployments", "create") in plain
+    assert ("networking.k8s.io", "networkpolicies", "create") in plain
+    assert ("", "nodes", "watch") in plain
+    assert not any(v in ("*", "escalate", "bind", "impersonate") or r == "*" for _, r, v in plain)
+    assert not any(r in ("pods", "nodes") and v in ("delete", "create", "update", "patch") for _, r, v in plain)
+    assert ("", "pods/eviction", "create") not in plain
+    # owner references collect what the operator made: nothing of it is ever deleted by hand
+    assert not any(v in ("delete", "deletecollection") for _, _, v in plain)
+    # Secrets: never listed or watched; read and patched by name in the release namespace
+    assert not any(r == "secrets" and v in ("list", "watch", "update") for _, r, v in plain)
+    ca_rules = granted_by(docs, "Role")[("rel-dynasparse-operator-ca", "ml-system")]
+    assert ("", "secrets", "get", ("dynasparse-ca",)) in ca_rules
+    assert ("", "secrets", "create", ()) in ca_rules
 
 
-def test_only_the_operator_may_reach_the_workers_control_port(helm):
-    policy = render(helm)[("NetworkPolicy", "rel-dynasparse-workers")]["spec"]
-    control_rule = next(r for r in policy["ingress"] if r["ports"][0]["port"] == 50051)
-    assert control_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
-    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+def test_watching_named_namespaces_grants_roles_there_and_nothing_namespaced_cluster_wide(helm):
+    docs = render_docs(helm, "--set", "operator.watchNamespaces={team-a,team-b}")
+    roles = granted_by(docs, "Role")
+    for ns in ("team-a", "team-b"):
+        assert ("apps", "deployments", "create", ()) in roles[("rel-dynasparse-operator", ns)]
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert {"team-a", "team-b", "ml-system"} <= set(bindings)
+    assert bindings["team-a"]["subjects"][0]["namespace"] == "ml-system"
+    namespaced = {"adaptivemodels", "deployments", "services", "secrets", "pods", "networkpolicies", "events"}
+    (cluster_rules,) = granted_by(docs, "ClusterRole").values()
+    assert not any(r in namespaced for _, r, _, _ in cluster_rules), cluster_rules
+    assert ("", "nodes", "list", ()) in cluster_rules
+
+
+def test_the_operator_is_told_its_own_pod_labels_as_the_only_peers_of_the_control_port(helm):
+    """The chart renders no worker NetworkPolicy itself (the operator makes one per model, where
+    the workers run); it hands the operator the peers from values."""
+    objs = render(helm)
+    assert not any(kind == "NetworkPolicy" for kind, _ in objs)
+    config = yaml.safe_load(objs[("ConfigMap", "rel-dynasparse-operator-config")]["data"]["config.yaml"])
+    pod_labels = objs[("Deployment", "rel-dynasparse-operator")]["spec"]["template"]["metadata"]["labels"]
+    assert config["networkPolicy"]["operatorLabels"].items() <= pod_labels.items()
+    assert config["networkPolicy"]["httpFrom"] == [{"podSelector": {}}]  # the model's namespace only
+    assert config["networkPolicy"]["httpFromEverywhere"] is False
+    assert config["worker"]["allowedImages"] == ["ghcr.io/dynasparse/dynasparse-worker"]
 
 
 def test_the_service_monitor_appears_only_when_asked_and_its_api_exists(helm):

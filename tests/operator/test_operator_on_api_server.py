@@ -48,7 +48,9 @@ def crd(dev_cluster):
 @pytest.fixture
 def operator(crd, namespace, tmp_path):
     env = dict(crd.env, DYNASPARSE_CA_NAMESPACE=namespace, DYNASPARSE_HEALTH_PORT="0",
-               DYNASPARSE_METRICS_PORT="0", DYNASPARSE_POD_NAME="op-test")
+               DYNASPARSE_METRICS_PORT="0", DYNASPARSE_POD_NAME="op-test",
+               DYNASPARSE_POD_NAMESPACE="dynasparse-system",
+               DYNASPARSE_WORKER_ALLOWED_IMAGES="example.com/not-run/*")
     log = tmp_path / "operator.log"
 
     def start():
@@ -119,8 +121,76 @@ def test_model_owns_deployment_service_and_a_certificate_signed_by_the_operator_
 
     crd.api.delete(f"{AM_PATH.format(ns=namespace)}/chat")
     wait_until(lambda: not crd.api.exists(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker")
-               and not crd.api.exists(f"/api/v1/namespaces/{namespace}/secrets/chat-worker-tls"),
+               and not crd.api.exists(f"/api/v1/namespaces/{namespace}/secrets/chat-worker-tls")
+               and not crd.api.exists(f"/api/v1/namespaces/{namespace}/secrets/chat-api-key")
+               and not crd.api.exists(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/chat-worker"),
                120, "owned objects to be garbage-collected")
+
+
+def test_each_model_gets_its_own_api_key_secret_mounted_and_a_network_policy(operator, crd, namespace):
+    crd.api.post(AM_PATH.format(ns=namespace), model(replicas=1))
+    dep = wait_until(lambda: crd.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker"),
+                     180, "the worker Deployment")
+    secret = crd.api.get(f"/api/v1/namespaces/{namespace}/secrets/chat-api-key")
+    key = base64.b64decode(secret["data"]["api-key"])
+    assert len(key) >= 43 and secret["metadata"]["ownerReferences"][0]["kind"] == "AdaptiveModel"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # as stored by the API server
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "DYNASPARSE_API_KEY_FILE", "value": "/etc/dynasparse/api-key/api-key"} in \
+        pod["containers"][0]["env"]
+    policy = crd.api.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/chat-worker")
+    rules = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+    assert rules[8000]["from"] == [{"podSelector": {}}]  # the model's own namespace only
+    assert rules[50051]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "dynasparse-system"}
+    am = wait_until(lambda: (a := get_am(crd, namespace)) and (a.get("status") or {}).get("auth") and a,
+                    60, "status.auth")
+    assert am["status"]["auth"]["secretName"] == "chat-api-key"
+    # the printed command really prints the key
+    hint = am["status"]["auth"]["hint"]
+    jsonpath = hint.split("-o jsonpath=")[1].split(" ")[0].strip("'")
+    printed = crd.kubectl("get", "secret", "chat-api-key", "-n", namespace, "-o", f"jsonpath={jsonpath}").stdout
+    assert base64.b64decode(printed) == key
+
+    # a second reconcile (spec change) keeps the key: the Secret is created once, never rewritten
+    crd.kubectl("patch", "am", "chat", "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}')
+    wait_until(lambda: crd.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-worker")
+               ["spec"]["replicas"] == 2, 60, "the new spec to be reconciled")
+    again = crd.api.get(f"/api/v1/namespaces/{namespace}/secrets/chat-api-key")
+    assert base64.b64decode(again["data"]["api-key"]) == key
+
+
+def test_a_spec_outside_the_allow_lists_creates_nothing_and_says_why(operator, crd, namespace):
+    crd.api.post(AM_PATH.format(ns=namespace), model(
+        name="miner", worker={"image": "docker.io/evil/miner:latest", "extraArgs": ["--api-key", "x"]},
+        scheduling={"priorityClassName": "system-node-critical"}))
+    am = wait_until(lambda: (a := get_am(crd, namespace, "miner")) and
+                    (a.get("status") or {}).get("specRejected") and a, 180, "status.specRejected")
+    rejected = am["status"]["specRejected"]
+    assert "'docker.io/evil/miner:latest' is not allowed" in rejected
+    assert "'system-node-critical' is not allowed" in rejected and "'--api-key' is not allowed" in rejected
+    events = wait_until(lambda: [e for e in crd.api.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+                                 if e.get("reason") == "SpecRejected"], 30, "a SpecRejected event")
+    assert events[0]["type"] == "Warning"
+    ready = wait_until(lambda: conditions(get_am(crd, namespace, "miner")).get("Ready"), 60, "a Ready condition")
+    assert ready["status"] == "False" and ready["reason"] == "SpecRejected"
+    assert not crd.api.exists(f"/apis/apps/v1/namespaces/{namespace}/deployments/miner-worker")
+    assert not crd.api.exists(f"/api/v1/namespaces/{namespace}/secrets/miner-api-key")
+
+
+def test_names_that_cannot_become_service_names_are_rejected_with_the_limit(crd, namespace):
+    too_long = "m" * 64
+    result = crd.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                         stdin=json.dumps(model(name=too_long)))
+    assert result.returncode != 0 and "at most 63 characters" in result.stderr, result.stderr
+    result = crd.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                         stdin=json.dumps(model(name="1.chat")))
+    assert result.returncode != 0 and "must start with a lowercase letter" in result.stderr, result.stderr
+    crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model(name="m" * 63)))
+    result = crd.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=json.dumps(
+        model(name="chat", auth={"mode": "Disabled", "apiKeySecret": {"name": "k"}})))
+    assert result.returncode != 0 and "auth.apiKeySecret needs auth.mode APIKey" in result.stderr
 
 
 def test_spot_notice_drains_that_nodes_pod_adds_a_replica_and_budget_survives_restart(operator, crd, namespace):

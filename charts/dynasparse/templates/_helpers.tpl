@@ -46,3 +46,40 @@ app.kubernetes.io/component: operator
 {{- define "dynasparse.operatorImage" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
 {{- end -}}
+
+{{/* RBAC rules for what the operator reconciles per AdaptiveModel (rbac.yaml: a ClusterRole, or a
+Role per watched namespace). */}}
+{{- define "dynasparse.modelRules" }}
+  # The custom resource: kopf patches annotations/finalizers on the object and writes status.
+  - apiGroups: [dynasparse.io]
+    resources: [adaptivemodels]
+    verbs: [get, list, watch, patch, update]
+  - apiGroups: [dynasparse.io]
+    resources: [adaptivemodels/status]
+    verbs: [get, patch, update]
+  # Owned objects of each AdaptiveModel: created, then patched to match the spec.
+  - apiGroups: [apps]
+    resources: [deployments]
+    verbs: [get, create, patch]
+  - apiGroups: [""]
+    resources: [services]
+    verbs: [get, create, patch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, create, patch]
+  # Worker TLS Secret (read, created, patched on renewal) and API-key Secret (created once).
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get, create, patch]
+  # Signals: worker pods (readiness, DisruptionTarget).
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch]
+  # Every budget decision becomes an Event.
+  - apiGroups: ["", events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+  - apiGroups: [kopf.dev]
+    resources: [kopfpeerings]
+    verbs: [get, list, watch, patch]
+{{- end }}
