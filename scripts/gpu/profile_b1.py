@@ -85,7 +85,7 @@ def main() -> None:
                   budgets={})
     generator = torch.Generator().manual_seed(0)
     for budget in budgets:
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         prompt = torch.randint(0, vocab, (128,), generator=generator).tolist()
         engine.add_request(f"r{budget}", prompt, SamplingParams(max_tokens=args.steps + 4, ignore_eos=True))
         engine.step()  # prefill

@@ -78,6 +78,7 @@ def test_sparse_kernel_engine_gives_the_gated_hf_models_tokens_under_width_and_d
     state.thresholds.zero_()
     state.layer_keep.fill_(1.0)
     state.select_bucket(0)
+    engine.refresh_plan()
     assert _tokens(engine) == _hf_tokens(gated.model)  # back to dense, same engine
 
 
@@ -112,10 +113,12 @@ def test_a_denser_plan_after_a_skipped_attention_half_attends_over_the_whole_pro
     engine = Engine(gated, None, CONFIG)
     state.layer_keep[:, 1, 0] = 0.0
     state.select_bucket(0)
+    engine.refresh_plan()
     engine.add_request("r", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True))
     out = [t for e in engine.step() for t in e.token_ids]  # the prefill and its first token
     state.layer_keep.fill_(1.0)
     state.select_bucket(0)
+    engine.refresh_plan()
     while engine.has_work():
         out.extend(t for e in engine.step() for t in e.token_ids)
 
@@ -145,17 +148,17 @@ def test_budget_change_reaches_the_next_step_without_captures_or_new_packs():
     engine.add_request("r", PROMPT, SamplingParams(max_tokens=30, ignore_eos=True))
     engine.step()  # prefill
     for budget in (0.6, 0.35, 1.0):  # warm every plan once (the CPU packs rows on first use)
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         engine.step()
     packed = len(runner.gated_ops._packed)
     for budget in (0.35, 1.0, 0.6):
-        gated.set_budget(budget)  # what the server's actuator calls: no engine involved
+        engine.apply_budget(budget)  # what the server's actuator calls
         engine.step()
         wanted = runner.plan.variants[0]
         assert runner.last_variant[1] == wanted
         assert (wanted == DENSE) == (budget == 1.0)
     assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     engine.step()
     assert runner.plan.variants[0][1] is not None, "the floor's plan skips halves"
 
@@ -251,6 +254,7 @@ def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_pla
         "a skipped attention half still writes its keys"
     state.thresholds.zero_()
     state.layer_keep.fill_(1.0)
+    engine.refresh_plan()
     assert _tokens(engine, 12) == dense  # back to dense, same engine
 
 
@@ -263,18 +267,18 @@ def test_gemma_budget_change_reaches_the_next_step_without_captures_or_new_packs
     synthetic_table(gated, _half_bytes(gated), [0.6, 0.35], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)  # the default sparse-kernel ops, as Llama gets them
     runner = engine.runner
-    gated.set_budget(1.0)
+    engine.apply_budget(1.0)
     dense = _tokens(engine, 10)
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     sparse = _tokens(engine, 10)
     assert sparse != dense and runner.plan.variants[0][0], "the gated plan changed the tokens"
     packed = len(runner.gated_ops._packed)
     for budget in (1.0, 0.6, 0.35):
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         _tokens(engine, 3)
         assert (runner.last_variant[1] == DENSE) == (budget == 1.0)
     assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     assert _tokens(engine, 10) == sparse  # the same plan gives the same tokens again
 
 
