@@ -19,6 +19,11 @@ def _env(name: str, default=None):
     return value if value not in (None, "") else default
 
 
+def _int_env(name: str) -> int | None:
+    value = _env(name)
+    return int(value) if value is not None else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--model", default=_env("DYNASPARSE_MODEL", "default"),
@@ -40,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "endpoint is off (it never serves without mTLS)")
     a("--api-key", default=_env("DYNASPARSE_API_KEY"),
       help="bearer token required on /v1/* (env DYNASPARSE_API_KEY)")
-    a("--max-queue", type=int, default=int(_env("DYNASPARSE_MAX_QUEUE", 64)),
-      help="waiting requests admitted before answering 429")
+    a("--max-queue", type=int, default=_int_env("DYNASPARSE_MAX_QUEUE"),
+      help="requests that may wait for a KV slot before new ones get 429 (default: as many as "
+           "there are KV slots, so an admitted request starts within about one generation)")
     a("--report-interval", type=float, default=float(_env("DYNASPARSE_REPORT_INTERVAL", 0.5)),
       help="seconds between control reports (the operator may ask for another)")
     a("--drain-grace", type=float, default=float(_env("DYNASPARSE_DRAIN_GRACE", 30.0)),
@@ -52,7 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pod-name", default=_env("POD_NAME", os.uname().nodename), help="name used in reports")
     a("--budget", type=float, default=float(_env("DYNASPARSE_BUDGET", 1.0)),
       help="budget before the operator says otherwise, (0, 1]")
-    a("--max-batch-size", type=int, default=int(_env("DYNASPARSE_MAX_BATCH_SIZE", 16)))
+    a("--max-batch-size", type=int, default=_int_env("DYNASPARSE_MAX_BATCH_SIZE"),
+      help="most sequences decoded together (default: on CUDA as many as half the free memory "
+           "holds in KV cache, up to 256; on the CPU 16)")
+    a("--kv-memory-fraction", type=float,
+      default=float(_env("DYNASPARSE_KV_MEMORY_FRACTION", 0.5)),
+      help="CUDA: fraction of the free memory after the weights given to the KV cache")
     a("--max-seq-len", type=int, default=int(_env("DYNASPARSE_MAX_SEQ_LEN", 2048)),
       help="prompt + completion tokens per sequence")
     a("--kv-tokens", type=int, default=int(_env("DYNASPARSE_KV_TOKENS", 8192)),
@@ -78,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0.0 < args.budget <= 1.0:
         raise UserError(f"--budget {args.budget} is not in (0, 1]: pass for example 1.0")
-    if args.max_queue < 1:
+    if not 0.0 < args.kv_memory_fraction < 1.0:
+        raise UserError("--kv-memory-fraction must lie in (0, 1), e.g. 0.5")
+    if args.max_queue is not None and args.max_queue < 1:
         raise UserError("--max-queue must be at least 1")
     pod_ip = _env("POD_IP")
     host = args.host
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         drain_grace_s=args.drain_grace,
         deregister_s=args.deregister_delay, initial_budget=args.budget,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
-        kv_tokens=args.kv_tokens,
+        kv_tokens=args.kv_tokens, kv_memory_fraction=args.kv_memory_fraction,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
                                       queue_low=args.queue_high // 4,
                                       stream_lost_timeout_s=args.stream_lost_timeout),
