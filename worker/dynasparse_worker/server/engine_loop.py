@@ -223,10 +223,9 @@ class EngineLoop:
                 else:
                     self._wake.wait(self.idle_tick_s)
                     self._wake.clear()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the thread ends; /healthz and the streams say so
             log.exception("the engine thread stopped")
             self._outbox.put("died")
-            raise
 
     def _drain_inbox(self) -> None:
         while True:
