@@ -214,12 +214,18 @@ class EngineLoop:
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        profile = StepProfile()
         try:
             while not self._stop.is_set():
+                began = time.perf_counter()
                 self._drain_inbox()
                 self.supervisor.on_step(self._stats())  # the fast loop sees a spike before the step
                 if self.engine.has_work():
-                    self._outbox.put(self._step())
+                    stepped = time.perf_counter()
+                    events = self._step()
+                    ended = time.perf_counter()
+                    self._outbox.put(events)
+                    profile.add(stepped - began, ended - stepped, len(events), ended)
                 else:
                     self._wake.wait(self.idle_tick_s)
                     self._wake.clear()
@@ -333,6 +339,31 @@ class EngineLoop:
             handle.last_token_at = now
         if ev.finished:
             self.metrics.e2e.observe(now - handle.admitted_at)
+
+
+class StepProfile:
+    """Where the engine thread's time goes while busy, logged every `every_s` seconds: the step
+    itself (schedule, run with its one device sync, postprocess) and the host work between steps
+    (admissions, cancellations, the fast loop)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.since, self.steps, self.step_s, self.between_s, self.events = now, 0, 0.0, 0.0, 0
+
+    def add(self, between_s: float, step_s: float, events: int, now: float) -> None:
+        self.steps += 1
+        self.step_s += step_s
+        self.between_s += between_s
+        self.events += events
+        if now - self.since >= self.every_s:
+            n = self.steps
+            log.info("engine loop: %d steps in %.1f s, step %.2f ms, between steps %.3f ms, "
+                     "%.1f events per step", n, now - self.since, 1000 * self.step_s / n,
+                     1000 * self.between_s / n, self.events / n)
+            self._reset(now)
 
 
 def _put_all(ready: list[tuple[RequestHandle, TokenEvent]]) -> None:

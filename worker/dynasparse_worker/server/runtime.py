@@ -241,7 +241,7 @@ class WorkerRuntime:
             loaded = load_model(s.model, device=device)
         gated = self._pregated
         if gated is None and s.calibration:
-            gated = _load_gated(loaded, s.calibration)
+            gated = load_gated(loaded, s.calibration)
         if gated is not None and s.initial_budget < float(gated.floor) - 1e-9:
             raise UserError(f"--budget {s.initial_budget:g} is below the calibrated floor "
                             f"{float(gated.floor):.3f} of {loaded.name}: pass --budget "
@@ -290,15 +290,22 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
-def _load_gated(loaded: Any, calibration: str) -> Any:
+def load_gated(loaded: Any, calibration: str) -> Any:
     """The calibrated `GatedModel` of `loaded`: gates installed, plan table attached.
 
-    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand) or the
-    path of an artifact written by `dynasparse calibrate`."""
+    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand; for a
+    `shape:` model of random weights, a synthetic plan from its activations) or the path of an
+    artifact written by `dynasparse calibrate`."""
     from dynasparse_worker.gating import install_gates
-    from dynasparse_worker.gating.artifact import calibration_for
 
     gated = install_gates(loaded.model)
+    if getattr(loaded, "synthetic", False) and calibration == "auto":
+        from dynasparse_worker.engine.synthetic_plan import synthetic_calibration
+
+        synthetic_calibration(gated, loaded.model.device)
+        return gated
+    from dynasparse_worker.gating.artifact import calibration_for
+
     calibration_for(loaded, gated, path=None if calibration == "auto" else calibration,
                     progress=False)
     return gated
