@@ -29,7 +29,7 @@ def main() -> None:
     from types import SimpleNamespace
 
     from dynasparse_worker.commands.bench import _load
-    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
     from dynasparse_worker.engine import Engine, EngineConfig
     from dynasparse_worker.engine.synthetic_plan import synthetic_table
     from dynasparse_worker.engine.types import SamplingParams
@@ -41,7 +41,7 @@ def main() -> None:
     gated = install_gates(model)
     budgets = [float(b) for b in args.budgets.split(",")]
     vocab = model.config.vocab_size
-    synthetic_table(gated, _half_bytes(gated), budgets, vocab, device, None)
+    synthetic_table(gated, half_bytes_of(gated), budgets, vocab, device, None)
     engine = Engine(gated, None, EngineConfig(max_batch_size=1, max_seq_len=256, kv_capacity_tokens=256,
                                               cuda_graphs=False, batch_buckets=(1,)))
     ops = engine.runner.gated_ops
@@ -85,7 +85,7 @@ def main() -> None:
                   budgets={})
     generator = torch.Generator().manual_seed(0)
     for budget in budgets:
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         prompt = torch.randint(0, vocab, (128,), generator=generator).tolist()
         engine.add_request(f"r{budget}", prompt, SamplingParams(max_tokens=args.steps + 4, ignore_eos=True))
         engine.step()  # prefill

@@ -78,6 +78,7 @@ def test_sparse_kernel_engine_gives_the_gated_hf_models_tokens_under_width_and_d
     state.thresholds.zero_()
     state.layer_keep.fill_(1.0)
     state.select_bucket(0)
+    engine.refresh_plan()
     assert _tokens(engine) == _hf_tokens(gated.model)  # back to dense, same engine
 
 
@@ -112,10 +113,12 @@ def test_a_denser_plan_after_a_skipped_attention_half_attends_over_the_whole_pro
     engine = Engine(gated, None, CONFIG)
     state.layer_keep[:, 1, 0] = 0.0
     state.select_bucket(0)
+    engine.refresh_plan()
     engine.add_request("r", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True))
     out = [t for e in engine.step() for t in e.token_ids]  # the prefill and its first token
     state.layer_keep.fill_(1.0)
     state.select_bucket(0)
+    engine.refresh_plan()
     while engine.has_work():
         out.extend(t for e in engine.step() for t in e.token_ids)
 
@@ -136,26 +139,26 @@ def test_a_denser_plan_after_a_skipped_attention_half_attends_over_the_whole_pro
 def test_budget_change_reaches_the_next_step_without_captures_or_new_packs():
     from dynasparse_worker.engine.synthetic_plan import synthetic_table
 
-    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
 
     gated = install_gates(_tiny(2))
-    synthetic_table(gated, _half_bytes(gated), [0.6, 0.35], 97, torch.device("cpu"))
+    synthetic_table(gated, half_bytes_of(gated), [0.6, 0.35], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)  # built after calibration: graphs know the depth plans
     runner = engine.runner
     engine.add_request("r", PROMPT, SamplingParams(max_tokens=30, ignore_eos=True))
     engine.step()  # prefill
     for budget in (0.6, 0.35, 1.0):  # warm every plan once (the CPU packs rows on first use)
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         engine.step()
     packed = len(runner.gated_ops._packed)
     for budget in (0.35, 1.0, 0.6):
-        gated.set_budget(budget)  # what the server's actuator calls: no engine involved
+        engine.apply_budget(budget)  # what the server's actuator calls
         engine.step()
         wanted = runner.plan.variants[0]
         assert runner.last_variant[1] == wanted
         assert (wanted == DENSE) == (budget == 1.0)
     assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     engine.step()
     assert runner.plan.variants[0][1] is not None, "the floor's plan skips halves"
 
@@ -251,30 +254,31 @@ def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_pla
         "a skipped attention half still writes its keys"
     state.thresholds.zero_()
     state.layer_keep.fill_(1.0)
+    engine.refresh_plan()
     assert _tokens(engine, 12) == dense  # back to dense, same engine
 
 
 def test_gemma_budget_change_reaches_the_next_step_without_captures_or_new_packs():
     from dynasparse_worker.engine.synthetic_plan import synthetic_table
 
-    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
 
     gated = install_gates(_tiny_gemma2(1))
-    synthetic_table(gated, _half_bytes(gated), [0.6, 0.35], 97, torch.device("cpu"))
+    synthetic_table(gated, half_bytes_of(gated), [0.6, 0.35], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)  # the default sparse-kernel ops, as Llama gets them
     runner = engine.runner
-    gated.set_budget(1.0)
+    engine.apply_budget(1.0)
     dense = _tokens(engine, 10)
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     sparse = _tokens(engine, 10)
     assert sparse != dense and runner.plan.variants[0][0], "the gated plan changed the tokens"
     packed = len(runner.gated_ops._packed)
     for budget in (1.0, 0.6, 0.35):
-        gated.set_budget(budget)
+        engine.apply_budget(budget)
         _tokens(engine, 3)
         assert (runner.last_variant[1] == DENSE) == (budget == 1.0)
     assert runner.captures == 0 and len(runner.gated_ops._packed) == packed
-    gated.set_budget(0.35)
+    engine.apply_budget(0.35)
     assert _tokens(engine, 10) == sparse  # the same plan gives the same tokens again
 
 
@@ -298,7 +302,7 @@ def test_a_prompt_chunk_follows_the_plan_of_the_batch_bucket_its_length_falls_in
 
 
 def test_the_synthetic_plan_follows_the_planner_width_at_one_sequence_depth_at_many():
-    from dynasparse_worker.commands.bench_gated import _half_bytes
+    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
     from dynasparse_worker.engine.synthetic_plan import synthetic_table
 
     config = _tiny(3).config
@@ -307,7 +311,7 @@ def test_the_synthetic_plan_follows_the_planner_width_at_one_sequence_depth_at_m
     from transformers import LlamaForCausalLM
 
     gated = install_gates(LlamaForCausalLM(config).eval())
-    half_bytes = _half_bytes(gated)
+    half_bytes = half_bytes_of(gated)
     table = synthetic_table(gated, half_bytes, [0.5], 97, torch.device("cpu"), depth_share=None)
     level = table.budgets.tolist().index(0.5)
     edges = list(table.bucket_edges)

@@ -30,13 +30,16 @@ def test_budget_changes_apply_to_the_next_request_without_rebuilding(tiny_llama)
     engine = Engine(tiny_llama, None, config, state=state)
     assert _tokens(engine, prompt) == dense  # threshold 0, all halves kept = dense
     state.thresholds.fill_(0.5)  # in place, as set_budget does
+    engine.refresh_plan()
     sparse = _tokens(engine, prompt)
     assert sparse != dense
     state.thresholds.zero_()
     state.layer_keep[:, 1, 1] = 0.0  # skip the last layer's MLP half
+    engine.refresh_plan()
     skipped = _tokens(engine, prompt)
     assert skipped != dense and skipped != sparse
     state.layer_keep.fill_(1.0)
+    engine.refresh_plan()
     assert _tokens(engine, prompt) == dense
 
 
@@ -47,6 +50,7 @@ def test_kv_cap_limits_decode_attention_to_the_recent_window(tiny_llama):
     engine = Engine(tiny_llama, None, config, state=state)
     dense = _tokens(engine, prompt)
     state.kv_cap.fill_(4)
+    engine.refresh_plan()
     capped = _tokens(engine, prompt)
     assert capped[0] == dense[0]  # the first token comes from the (uncapped) prefill
     assert capped != dense

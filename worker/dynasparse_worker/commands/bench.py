@@ -21,31 +21,9 @@ import json
 import time
 from pathlib import Path
 
-HELP = "Benchmark decode throughput: engine vs Hugging Face generate vs the HBM roofline."
+from dynasparse_worker.models.shapes import SHAPES
 
-_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-SHAPES: dict[str, dict] = {
-    "llama3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                      vocab_size=128256, max_position_embeddings=8192,
-                      rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
-    "llama3-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
-                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                      head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-                      max_position_embeddings=131072, rope_parameters=_LLAMA3_ROPE),
-    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072,
-                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                       head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                       max_position_embeddings=40960),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
-                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
-    "tiny": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                 max_position_embeddings=4096),
-}
+HELP = "Benchmark decode throughput: engine vs Hugging Face generate vs the HBM roofline."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--shape: share of a level's saved bytes taken by skipped halves "
                              "(default 'auto': per batch bucket, as the calibrated planner chose on "
                              "the default model: width only at batch 1, depth only from 8 up)")
+    parser.add_argument("--serve", action="store_true",
+                        help="benchmark `dynasparse serve` with streamed OpenAI requests at each "
+                             "--levels count of concurrent streams and each budget, next to the "
+                             "engine alone at the same batch (see benchmarks/serve_bench.py)")
+    parser.add_argument("--levels", default="1,16,64,128",
+                        help="--serve: concurrent streams per level, comma-separated")
+    parser.add_argument("--seconds", type=float, default=20.0, help="--serve: seconds per level")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw tok/s per batch size (PNG)")
 
@@ -114,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is visible: pass --device cpu")
+    if args.serve:
+        return _run_serve(args, device, budgets)
     model, tokenizer, name, loaded = _load(args, device)
     result = bench(model, tokenizer, device, batch_sizes, args.prompt_len, args.gen_len,
                    0 if args.no_hf else args.hf_gen_len, args.repeats)
@@ -137,6 +124,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args, device, budgets: list[float]) -> int:
+    from dynasparse_worker.benchmarks import serve_bench
+    from dynasparse_worker.errors import UserError
+
+    levels = _numbers(args.levels, int, "levels")
+    if min(levels) < 1 or args.seconds <= 0:
+        raise UserError("--levels must be >= 1 and --seconds > 0, e.g. --levels 1,16 --seconds 10")
+    spec = f"shape:{args.shape}" if args.shape else (args.model or "default")
+    result = serve_bench.serve_bench(spec, device, levels, budgets, args.seconds,
+                                     args.prompt_len, args.gen_len)
+    serve_bench.print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        serve_bench.plot(result, args.plot)
+    return 0
+
+
 def _budgets(text: str, floor: float) -> list[float]:
     """'1,0.75,floor' -> [1.0, 0.75, -1.0]: 'floor' (-1) is resolved once the plan is known."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -148,15 +154,9 @@ def _load(args, device):
     import torch
 
     if args.shape:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from dynasparse_worker.models.shapes import random_model
 
-        spec = dict(SHAPES[args.shape])
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return model.eval(), None, f"{args.shape} (random weights)", None
+        return random_model(args.shape, device), None, f"{args.shape} (random weights)", None
     from dynasparse_worker.models import load_model
 
     loaded = load_model(args.model or "default", device=device)

@@ -54,9 +54,9 @@ def bench_gated(model: Any, tokenizer: Any, loaded: Any, device: Any, batch_size
 def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args: Any) -> dict:
     """Attach a plan table to `gated`; describe where it came from (goes into the JSON)."""
     if loaded is None:  # --shape: random weights
-        from dynasparse_worker.engine.synthetic_plan import synthetic_table
+        from dynasparse_worker.engine.synthetic_plan import half_bytes_of, synthetic_table
 
-        half_bytes = _half_bytes(gated)
+        half_bytes = half_bytes_of(gated)
         levels = [args.floor if b == -1.0 else b for b in budgets] + [args.floor]
         vocab = gated.model.config.vocab_size
         synthetic_table(gated, half_bytes, levels, vocab, device, args.depth_share)
@@ -79,13 +79,6 @@ def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args:
     calibration = calibration_for(loaded, gated)
     return dict(kind="calibrated", model=calibration.model_name, floor=gated.floor,
                 settings=str(calibration.settings))
-
-
-def _half_bytes(gated: Any) -> list[tuple[int, int]]:
-    """(attention, MLP) weight bytes per layer that skipping the half saves, from the gated model's
-    structure (a skipped attention half still reads its key/value rows)."""
-    element = gated.structure.blocks[0].groups[0][0].module.weight.element_size()
-    return [(attention * element, mlp * element) for attention, mlp in gated.structure.skip_elements()]
 
 
 def plot_frontier(result: dict, path: Path) -> None:

@@ -25,6 +25,11 @@ def _env(name: str, default=None):
     return value if value not in (None, "") else default
 
 
+def _int_env(name: str) -> int | None:
+    value = _env(name)
+    return int(value) if value is not None else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--model", default=_env("DYNASPARSE_MODEL", "default"),
@@ -63,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="open connections plus requests in flight; beyond it new requests get a plain 503")
     a("--keep-alive-timeout", type=float, default=float(_env("DYNASPARSE_KEEP_ALIVE_TIMEOUT", 5.0)),
       help="seconds an idle keep-alive connection stays open")
-    a("--max-queue", type=int, default=int(_env("DYNASPARSE_MAX_QUEUE", 64)),
-      help="waiting requests admitted before answering 429")
+    a("--max-queue", type=int, default=_int_env("DYNASPARSE_MAX_QUEUE"),
+      help="requests that may wait for a KV slot before new ones get 429 (default: as many as "
+           "there are KV slots, so an admitted request starts within about one generation)")
     a("--report-interval", type=float, default=float(_env("DYNASPARSE_REPORT_INTERVAL", 0.5)),
       help="seconds between control reports (the operator may ask for another)")
     a("--drain-grace", type=float, default=float(_env("DYNASPARSE_DRAIN_GRACE", 30.0)),
@@ -81,7 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-loss", type=float, default=_float_or_none(_env("DYNASPARSE_MAX_LOSS")),
       help="the quality bound as an expected loss (>= 0), mapped through the calibration's "
            "quality curve to the lowest budget allowed")
-    a("--max-batch-size", type=int, default=int(_env("DYNASPARSE_MAX_BATCH_SIZE", 16)))
+    a("--max-batch-size", type=int, default=_int_env("DYNASPARSE_MAX_BATCH_SIZE"),
+      help="most sequences decoded together (default: on CUDA as many as half the free memory "
+           "holds in KV cache, up to 256; on the CPU 16)")
+    a("--kv-memory-fraction", type=float,
+      default=float(_env("DYNASPARSE_KV_MEMORY_FRACTION", 0.5)),
+      help="CUDA: fraction of the free memory after the weights given to the KV cache")
     a("--max-seq-len", type=int, default=int(_env("DYNASPARSE_MAX_SEQ_LEN", 2048)),
       help="prompt + completion tokens per sequence")
     a("--kv-tokens", type=int, default=int(_env("DYNASPARSE_KV_TOKENS", 8192)),
@@ -108,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--min-budget {args.min_budget} is not in (0, 1]: pass for example 0.5")
     if args.max_loss is not None and not 0.0 <= args.max_loss < float("inf"):
         raise UserError(f"--max-loss {args.max_loss} is not a loss >= 0: pass for example 0.1")
-    if args.max_queue < 1:
+    if not 0.0 < args.kv_memory_fraction < 1.0:
+        raise UserError("--kv-memory-fraction must lie in (0, 1), e.g. 0.5")
+    if args.max_queue is not None and args.max_queue < 1:
         raise UserError("--max-queue must be at least 1")
     if args.max_body_bytes < 1024 or args.body_timeout <= 0 or args.max_connections < 8:
         raise UserError("--max-body-bytes must be at least 1024, --body-timeout positive and "
@@ -127,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         deregister_s=args.deregister_delay, initial_budget=args.budget,
         quality_min_budget=args.min_budget, quality_max_loss=args.max_loss,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
-        kv_tokens=args.kv_tokens,
+        kv_tokens=args.kv_tokens, kv_memory_fraction=args.kv_memory_fraction,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
                                       queue_low=args.queue_high // 4),
     )

@@ -52,10 +52,10 @@ def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[in
         runs: dict[float, list[tuple[float, float]]] = {b: [] for b in budgets}
         for _ in range(max(1, repeats)):  # interleaved: load changes hit every budget alike
             for budget in budgets:
-                engine.set_budget(budget)
+                engine.apply_budget(budget)
                 runs[budget].append(timer(engine, batch, prompt_len, gen_len, vocab))
         for budget in budgets:
-            engine.set_budget(budget)
+            engine.apply_budget(budget)
             tps = statistics.median(r[0] for r in runs[budget])
             ms = statistics.median(r[1] for r in runs[budget])
             row = dict(engine="dynasparse-gated", batch_size=batch, budget=budget,
@@ -68,7 +68,7 @@ def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[in
             if budget >= 1.0:
                 row["gate_overhead"] = dense_rates[batch] / tps - 1.0
             rows.append(row)
-    engine.set_budget(1.0)
+    engine.apply_budget(1.0)
     return rows
 
 
@@ -124,7 +124,7 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
     while engine.scheduler.waiting or engine.scheduler.prefilling:
         engine.step()
     for budget in budgets:  # warm every plan once (CPU packing happens on first use)
-        engine.set_budget(budget)
+        engine.apply_budget(budget)
         engine.step()
     rows = []
     for budget in budgets:
@@ -138,7 +138,7 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
         allocs = _alloc_count(device)
         _sync(device)
         start = time.perf_counter()
-        engine.gated.set_budget(budget)  # the path the server's actuator takes
+        engine.apply_budget(budget)  # the path the server's actuator takes
         called = time.perf_counter() - start
         engine.step()
         _sync(device)
@@ -155,5 +155,5 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
         ))
     while engine.has_work():
         engine.step()
-    engine.set_budget(1.0)
+    engine.apply_budget(1.0)
     return rows

@@ -1,9 +1,11 @@
 """The engine: `step()` = schedule → run → postprocess; requests in, `TokenEvent`s out.
 
 Synchronous and single-threaded (the server runs it in one thread, see docs/DESIGN.md). Owns a
-`Scheduler` (pure policy) and a `ModelRunner` (the device); after each step it detokenizes the new
-tokens incrementally, applies stop strings, and reports finished requests. Built by the HTTP server,
-`dynasparse bench` and the tests, usually through `Engine.from_loaded(load_model(spec), ...)`.
+`Scheduler` (pure policy) and a `ModelRunner` (the device). With `detokenize` on (the default) it
+turns new tokens into text after each step and applies stop strings (`engine.detokenizer`); the
+server turns it off and runs the same detokenizer on its output stage, off the engine thread. A step
+that raises is retried sequence by sequence, so only the request that broke it fails. Built by the
+HTTP server, `dynasparse bench` and the tests, usually through `Engine.from_loaded(...)`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,22 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
+from dynasparse_worker.engine.detokenizer import Detokenizer, TextState, Update
 from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS, ModelRunner, RunnerConfig
+from dynasparse_worker.engine.plans import HostPlan, read_plan
 from dynasparse_worker.engine.scheduler import Batch, Scheduler, SchedulerConfig
 from dynasparse_worker.engine.sequence import Sequence, Status
 from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent
 from dynasparse_worker.errors import UserError
+
+
+@dataclass(frozen=True)
+class AppliedBudget:
+    """What `Engine.apply_budget` put in place: the budget, its plan, the expected quality loss."""
+
+    budget: float
+    plan: HostPlan
+    expected_loss: float
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class EngineConfig:
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     kv_sinks: int = 4  # first tokens kept in attention when the plan caps the KV cache
     cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the rows the input-sparse path reads
+    detokenize: bool = True  # text and stop strings in the engine (off: the caller detokenizes)
 
     def runner_config(self) -> RunnerConfig:
         names = {f.name for f in fields(RunnerConfig)}
@@ -62,6 +76,9 @@ class Engine:
             max_prefill_tokens=self.config.max_prefill_tokens,
         ))
         self.eos_ids = _eos_ids(model, tokenizer)
+        detokenize = self.config.detokenize and tokenizer is not None
+        self.detokenizer = Detokenizer(tokenizer) if detokenize else None
+        self.refresh_plan()
         self._pending: list[TokenEvent] = []  # cancellations reported by the next step
         self._tokens_total = 0
         self._steps_total = 0
@@ -73,28 +90,50 @@ class Engine:
         return cls(loaded.model, loaded.tokenizer, config, state=state, ops=ops)
 
     # -- the budget ----------------------------------------------------------------------------
-    def set_budget(self, budget: float, kv_cap: int | None = None) -> Any:
-        """`GatedModel.set_budget` (in-place copies), then the host view the next step picks its
-        graph from. Calling `GatedModel.set_budget` directly works too: the runner notices the
-        state's tensors moved at the next step. Returns the plan."""
+    def apply_budget(self, budget: float, kv_cap: int | None = None) -> AppliedBudget:
+        """Write the plan of `budget` into the gated model's device tensors and hand its host view
+        to the runner, so the next step runs it. Call between steps, on the engine's thread."""
         if self.gated is None:
             raise UserError("this engine has no gated model: build it from a GatedModel "
                             "(gating.install_gates) to change the budget")
-        plan = self.gated.set_budget(budget, kv_cap)
-        self.runner.current_plan()
+        self.gated.set_budget(budget, kv_cap)
+        plan, state = self.refresh_plan(), self.runner.state
+        return AppliedBudget(float(state.budget), plan, float(state.expected_loss))
+
+    def refresh_plan(self) -> HostPlan | None:
+        """Read the state's plan to the host and hand it to the runner: after writing the
+        `SparsityState` tensors by other means than `apply_budget` (tests, experiments)."""
+        if self.runner.state is None:
+            return None
+        plan = read_plan(self.runner.state, self.runner.half_bytes)
+        self.runner.use_plan(plan)
         return plan
+
+    @property
+    def floor(self) -> float:
+        """The sparsest budget the calibration offers (1.0 without a gated model)."""
+        return float(self.gated.floor) if self.gated is not None else 1.0
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int],
                     params: SamplingParams | None = None) -> None:
         params = params or SamplingParams()
-        stop = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
+        problems = params.problems()
+        if problems:
+            raise UserError(f"request {request_id}: " + "; ".join(problems))
         seed = params.seed if params.seed is not None else random.getrandbits(32)
-        seq = Sequence(request_id, list(prompt_token_ids), params, seed=seed, stop_ids=frozenset(stop))
+        seq = Sequence(request_id, list(prompt_token_ids), params, seed=seed,
+                       stop_ids=self.stop_ids(params))
+        if self.detokenizer is not None:
+            seq.text = TextState(params.stop_strings, seq.stop_ids)
         try:
             self.scheduler.add(seq)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
+
+    def stop_ids(self, params: SamplingParams) -> frozenset[int]:
+        """Token ids that end a request with these parameters (EOS unless ignored)."""
+        return frozenset(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids))
 
     def cancel(self, request_id: str) -> bool:
         """Drop a request; its final event (finish_reason "cancelled") comes with the next step."""
@@ -110,48 +149,43 @@ class Engine:
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         batch = self.scheduler.schedule()
-        sampled = self.runner.run(batch) if batch else {}
+        sampled = self._run(batch) if batch else {}
         return self._postprocess(batch, sampled)
+
+    def _run(self, batch: Batch) -> dict[str, int]:
+        try:
+            return self.runner.run(batch)
+        except Exception:  # noqa: BLE001 - find the sequence that breaks it; the others go on
+            return self._run_one_by_one(batch)
+
+    def _run_one_by_one(self, batch: Batch) -> dict[str, int]:
+        """Rerun the failed step one sequence at a time (K/V writes of a retried position are the
+        same values again) and finish with an error only the sequences that still fail."""
+        sampled: dict[str, int] = {}
+        parts = [Batch(prefill=[c]) for c in batch.prefill] + [Batch(decode=[s]) for s in batch.decode]
+        for part in parts:
+            seq = part.prefill[0].seq if part.prefill else part.decode[0]
+            try:
+                sampled.update(self.runner.run(part))
+            except Exception as exc:  # noqa: BLE001 - this request alone fails
+                self.scheduler.finish(seq, f"error: {type(exc).__name__}: {exc}")
+                self._pending.append(self._event(seq, []))
+        return sampled
 
     def _postprocess(self, batch: Batch, sampled: dict[str, int]) -> list[TokenEvent]:
         events, self._pending = self._pending, []
         self._steps_total += 1 if batch else 0
-        for seq in self.scheduler.postprocess(batch, sampled):
-            self._tokens_total += 1
-            events.append(self._emit(seq))
+        touched = self.scheduler.postprocess(batch, sampled)
+        self._tokens_total += len(touched)
+        if self.detokenizer is None:
+            return events + [self._event(seq, [seq.output_ids[-1]]) for seq in touched]
+        updates = [Update(seq.text, seq.output_ids[-1:], seq.status is Status.FINISHED)
+                   for seq in touched]
+        for seq, text in zip(touched, self.detokenizer.step(updates)):
+            if seq.text.stopped:
+                self.scheduler.finish(seq, "stop")
+            events.append(self._event(seq, [seq.output_ids[-1]], text))
         return events
-
-    def _emit(self, seq: Sequence) -> TokenEvent:
-        """Detokenize the new token, cut at a stop string, and build the event."""
-        token = seq.output_ids[-1]
-        if self.tokenizer is None:
-            return self._event(seq, [token])
-        finished = seq.status is Status.FINISHED
-        if not (finished and seq.finish_reason == "stop" and token in seq.stop_ids):
-            seq.text += self._new_text(seq)
-        stops = seq.params.stop_strings
-        if stops:
-            window = seq.emitted_chars - max(len(s) for s in stops)
-            hits = [i for i in (seq.text.find(s, max(0, window)) for s in stops) if i >= 0]
-            if hits:
-                seq.text = seq.text[:min(hits)]
-                if not finished:
-                    self.scheduler.finish(seq, "stop")
-                finished = True
-        upto = len(seq.text) if finished or not stops else len(seq.text) - _held_back(seq.text, stops)
-        text = seq.text[seq.emitted_chars:max(upto, seq.emitted_chars)]
-        seq.emitted_chars = max(upto, seq.emitted_chars)
-        return self._event(seq, [token], text)
-
-    def _new_text(self, seq: Sequence) -> str:
-        """Incremental detokenization: decode a short window so multi-token characters come out whole."""
-        ids = seq.output_ids
-        before = self.tokenizer.decode(ids[seq.prefix_offset:seq.read_offset], skip_special_tokens=True)
-        after = self.tokenizer.decode(ids[seq.prefix_offset:], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
-        return after[len(before):]
 
     def _event(self, seq: Sequence, tokens: list[int], text: str = "") -> TokenEvent:
         finished = seq.status is Status.FINISHED
@@ -173,17 +207,6 @@ class Engine:
                    "cuda_graphs": float(len(self.runner.graphs)),
                    "graph_captures": float(self.runner.captures)},
         )
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Characters at the end of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if stop.startswith(text[-n:]):
-                longest = n
-                break
-    return longest
 
 
 def _eos_ids(model: Any, tokenizer: Any | None) -> set[int]:

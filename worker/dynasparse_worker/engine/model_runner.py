@@ -10,8 +10,8 @@ captures the ungated dense graph (budget 1.0: no gate cost at all) and one gated
 plan the calibrated `PlanTable` offers (skipped attention/MLP halves are not in the graph; width
 gates read the state's thresholds inside it, through `kernels.SparseLinearOps`, whose measured
 crossover picks the sparse kernel or the masked dense matmul per call shape). Each step picks a
-graph on the host from `plans.read_plan`, re-read only when the state's tensors were written
-(their version counters move), so a budget change costs one small read and no capture.
+graph on the host from the `HostPlan` that `Engine.apply_budget` hands over with `use_plan`, so a
+budget change costs one small read and no capture.
 Called by `Engine.step()`; imports point one way (engine → runner → model/attention/kv_cache).
 """
 
@@ -64,7 +64,6 @@ class ModelRunner:
         self.gated_ops = ops if ops is not None or state is None else self._sparse_ops(state)
         self.half_bytes = self.model.half_bytes()  # [L] (attention, MLP) weight bytes
         self.plan: HostPlan | None = None
-        self._plan_versions: tuple[int, ...] | None = None
         self.captures = 0  # CUDA graphs captured so far (all at start-up)
         self.last_variant: tuple[int, Variant] | None = None  # (bucket, variant) of the last decode
         slots = plan_slots(self.model.shape, self.dtype, self.device, config.max_batch_size,
@@ -89,18 +88,14 @@ class ModelRunner:
         return SparseLinearOps(state, cpu_dtype=cpu_dtype, max_batch=64, device_type=self.device.type)
 
     # -- the plan ------------------------------------------------------------------------------
+    def use_plan(self, plan: HostPlan) -> None:
+        """Serve `plan` from the next step on (`Engine.apply_budget` hands it over, on the engine
+        thread, right after writing the same plan into the state's device tensors)."""
+        self.plan = plan
+
     def current_plan(self) -> HostPlan | None:
-        """The host view of the state's plan, re-read only after `set_budget` (or any in-place
-        write) moved the version counters of its tensors."""
-        state = self.state
-        if state is None:
-            return None
-        versions = tuple(t._version for t in (state.thresholds, state.layer_keep, state.kv_cap,
-                                              state.budget))
-        if versions != self._plan_versions:
-            self.plan = read_plan(state, self.half_bytes)
-            self._plan_versions = versions
-        return self.plan
+        """The host view of the plan the state holds (None for the plain dense engine)."""
+        return self.plan if self.state is not None else None
 
     def _ops_for(self, variant: Variant, width: float) -> Any:
         if not variant[0]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from dynasparse_worker.engine.types import SamplingParams
 
@@ -35,11 +36,7 @@ class Sequence:
     reserved_tokens: int = 0  # KV tokens reserved at admission (prompt + allowed new tokens)
     num_cached: int = 0
     finish_reason: str | None = None
-    # incremental detokenization and stop strings (see engine.detokenize)
-    text: str = ""
-    emitted_chars: int = 0
-    prefix_offset: int = 0
-    read_offset: int = 0
+    text: Any = None  # detokenizer.TextState when the engine detokenizes inline
 
     @property
     def num_tokens(self) -> int:

@@ -16,7 +16,7 @@ one from measured activations:
 * expected loss: KL(dense‖sparse) per token, measured at each level on random tokens through the
   gated HF model (meaningless for quality on random weights, but the same kind of number).
 
-Called by `commands/bench.py` (and the engine tests); the JSON says the plan is synthetic.
+Called by `commands/bench.py`, the server for `shape:` models (and the engine tests); the JSON says the plan is synthetic.
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ PLANNER_DEPTH_SHARE = {1: 0.0, 2: 0.4, 4: 0.85}  # larger buckets: 1.0
 
 def bucket_depth_share(edge: int) -> float:
     return PLANNER_DEPTH_SHARE.get(int(edge), 1.0 if edge > 4 else 0.0)
+
+
+def half_bytes_of(gated: Any) -> list[tuple[int, int]]:
+    """(attention, MLP) weight bytes per layer that skipping the half saves, from the gated model's
+    structure (a skipped attention half still reads its key/value rows)."""
+    element = gated.structure.blocks[0].groups[0][0].module.weight.element_size()
+    return [(attention * element, mlp * element) for attention, mlp in gated.structure.skip_elements()]
+
+
+def synthetic_calibration(gated: Any, device: torch.device, levels=(0.75, 0.5, 0.3)) -> PlanTable:
+    """The plan `dynasparse serve --model shape:NAME --calibration auto` serves: levels down to the
+    last of `levels` (the floor), the depth share per batch bucket as the calibrated planner chose."""
+    vocab = gated.model.config.vocab_size
+    return synthetic_table(gated, half_bytes_of(gated), list(levels), vocab, device, None)
 
 
 def skip_order(num_layers: int) -> list[tuple[int, int]]:

@@ -5,7 +5,10 @@ No torch here: these cross thread boundaries and are built from request JSON.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,23 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
+
+    def problems(self) -> list[str]:
+        """What makes these parameters unusable by the sampler (empty: fine). Checked before a
+        request joins a batch, so one bad request never fails the step it would share."""
+        found = []
+        if not (isinstance(self.max_tokens, int) and 1 <= self.max_tokens <= INT64_MAX):
+            found.append(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            found.append(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            found.append(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.top_k, int) and 0 <= self.top_k <= INT64_MAX):
+            found.append(f"top_k must be an integer in [0, 2**63), got {self.top_k!r}")
+        if self.seed is not None and not (isinstance(self.seed, int)
+                                          and -INT64_MAX - 1 <= self.seed <= INT64_MAX):
+            found.append(f"seed must be a 64-bit signed integer, got {self.seed!r}")
+        return found
 
 
 @dataclass

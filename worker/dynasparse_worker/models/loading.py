@@ -4,6 +4,7 @@
 * a path ending in `.gguf`: any GGUF file transformers can read;
   both are dequantized once and cached as safetensors + config + tokenizer under
   `cache_root()/models/<name>-<file hash>/` (atomic directory rename), then reused;
+* `shape:NAME`: random weights of a real model's shape (`models.shapes`), the default tokenizer;
 * anything else: a local directory or hub id, through the same `from_pretrained` path as the cache.
 
 Called by `dynasparse eval|calibrate|serve|bench`, the engine and the tests. Offline errors become a
@@ -36,6 +37,7 @@ class LoadedModel:
     name: str  # human-readable: "SmolLM2-135M-Instruct", a hub id, or a directory name
     fingerprint: str  # 16 hex digits, see models.fingerprint
     path: Path  # directory holding config.json + weights (the cache dir for GGUF sources)
+    synthetic: bool = False  # random weights of a real shape (`shape:NAME`): calibrate synthetically
 
 
 def cache_root() -> Path:
@@ -53,6 +55,10 @@ def load_model(spec: str | None = "default", device: str | torch.device = "cpu",
     """Load `spec` (see module docstring) on `device`; dtype defaults to float32 on CPU, bf16 on CUDA."""
     spec = (spec or "default").strip()
     device = torch.device(device)
+    if spec.startswith("shape:"):
+        from dynasparse_worker.models.shapes import load_shape
+
+        return load_shape(spec[len("shape:"):], device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if spec == "default":
@@ -67,6 +73,11 @@ def load_model(spec: str | None = "default", device: str | torch.device = "cpu",
     model, tokenizer = _from_pretrained(directory, spec, dtype)
     model.to(device).eval()
     return LoadedModel(model, tokenizer, name, model_fingerprint(model), Path(directory))
+
+
+def default_model_dir() -> Path:
+    """The default model's cached directory (config, weights, tokenizer), made once."""
+    return _cached_gguf(default_gguf_path(), DEFAULT_NAME)
 
 
 def _resolve_pretrained(spec: str) -> str:

@@ -1,8 +1,12 @@
 """Budget actuators: how the supervisor's budget reaches the model.
 
-* `GatedActuator` drives the gated model (`gating.GatedModel`): `set_budget(b)` copies the plan into
-  its `SparsityState` device tensors; min budget (its calibrated floor), expected loss and the
-  quality curve come from its plan table. The supervisor calls it on the engine thread only.
+* `GatedActuator` drives the engine of a gated model: `set_budget(b)` calls `Engine.apply_budget`,
+  which writes the plan into the `SparsityState` device tensors and hands its host view to the
+  model runner; min budget (the calibrated floor), expected loss and the quality curve come from the
+  plan table. The supervisor calls it on the engine thread only, between two steps.
+* `PendingActuator` stands in while a calibrated model loads: its floor is not known yet, so it
+  lets any budget through; attaching the `GatedActuator` then raises the floor to the calibrated
+  one and keeps a `--budget` at or above it.
 * `UncalibratedActuator` is used when no calibration is given: the model runs dense, so the budget
   is recorded (reports, metrics and the fast loop still work) but not applied; its `applies` flag
   is False and the server logs that at start-up.
@@ -13,6 +17,8 @@ Built by server/runtime.py; read by control/supervisor.py through the `BudgetAct
 from __future__ import annotations
 
 from typing import Any
+
+_SMALLEST_BUDGET = 1e-6  # a floor below any calibrated one: the placeholder's "not known yet"
 
 
 class UncalibratedActuator:
@@ -33,20 +39,29 @@ class UncalibratedActuator:
         return [(1.0, 0.0)]
 
 
+class PendingActuator(UncalibratedActuator):
+    """Before a calibrated model has loaded: records the budget, floor not known yet."""
+
+    def __init__(self) -> None:
+        super().__init__(_SMALLEST_BUDGET)
+
+
 class GatedActuator:
     applies = True
 
-    def __init__(self, gated: Any, curve_points: int = 15):
-        self.gated = gated
+    def __init__(self, engine: Any, curve_points: int = 15):
+        self.engine = engine
+        self.gated = engine.gated
         self.curve_points = curve_points
+        self.applied = None  # the last `engine.AppliedBudget`
 
     @property
     def budget(self) -> float:
-        return _as_float(self.gated.state.budget)
+        return self.applied.budget if self.applied is not None else float(self.gated.state.budget)
 
     def set_budget(self, budget: float) -> float:
-        self.gated.set_budget(max(budget, self.min_budget()))
-        return _as_float(self.gated.state.expected_loss)
+        self.applied = self.engine.apply_budget(max(budget, self.min_budget()))
+        return self.applied.expected_loss
 
     def min_budget(self) -> float:
         return float(self.gated.floor)
@@ -59,7 +74,3 @@ class GatedActuator:
         stride = max(1, len(budgets) // self.curve_points)
         picked = sorted(set(budgets[::stride]) | {budgets[0], budgets[-1]})
         return [(b, self.gated.expected_loss(b)) for b in picked]
-
-
-def _as_float(value: Any) -> float:
-    return float(value.item()) if hasattr(value, "item") else float(value)

@@ -98,8 +98,10 @@ def create_app(ctx: WorkerContext) -> FastAPI:
                         headers=dict(exc.headers or {})).response()
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        if ctx.engine_loop is not None and not ctx.engine_loop.alive:
+            return JSONResponse({"status": "the engine thread stopped"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -1,10 +1,19 @@
-"""Runs the synchronous `Engine` in one thread and adapts it to asyncio: one event queue per request.
+"""Runs the synchronous `Engine` in one thread and adapts it to asyncio, with one hand-off per step.
 
-The HTTP handlers (server/app.py) call `submit` (admission: bounded queue, no admission while
-draining) and read `TokenEvent`s from the returned handle; `cancel` frees a sequence whose client went
-away. The thread owns the engine: it alone calls `add_request`, `cancel`, `step` and `stats`. After
-every step it records latencies and calls the supervisor's fast-loop hook (`on_step`), so a budget
-change lands before the next step. Created by server/runtime.py.
+Three stages, so the engine thread does nothing but engine work between two GPU steps:
+* the HTTP handlers (server/app.py) call `submit` (admission sized from the KV slots: at most
+  `max_queue` requests waiting for a slot, else 429; none while draining) and read `TokenEvent`s
+  from the handle's `EventQueue`; `release` cancels a sequence whose client went away;
+* the engine thread alone calls `add_request`, `cancel`, `step` and `stats`, and calls the
+  supervisor's fast-loop hook (`on_step`) between steps, so a budget change lands before the next
+  step; each step's token ids go, as one list, to
+* the output thread, which detokenizes every request of the step in one batch
+  (`engine.detokenizer`), applies stop strings (a hit cancels the sequence), records latencies, and
+  hands the whole step to the event loop with ONE `call_soon_threadsafe`. A client that reads slower
+  than the engine writes gets the tokens coalesced into one event (`EventQueue`).
+
+Queue depth has one definition here (`queue_depth`): admitted requests beyond the KV slots. The
+429 admission, the metrics and the control reports all read it. Created by server/runtime.py.
 """
 
 from __future__ import annotations
@@ -12,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynasparse_worker.control.supervisor import Supervisor
+from dynasparse_worker.engine.detokenizer import Detokenizer, TextState, Update
 from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent
 from dynasparse_worker.server.metrics import WorkerMetrics
 
@@ -26,41 +37,84 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """The admission queue is full; the caller answers 429 with Retry-After."""
+    """As many requests wait for a KV slot as the queue holds; the caller answers 429."""
 
 
 class NotAdmitting(Exception):
     """Draining or stopped; the caller answers 503 with the reason."""
 
 
+class EventQueue:
+    """A single-consumer asyncio queue of one request's events that merges what piled up: `get`
+    returns every pending event as one (tokens and text joined, the last one's finish)."""
+
+    def __init__(self) -> None:
+        self._items: deque[TokenEvent] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, ev: TokenEvent) -> None:
+        self._items.append(ev)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> TokenEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(self._items) == 1:
+            return self._items.popleft()
+        pending = list(self._items)
+        self._items.clear()
+        last = pending[-1]
+        return replace(last, token_ids=[t for ev in pending for t in ev.token_ids],
+                       text="".join(ev.text for ev in pending))
+
+
 @dataclass
 class RequestHandle:
     request_id: str
     prompt_tokens: int
-    events: asyncio.Queue
+    events: EventQueue
     admitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished: bool = False
+    text: TextState | None = None  # detokenization progress (output thread only)
 
 
 class EngineLoop:
     def __init__(self, engine: Any, supervisor: Supervisor, metrics: WorkerMetrics, *,
-                 max_queue: int = 64, idle_tick_s: float = 0.05):
+                 max_queue: int | None = None, idle_tick_s: float = 0.05):
+        """`max_queue`: requests that may wait for a KV slot (default: as many as there are slots,
+        so an admitted request waits at most about one generation before it starts)."""
         self.engine = engine
         self.supervisor = supervisor
         self.metrics = metrics
-        self.max_queue = max_queue
+        self.num_slots = max(1, int(engine.runner.cache.num_slots))
+        self.max_queue = max_queue if max_queue is not None else self.num_slots
         self.idle_tick_s = idle_tick_s
+        tokenizer = getattr(engine, "tokenizer", None)
+        self.detokenizer = Detokenizer(tokenizer) if tokenizer is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._inbox: deque[tuple[str, Any]] = deque()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # one list of events per step
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._handles: dict[str, RequestHandle] = {}
-        self._waiting: set[str] = set()  # admitted, no token yet
+        self._open = 0  # admitted handles without their final event
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._output: threading.Thread | None = None
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -68,14 +122,23 @@ class EngineLoop:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.supervisor.bind_engine_thread(self._wake.set)
+        self._output = threading.Thread(target=self._run_output, name="engine-output", daemon=True)
+        self._output.start()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._outbox.put(None)
+        for thread in (self._thread, self._output):
+            if thread is not None:
+                thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running (False before start, after stop, or if it died)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -83,21 +146,30 @@ class EngineLoop:
             return len(self._handles)
 
     @property
-    def waiting(self) -> int:
+    def queue_depth(self) -> int:
+        """Admitted requests beyond what the KV slots hold (the one queue depth of this worker).
+        Every slot can take any admissible request (the cache reserves `max_seq_len` tokens per
+        slot), so these are exactly the requests that wait for a slot."""
         with self._lock:
-            return len(self._waiting)
+            return self._depth()
+
+    def _depth(self) -> int:
+        return max(0, self._open - self.num_slots)
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestHandle:
         """Admit a request or raise QueueFull / NotAdmitting. Call from the event loop thread."""
         if self._stop.is_set() or not self.supervisor.admitting:
             raise NotAdmitting("draining: not admitting new requests")
         with self._lock:
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} requests already waiting")
+            depth = self._depth()
+            if depth >= self.max_queue:
+                raise QueueFull(f"{depth} requests already wait for one of the KV slots")
             rid = f"req-{next(self._ids)}"
-            handle = RequestHandle(rid, len(prompt_token_ids), asyncio.Queue())
+            handle = RequestHandle(rid, len(prompt_token_ids), EventQueue())
+            if self.detokenizer is not None:
+                handle.text = TextState(params.stop_strings, self.engine.stop_ids(params))
             self._handles[rid] = handle
-            self._waiting.add(rid)
+            self._open += 1
             self._inbox.append(("add", (rid, list(prompt_token_ids), params)))
             self._empty.clear()
         self.metrics.prompt_tokens.inc(len(prompt_token_ids))
@@ -108,12 +180,29 @@ class EngineLoop:
         """The handler is done with `handle`; cancels the sequence if it has not finished."""
         with self._lock:
             known = self._handles.pop(handle.request_id, None) is not None
-            self._waiting.discard(handle.request_id)
             if known and not handle.finished:
+                handle.finished = True
+                self._open -= 1
                 self._inbox.append(("cancel", handle.request_id))
             if not self._handles:
                 self._empty.set()
         self._wake.set()
+
+    def fail_all(self, message: str) -> int:
+        """End every unfinished request with an error event (the drain grace ran out); returns how
+        many. Call from the event loop thread."""
+        failed = []
+        with self._lock:
+            for handle in self._handles.values():
+                if not handle.finished:
+                    handle.finished = True
+                    self._open -= 1
+                    self._inbox.append(("cancel", handle.request_id))
+                    failed.append(handle)
+        for handle in failed:
+            handle.events.put_nowait(TokenEvent(handle.request_id, [], "", True, f"error: {message}"))
+        self._wake.set()
+        return len(failed)
 
     async def wait_empty(self, timeout: float | None) -> bool:
         """True once no request is in flight, False if `timeout` passed first."""
@@ -125,14 +214,24 @@ class EngineLoop:
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._drain_inbox()
-            self.supervisor.on_step(self._stats())  # the fast loop sees a spike before the step
-            if self.engine.has_work():
-                self._step()
-            else:
-                self._wake.wait(self.idle_tick_s)
-                self._wake.clear()
+        profile = StepProfile()
+        try:
+            while not self._stop.is_set():
+                began = time.perf_counter()
+                self._drain_inbox()
+                self.supervisor.on_step(self._stats())  # the fast loop sees a spike before the step
+                if self.engine.has_work():
+                    stepped = time.perf_counter()
+                    events = self._step()
+                    ended = time.perf_counter()
+                    self._outbox.put(events)
+                    profile.add(stepped - began, ended - stepped, len(events), ended)
+                else:
+                    self._wake.wait(self.idle_tick_s)
+                    self._wake.clear()
+        except BaseException:  # noqa: BLE001 - the thread ends; /healthz and the streams say so
+            log.exception("the engine thread stopped")
+            self._outbox.put("died")
 
     def _drain_inbox(self) -> None:
         while True:
@@ -146,14 +245,14 @@ class EngineLoop:
                 else:
                     self.engine.cancel(payload)
             except Exception as exc:  # noqa: BLE001 - one bad request must not stop the engine
-                log.exception("engine rejected %s", kind)
+                log.warning("engine refused %s: %s", kind, exc)
                 if kind == "add":
-                    self._deliver([TokenEvent(payload[0], [], "", True, f"error: {exc}")])
+                    self._outbox.put([TokenEvent(payload[0], [], "", True, f"error: {exc}")])
 
-    def _step(self) -> None:
+    def _step(self) -> list[TokenEvent]:
         try:
             events = self.engine.step()
-        except Exception as exc:  # noqa: BLE001 - fail what is in flight, keep serving
+        except Exception as exc:  # noqa: BLE001 - the engine isolates sequences; this is a last resort
             log.exception("engine step failed")
             with self._lock:
                 ids = list(self._handles)
@@ -163,31 +262,64 @@ class EngineLoop:
                 except Exception:  # noqa: BLE001
                     pass
             events = [TokenEvent(rid, [], "", True, f"error: {exc}") for rid in ids]
-        self._deliver(events)
+        return events
 
     def _stats(self) -> EngineStats:
-        stats = self.engine.stats()
-        with self._lock:
-            pending_adds = sum(1 for kind, _ in self._inbox if kind == "add")
-        if pending_adds:
-            stats = EngineStats(**{**stats.__dict__, "queue_depth": stats.queue_depth + pending_adds})
-        return stats
+        return replace(self.engine.stats(), queue_depth=self.queue_depth)
+
+    # ---- output thread ---------------------------------------------------------------------------
+    def _run_output(self) -> None:
+        while True:
+            events = self._outbox.get()
+            if events is None:
+                return
+            if events == "died":
+                self._loop_call(self._fail_after_death)
+                return
+            try:
+                self._deliver(events)
+            except Exception:  # noqa: BLE001 - keep delivering the next steps
+                log.exception("delivering a step's events failed")
+
+    def _fail_after_death(self) -> None:
+        self.fail_all("the engine stopped: retry on another replica")
+
+    def _loop_call(self, fn, *args) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop closed meanwhile: nobody is listening any more
+                pass
 
     def _deliver(self, events: list[TokenEvent]) -> None:
-        now = time.monotonic()
-        ready: list[tuple[RequestHandle, TokenEvent]] = []
+        live: list[tuple[RequestHandle, TokenEvent]] = []
         with self._lock:
             for ev in events:
                 handle = self._handles.get(ev.request_id)
-                if handle is None:
-                    continue  # released (client gone) before this step finished
-                self._waiting.discard(ev.request_id)
-                handle.finished = handle.finished or ev.finished
-                ready.append((handle, ev))
-        for handle, ev in ready:
+                if handle is not None and not handle.finished:
+                    live.append((handle, ev))
+        if self.detokenizer is not None:
+            updates = [Update(h.text, ev.token_ids, ev.finished) for h, ev in live]
+            for (handle, ev), text in zip(live, self.detokenizer.step(updates)):
+                ev.text = text
+                if handle.text.stopped and not ev.finished:
+                    ev.finished, ev.finish_reason = True, "stop"
+        now = time.monotonic()
+        stopped = []
+        with self._lock:
+            for handle, ev in live:
+                if ev.finished:
+                    handle.finished = True
+                    self._open -= 1
+                    if ev.finish_reason == "stop" and handle.text is not None and handle.text.stopped:
+                        stopped.append(handle.request_id)
+            self._inbox.extend(("cancel", rid) for rid in stopped)
+        if stopped:
+            self._wake.set()
+        for handle, ev in live:
             self._observe(handle, ev, now)
-        if ready and self._loop is not None:
-            self._loop.call_soon_threadsafe(_put_all, ready)
+        if live:
+            self._loop_call(_put_all, live)
 
     def _observe(self, handle: RequestHandle, ev: TokenEvent, now: float) -> None:
         n = len(ev.token_ids)
@@ -207,6 +339,31 @@ class EngineLoop:
             handle.last_token_at = now
         if ev.finished:
             self.metrics.e2e.observe(now - handle.admitted_at)
+
+
+class StepProfile:
+    """Where the engine thread's time goes while busy, logged every `every_s` seconds: the step
+    itself (schedule, run with its one device sync, postprocess) and the host work between steps
+    (admissions, cancellations, the fast loop)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.since, self.steps, self.step_s, self.between_s, self.events = now, 0, 0.0, 0.0, 0
+
+    def add(self, between_s: float, step_s: float, events: int, now: float) -> None:
+        self.steps += 1
+        self.step_s += step_s
+        self.between_s += between_s
+        self.events += events
+        if now - self.since >= self.every_s:
+            n = self.steps
+            log.info("engine loop: %d steps in %.1f s, step %.2f ms, between steps %.3f ms, "
+                     "%.1f events per step", n, now - self.since, 1000 * self.step_s / n,
+                     1000 * self.between_s / n, self.events / n)
+            self._reset(now)
 
 
 def _put_all(ready: list[tuple[RequestHandle, TokenEvent]]) -> None:

@@ -26,7 +26,7 @@ from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.service import TlsFiles, build_control_server
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.errors import UserError
-from dynasparse_worker.server.actuators import GatedActuator, UncalibratedActuator
+from dynasparse_worker.server.actuators import GatedActuator, PendingActuator, UncalibratedActuator
 from dynasparse_worker.server.app import WorkerContext, create_app
 from dynasparse_worker.server.auth import ApiKey
 from dynasparse_worker.server.engine_loop import EngineLoop
@@ -57,7 +57,7 @@ class ServeSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body slower than this gets 408
     max_connections: int = 512  # beyond it uvicorn answers 503 (connections + requests in flight)
     keep_alive_s: float = 5.0  # idle connections, and request heads slower than this, are closed
-    max_queue: int = 64
+    max_queue: int | None = None  # requests waiting for a KV slot; None: as many as there are slots
     report_interval_s: float = 0.5
     drain_grace_s: float = 30.0
     deregister_s: float = 0.0  # still admitting, not ready, while endpoints drop the pod
@@ -65,9 +65,10 @@ class ServeSettings:
     quality_min_budget: float | None = None  # the AdaptiveModel's quality bound, as a budget...
     quality_max_loss: float | None = None  # ...or as an expected loss
     uncalibrated_min_budget: float = 1.0
-    max_batch_size: int = 16
+    max_batch_size: int | None = None  # None: CUDA as many as the KV memory holds (up to 256), CPU 16
     max_seq_len: int = 2048
     kv_tokens: int = 8192  # CPU KV capacity; CUDA sizes by memory fraction
+    kv_memory_fraction: float = 0.5  # CUDA: of the free memory after the weights, for the KV cache
     default_max_tokens: int = 256
     fast_loop: FastLoopConfig = field(default_factory=FastLoopConfig)
 
@@ -88,7 +89,11 @@ class WorkerRuntime:
         self._preloaded = loaded
         self._pregated = gated
         self.metrics = WorkerMetrics()
-        self.actuator = UncalibratedActuator(settings.uncalibrated_min_budget)
+        # until the model has loaded, a calibrated worker does not know its floor: the placeholder
+        # lets the --budget through, and attaching the gated actuator raises the floor to the
+        # calibrated one (a --budget below it is refused before that, in _start_engine)
+        self.actuator = (PendingActuator() if settings.calibration or gated is not None else
+                         UncalibratedActuator(settings.uncalibrated_min_budget))
         self.supervisor = Supervisor(
             self.actuator, pod_name=settings.pod_name, model_name=settings.model,
             config=settings.fast_loop, initial_budget=settings.initial_budget,
@@ -218,7 +223,7 @@ class WorkerRuntime:
 
     def _start_engine(self, engine: Any, loaded: Any, gated: Any) -> None:
         if gated is not None:
-            self.actuator = GatedActuator(gated)
+            self.actuator = GatedActuator(engine)
             self.supervisor.attach(self.actuator)
         else:
             log.warning("no --calibration: the model runs dense; budgets are tracked, not applied")
@@ -230,6 +235,9 @@ class WorkerRuntime:
         self.ctx.vocab_size = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
         self.engine_loop = EngineLoop(engine, self.supervisor, self.metrics,
                                       max_queue=self.settings.max_queue)
+        log.info("engine: %d KV slots of %d tokens, %d decode graphs, admission queue %d",
+                 engine.runner.cache.num_slots, engine.runner.cache.max_seq_len,
+                 len(engine.runner.graphs), self.engine_loop.max_queue)
         self.engine_loop.start(asyncio.get_running_loop())
         self.ctx.engine_loop = self.engine_loop
         self.supervisor.model_loaded = True
@@ -238,6 +246,7 @@ class WorkerRuntime:
         import torch
 
         from dynasparse_worker.engine.engine import Engine, EngineConfig
+        from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS
 
         s = self.settings
         device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,9 +257,17 @@ class WorkerRuntime:
             loaded = load_model(s.model, device=device)
         gated = self._pregated
         if gated is None and s.calibration:
-            gated = _load_gated(loaded, s.calibration)
-        config = EngineConfig(max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
-                              kv_capacity_tokens=s.kv_tokens, cuda_graphs=device.startswith("cuda"))
+            gated = load_gated(loaded, s.calibration)
+        if gated is not None and s.initial_budget < float(gated.floor) - 1e-9:
+            raise UserError(f"--budget {s.initial_budget:g} is below the calibrated floor "
+                            f"{float(gated.floor):.3f} of {loaded.name}: pass --budget "
+                            f"{float(gated.floor):.3f} or more")
+        on_cuda = device.startswith("cuda")
+        max_batch = s.max_batch_size or (max(DEFAULT_BUCKETS) if on_cuda else 16)
+        config = EngineConfig(max_batch_size=max_batch, max_seq_len=s.max_seq_len,
+                              kv_capacity_tokens=s.kv_tokens, cuda_graphs=on_cuda,
+                              kv_memory_fraction=s.kv_memory_fraction,
+                              detokenize=False)  # the engine loop's output thread does it
         state = gated.state if gated is not None else None
         return Engine.from_loaded(loaded, config, state=state), loaded, gated
 
@@ -271,7 +288,10 @@ class WorkerRuntime:
         loop = self.engine_loop
         self.drained_clean = True if loop is None else await loop.wait_empty(grace_s)
         if not self.drained_clean:
-            log.warning("grace period over with %d requests in flight", loop.in_flight)
+            cut = loop.fail_all("the worker stopped: its drain grace period ran out; retry on "
+                                "another replica")
+            log.warning("grace period over: %d requests ended with an error event", cut)
+            await loop.wait_empty(1.0)  # the streams send their error event and close
         await asyncio.sleep(0.2)  # let the last responses flush
         assert self._done is not None
         self._done.set()
@@ -286,15 +306,22 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
-def _load_gated(loaded: Any, calibration: str) -> Any:
+def load_gated(loaded: Any, calibration: str) -> Any:
     """The calibrated `GatedModel` of `loaded`: gates installed, plan table attached.
 
-    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand) or the
-    path of an artifact written by `dynasparse calibrate`."""
+    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand; for a
+    `shape:` model of random weights, a synthetic plan from its activations) or the path of an
+    artifact written by `dynasparse calibrate`."""
     from dynasparse_worker.gating import install_gates
-    from dynasparse_worker.gating.artifact import calibration_for
 
     gated = install_gates(loaded.model)
+    if getattr(loaded, "synthetic", False) and calibration == "auto":
+        from dynasparse_worker.engine.synthetic_plan import synthetic_calibration
+
+        synthetic_calibration(gated, loaded.model.device)
+        return gated
+    from dynasparse_worker.gating.artifact import calibration_for
+
     calibration_for(loaded, gated, path=None if calibration == "auto" else calibration,
                     progress=False)
     return gated
