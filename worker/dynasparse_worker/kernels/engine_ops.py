@@ -50,6 +50,9 @@ class SparseLinearOps:
         self.state = state
         self.expected_sparsity = expected_sparsity
         self.policy = policy or self._default_policy
+        # per group "sparse" | "dense", fixed by the runner for a graph whose kernels were chosen
+        # by measured speed (engine.speed); None: `policy` decides
+        self.forced: tuple[str, ...] | None = None
         self.cpu_dtype = cpu_dtype  # e.g. torch.bfloat16: half the bytes per step on the CPU
         self.max_batch = max_batch
         self._packed: dict[tuple[int, int], PackedWeight] = {}
@@ -65,6 +68,14 @@ class SparseLinearOps:
 
     def _default_policy(self, rows: int, group: str) -> str:
         return choose(rows, self.expected_sparsity, self.device_type, group)
+
+    def _mode(self, rows: int, group: int) -> str:
+        """"sparse" or "dense" for this call: the forced choice, else the policy's."""
+        if rows > self.max_batch:
+            return "dense"
+        if self.forced:
+            return self.forced[group]
+        return self.policy(rows, GROUP_NAMES[group])
 
     def _pack(self, weight: torch.Tensor, layer: int, group: int,
               gated: bool = False) -> PackedWeight:
@@ -105,7 +116,7 @@ class SparseLinearOps:
             return y if bias is None else y + bias
         threshold, scale = self._gate(bucket, layer, group)  # [] float32 view, [in] or None
         rows = x.shape[0]
-        mode = self.policy(rows, GROUP_NAMES[group]) if rows <= self.max_batch else "dense"
+        mode = self._mode(rows, group)
         if mode == "dense":
             return F.linear(_masked(x, threshold, scale), weight, bias)  # [N, out]
         pw = self._pack(weight, layer, group)
@@ -123,7 +134,7 @@ class SparseLinearOps:
         self.device_type = x.device.type
         rows = x.shape[0]
         if (self.state is None or x.device.type != "cuda" or not _is_silu(act)
-                or rows > self.max_batch or self.policy(rows, "mlp_in") != "sparse"):
+                or self._mode(rows, group) != "sparse"):
             return None
         threshold, scale = self._gate(bucket, layer, group)
         pw = self._pack(gate_up, layer, group, gated=True)
