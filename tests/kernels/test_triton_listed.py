@@ -114,3 +114,41 @@ def test_listed_configs_fill_the_gpu_with_column_blocks_and_never_split_gated_gr
         assert -(-n_out // one.block_n) >= 128, (n_out, one)
     assert listed_config(32, 14336, True).split_k == 1
     assert listed_config(32, 4096, False).split_k > 1
+
+
+def test_a_norm_that_writes_the_list_lets_the_kernel_skip_its_own_listing(triton_kernels, device,
+                                                                          gen):
+    from dynasparse_worker.engine import fused
+
+    if device == "cpu" and type(fused._add_rms_norm_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("engine.fused was imported before TRITON_INTERPRET was set")
+    k = 96
+    ws = SplitKWorkspace.allocate(device, max_batch=2, max_out=128)
+    pw = pack_projection(_weights(gen, [64, 32, 32], k, device), workspace=ws)
+    x, delta = _x(gen, 1, k, device), _x(gen, 1, k, device)
+    norm_w = (0.5 + torch.rand(k, generator=gen)).to(torch.bfloat16).to(device)
+    scale = (0.5 + torch.rand(k, generator=gen)).to(device)
+    thr = torch.tensor(0.7, device=device)
+    ws.rows.fill_(-1)
+    h, _ = fused.add_rms_norm(delta, x, norm_w, 1e-5, use_triton=True,
+                              gate=(thr, scale, ws.rows, ws.row_counts[:1]))
+    keep = keep_mask(h, thr, scale)[0]  # [K]
+    count = int(ws.row_counts[0])
+    assert count == int(keep.sum()) and 0 < count < k
+    assert torch.equal(ws.rows[:count].long().cpu(), keep.nonzero()[:, 0].cpu())
+    y = torch.full((1, pw.out_features), float("nan"), dtype=h.dtype, device=device)
+    triton_kernels.sparse_matmul_triton(h, pw, thr, scale, out=y, config=ONE, prelisted=True)
+    assert _rel_err(y, masked_reference(h, pw, thr, scale)) < 1e-2, gen.initial_seed()
+    ws.row_counts[0] = 0  # the kernel reads the norm's count: an empty list gives zeros
+    triton_kernels.sparse_matmul_triton(h, pw, thr, scale, out=y, config=ONE, prelisted=True)
+    assert y.abs().max() == 0
+
+
+def test_a_norm_refuses_to_list_channels_for_a_batch():
+    from dynasparse_worker.engine import fused
+
+    x = torch.randn(2, 16)
+    gate = (torch.tensor(0.5), None, torch.zeros(16, dtype=torch.int32),
+            torch.zeros(1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="one row"):
+        fused.add_rms_norm(None, x, torch.ones(16), 1e-5, gate=gate)

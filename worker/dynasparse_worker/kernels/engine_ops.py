@@ -53,6 +53,9 @@ class SparseLinearOps:
         # per group "sparse" | "dense", fixed by the runner for a graph whose kernels were chosen
         # by measured speed (engine.speed); None: `policy` decides
         self.forced: tuple[str, ...] | None = None
+        # (layer, group) whose input's kept-channel list the producing norm is writing (set by
+        # `input_gate`, consumed by the next projection of that group)
+        self._prelisted: tuple[int, int] | None = None
         self.cpu_dtype = cpu_dtype  # e.g. torch.bfloat16: half the bytes per step on the CPU
         self.max_batch = max_batch
         self._packed: dict[tuple[int, int], PackedWeight] = {}
@@ -117,10 +120,11 @@ class SparseLinearOps:
         threshold, scale = self._gate(bucket, layer, group)  # [] float32 view, [in] or None
         rows = x.shape[0]
         mode = self._mode(rows, group)
+        prelisted = self._take_prelisted(layer, group)
         if mode == "dense":
             return F.linear(_masked(x, threshold, scale), weight, bias)  # [N, out]
         pw = self._pack(weight, layer, group)
-        y = sparse_matmul(x.contiguous(), pw, threshold, scale)  # [N, out]
+        y = sparse_matmul(x.contiguous(), pw, threshold, scale, prelisted=prelisted)  # [N, out]
         return y if bias is None else y + bias
 
     def project_gated(self, x: torch.Tensor, gate_up: torch.Tensor,
@@ -138,7 +142,28 @@ class SparseLinearOps:
             return None
         threshold, scale = self._gate(bucket, layer, group)
         pw = self._pack(gate_up, layer, group, gated=True)
-        return sparse_matmul(x.contiguous(), pw, threshold, scale)  # [N, I]
+        return sparse_matmul(x.contiguous(), pw, threshold, scale,
+                             prelisted=self._take_prelisted(layer, group))  # [N, I]
+
+    def input_gate(self, layer: int, group: int, bucket: int, rows: int, device: torch.device
+                   ) -> tuple | None:
+        """(threshold, column scale, list, count) for the norm that produces this group's input
+        to write the kept-channel list in its epilogue (`engine.fused.add_rms_norm`), or None
+        where the listed kernel will not consume it (CPU, a batch, a dense call, before the
+        workspace exists). The next `project` of (layer, group) then skips its own listing."""
+        ws = self._workspace
+        if (self.state is None or device.type != "cuda" or rows != 1 or ws is None
+                or ws.rows is None or self._mode(rows, group) != "sparse"):
+            self._prelisted = None
+            return None
+        threshold, scale = self._gate(bucket, layer, group)
+        self._prelisted = (layer, group)
+        return threshold, scale, ws.rows, ws.row_counts[:1]
+
+    def _take_prelisted(self, layer: int, group: int) -> bool:
+        hit = self._prelisted == (layer, group)
+        self._prelisted = None
+        return hit
 
 
 def _is_silu(act: Callable[[torch.Tensor], torch.Tensor]) -> bool:

@@ -149,8 +149,10 @@ def build_kept_list(x: torch.Tensor, threshold: torch.Tensor, scale: torch.Tenso
                             num_warps=8 if chunk >= 2048 else 4)
 
 
-def launch_listed(x, pw, threshold, scale, has_scale, out, cfg, upcast) -> None:
-    """List, then GEMV (and a cast for `split > 1`); needs `workspace.rows` of `>= in`."""
+def launch_listed(x, pw, threshold, scale, has_scale, out, cfg, upcast,
+                  prelisted: bool = False) -> None:
+    """List, then GEMV (and a cast for `split > 1`); needs `workspace.rows` of `>= in`.
+    `prelisted`: the producer of x already wrote the list (`engine.fused.add_rms_norm`)."""
     rows, k = x.shape
     ws = pw.workspace
     n_out = pw.out_features
@@ -160,7 +162,8 @@ def launch_listed(x, pw, threshold, scale, has_scale, out, cfg, upcast) -> None:
     if split > 1 and (ws.accum is None or ws.accum.numel() < rows * n_out):
         split = 1
     count = ws.row_counts[:1]
-    build_kept_list(x, threshold, scale, has_scale, ws.rows, count)
+    if not prelisted:
+        build_kept_list(x, threshold, scale, has_scale, ws.rows, count)
     dot = cfg.dot or rows > 1
     block_b = max(16, triton.next_power_of_2(rows)) if dot else 1
     n_blocks = triton.cdiv(n_out, cfg.block_n)

@@ -217,6 +217,7 @@ def sparse_matmul_triton(
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
     fixup: bool = True,
+    prelisted: bool = False,
 ) -> torch.Tensor:
     """`x [B, in]` -> `[B, out_features]` in x's dtype; threshold is a one-element device tensor."""
     if not isinstance(threshold, torch.Tensor) or threshold.numel() != 1:
@@ -230,11 +231,12 @@ def sparse_matmul_triton(
     scale = col_scale if col_scale is not None else threshold
     for r0 in range(0, rows, MAX_BLOCK_B):  # batches over 64 rows: one launch per 64-row slice
         r1 = min(rows, r0 + MAX_BLOCK_B)
-        _launch(x[r0:r1], pw, threshold, scale, col_scale is not None, out[r0:r1], config, fixup)
+        _launch(x[r0:r1], pw, threshold, scale, col_scale is not None, out[r0:r1], config, fixup,
+                prelisted and rows <= MAX_BLOCK_B)
     return out
 
 
-def _launch(x, pw, threshold, scale, has_scale, out, config, fixup) -> None:
+def _launch(x, pw, threshold, scale, has_scale, out, config, fixup, prelisted=False) -> None:
     rows, k = x.shape
     n_out = pw.out_features
     ws = pw.workspace
@@ -246,7 +248,8 @@ def _launch(x, pw, threshold, scale, has_scale, out, config, fixup) -> None:
     if cfg.listed and has_lists:
         from dynasparse_worker.kernels.triton_listed import launch_listed
 
-        launch_listed(x, pw, threshold, scale, has_scale, out, cfg, x.device.type == "cpu")
+        launch_listed(x, pw, threshold, scale, has_scale, out, cfg, x.device.type == "cpu",
+                      prelisted)
         return
     if cfg.compact and ws is not None and ws.rows is not None and ws.rows.numel() >= k:
         from dynasparse_worker.kernels.triton_compact import launch_compact
