@@ -68,8 +68,8 @@ def check(plan: Plan, ws: SplitKWorkspace, gen: torch.Generator) -> list[dict]:
 def sweep_configs(rows: int, n: int, gated: bool) -> list[KernelConfig]:
     base = listed_config(rows, n, gated)
     found = [base]
-    tiles = [(32, 128, 1), (64, 128, 1), (128, 64, 1), (128, 128, 4)] if rows == 1 else [
-        (64, 64, 1), (64, 64, 2), (128, 64, 1), (32, 64, 2)]
+    tiles = [(32, 128, 1), (64, 128, 1), (128, 128, 4)] if rows == 1 else [
+        (64, 64, 2), (128, 64, 1)]
     for bn, bk, split in tiles:
         if gated and split > 1:
             continue
