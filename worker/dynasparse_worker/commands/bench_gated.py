@@ -43,12 +43,13 @@ def bench_gated(model: Any, tokenizer: Any, loaded: Any, device: Any, batch_size
     frontier = [dict(batch_size=r["batch_size"], budget=r["budget"], speedup=r["speedup"],
                      expected_loss=r["expected_loss"]) for r in rows]
     captures, graphs = engine.runner.captures, len(engine.runner.graphs)
+    speed = engine.speed.report() if engine.speed is not None else None
     del engine
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return dict(rows=dense_rows + rows, budgets=budgets, calibration=calibration,
                 gated_engine_startup_s=startup, budget_switch=switch, frontier=frontier,
-                gated_graph_captures=captures, gated_cuda_graphs=graphs)
+                gated_graph_captures=captures, gated_cuda_graphs=graphs, speed_table=speed)
 
 
 def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args: Any) -> dict:

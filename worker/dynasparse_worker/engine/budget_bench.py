@@ -36,8 +36,26 @@ def plan_summary(engine: Any, batch: int) -> dict:
     nb = runner._plan_bucket(batch)
     gated, depth = plan.variants[nb]
     skipped = 0 if depth is None else sum((not a) + (not m) for a, m in depth)
-    return dict(width_gates=gated, halves_skipped=skipped,
-                width_sparsity_target=round(plan.width_sparsity[nb], 4), kv_cap=plan.kv_cap[nb])
+    summary = dict(width_gates=gated, halves_skipped=skipped,
+                   width_sparsity_target=round(plan.width_sparsity[nb], 4), kv_cap=plan.kv_cap[nb])
+    summary.update(level_speed(engine, batch, float(runner.state.budget)))
+    return summary
+
+
+def level_speed(engine: Any, batch: int, budget: float) -> dict:
+    """What the start-up speed table measured for this budget's level at this batch size:
+    whether it is offered, its graph-replay speed-up, and why not (empty without a table)."""
+    speed = getattr(engine, "speed", None)
+    runner = engine.runner
+    if speed is None or not runner.buckets:
+        return {}
+    bucket = runner.buckets[min(bisect.bisect_left(runner.buckets, batch), len(runner.buckets) - 1)]
+    for level in speed.levels.get(bucket, []):
+        if abs(level.budget - budget) < 1e-6:
+            return dict(level_offered=level.offered, level_measured_ms=level.ms,
+                        level_measured_speedup=speed.dense_ms[bucket] / level.ms,
+                        level_kernels="/".join(level.key[1]) or "dense", level_note=level.note)
+    return {}
 
 
 def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[int],

@@ -52,11 +52,13 @@ class EngineConfig:
 
 class Engine:
     def __init__(self, model: Any, tokenizer: Any | None = None, config: EngineConfig | None = None,
-                 state: Any | None = None, ops: Any | None = None):
+                 state: Any | None = None, ops: Any | None = None, speed_timer: Any | None = None):
         """`model`: a HF causal LM (eval mode, on its device) or a `gating.GatedModel`; `state`: the
         gated model's `SparsityState` (taken from a GatedModel when not given); `ops`: a
         `model.LinearOps`-like dispatch (default: `kernels.SparseLinearOps` when there is a state).
-        A GatedModel's calibrated table decides which depth plans get a CUDA graph each."""
+        A GatedModel's calibrated table decides which depth plans get a CUDA graph each; each level
+        is then timed (`engine.speed`: on CUDA always, elsewhere with `speed_timer`) and only
+        levels faster than every denser one are offered."""
         self.gated = None
         table = None
         if hasattr(model, "set_budget") and hasattr(model, "state"):
@@ -75,6 +77,12 @@ class Engine:
             kv_capacity_tokens=cache.capacity_tokens,
             max_prefill_tokens=self.config.max_prefill_tokens,
         ))
+        self.speed = None  # engine.speed.SpeedTable: measured step time of every plan level
+        if table is not None and self.gated is not None and (
+                speed_timer is not None or self.runner.graphs):
+            from dynasparse_worker.engine.speed import measure_speed
+
+            self.speed = measure_speed(self.runner, self.gated, speed_timer)
         self.eos_ids = _eos_ids(model, tokenizer)
         detokenize = self.config.detokenize and tokenizer is not None
         self.detokenizer = Detokenizer(tokenizer) if detokenize else None
@@ -205,7 +213,8 @@ class Engine:
             steps_total=self._steps_total,
             extra={"kv_reserved": sched.reserved_tokens / cache.capacity_tokens,
                    "cuda_graphs": float(len(self.runner.graphs)),
-                   "graph_captures": float(self.runner.captures)},
+                   "graph_captures": float(self.runner.captures),
+                   **(self.speed.stats() if self.speed is not None else {})},
         )
 
 

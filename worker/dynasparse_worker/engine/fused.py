@@ -51,8 +51,15 @@ def rotate_half(x: Tensor) -> Tensor:
 
 # -- public steps -----------------------------------------------------------------------------------
 def add_rms_norm(delta: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
-                 use_triton: bool | None = None) -> tuple[Tensor, Tensor]:
-    """residual += delta (if given); return (rms_norm(residual) * weight, residual). [N, hidden]."""
+                 use_triton: bool | None = None, gate: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """residual += delta (if given); return (rms_norm(residual) * weight, residual). [N, hidden].
+
+    `gate` = (threshold [], column scale [hidden] or None, list [>= hidden] int32, count [1]
+    int32), one row on the Triton path only: the kernel's epilogue also writes the kept-channel
+    list of its output (`|y|·scale > threshold`, ascending) and its count, which the consumer's
+    listed sparse kernel then reads instead of listing the channels itself."""
+    if gate is not None and (residual.shape[0] != 1 or not _triton_ok(residual, use_triton)):
+        raise ValueError("a kept-channel list is built in the norm only for one row on Triton")
     if not _triton_ok(residual, use_triton):
         if delta is not None:
             residual = residual + delta
@@ -61,9 +68,12 @@ def add_rms_norm(delta: Tensor | None, residual: Tensor, weight: Tensor, eps: fl
     out = torch.empty_like(residual)  # [N, hidden]
     new_residual = torch.empty_like(residual) if delta is not None else residual
     block = triton.next_power_of_2(width)
+    thr, scale, kept, count = gate if gate is not None else (weight, None, weight, weight)
     _add_rms_norm_kernel[(rows,)](
         delta if delta is not None else residual, residual, weight, out, new_residual, width, eps,
-        HAS_DELTA=delta is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        thr, scale if scale is not None else weight, kept, count,
+        HAS_DELTA=delta is not None, HAS_LIST=gate is not None, HAS_SCALE=scale is not None,
+        BLOCK=block, num_warps=min(16, max(1, block // 256)),
     )
     return out, new_residual
 
@@ -139,7 +149,8 @@ if triton is not None:
 
     @triton.jit
     def _add_rms_norm_kernel(Delta, Residual, Weight, Out, NewResidual, width, eps,
-                             HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                             Thr, Scale, List, Count, HAS_DELTA: tl.constexpr,
+                             HAS_LIST: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < width
@@ -152,7 +163,16 @@ if triton is not None:
         inv = 1.0 / tl.sqrt(tl.sum(x32 * x32, 0) / width + eps)
         normed = (x32 * inv).to(x.dtype).to(tl.float32)
         w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Out + row * width + cols, (normed * w).to(x.dtype), mask=mask)
+        y = (normed * w).to(x.dtype)
+        tl.store(Out + row * width + cols, y, mask=mask)
+        if HAS_LIST:  # the consumer's kept channels, from the values it will read
+            score = tl.abs(y.to(tl.float32))
+            if HAS_SCALE:
+                score = score * tl.load(Scale + cols, mask=mask, other=0.0)
+            keep = (score > tl.load(Thr)) & mask
+            flags = keep.to(tl.int32)
+            tl.store(List + tl.cumsum(flags, 0) - 1, cols, mask=keep)
+            tl.store(Count, tl.sum(flags, 0))
 
     @triton.jit
     def _rope_cache_kernel(QKV, Cos, Sin, Positions, Slots, QOut, KCache, VCache, stride_row,

@@ -115,6 +115,13 @@ def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int
     return silu_mul(ops.project(h, w.gate_up, None, layer, GROUP_MLP_IN, bucket), w.act)  # [N, I]
 
 
+def _input_gate(ops: Any, layer: int, group: int, bucket: int, x: Tensor) -> tuple | None:
+    """What the norm producing (layer, group)'s input needs to also write the group's kept-channel
+    list (`ops.input_gate`, where the ops have a listed sparse kernel that reads it), or None."""
+    fn = getattr(ops, "input_gate", None)
+    return fn(layer, group, bucket, x.shape[0], x.device) if fn is not None else None
+
+
 def _col_scale(state: Any, layer: int, group: int) -> Tensor:
     """`SparsityState.col_scale(layer, group)` (or a nested list of tensors)."""
     scale = state.col_scale
@@ -302,7 +309,8 @@ class DecoderModel:
         delta = None  # the previous half's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
             run_attn, run_mlp = depth[index] if depth is not None else (True, True)
-            h, x = add_rms_norm(delta, x, w.attn_norm, s.eps)  # [N, hidden] each
+            gate = _input_gate(ops, index, GROUP_ATTN_IN, bucket, x) if run_attn else None
+            h, x = add_rms_norm(delta, x, w.attn_norm, s.eps, gate=gate)  # [N, hidden] each
             if run_attn:
                 delta = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache,
                                         attend, bucket)  # [N, hidden]
@@ -310,7 +318,8 @@ class DecoderModel:
                 self._write_kv(h, w, index, positions, slots, k_cache, v_cache)
                 delta = None
             if run_mlp:
-                h, x = add_rms_norm(delta, x, w.mlp_norm, s.eps)  # [N, hidden] each
+                gate = _input_gate(ops, index, GROUP_MLP_IN, bucket, x)
+                h, x = add_rms_norm(delta, x, w.mlp_norm, s.eps, gate=gate)  # [N, hidden] each
                 a = _project_gated(ops, h, w, index, bucket)  # [N, I]
                 delta = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]

@@ -65,6 +65,7 @@ class ModelRunner:
         self.half_bytes = self.model.half_bytes()  # [L] (attention, MLP) weight bytes
         self.plan: HostPlan | None = None
         self.captures = 0  # CUDA graphs captured so far (all at start-up)
+        self.speed: Any | None = None  # engine.speed.SpeedTable, measured after capture
         self.last_variant: tuple[int, Variant] | None = None  # (bucket, variant) of the last decode
         slots = plan_slots(self.model.shape, self.dtype, self.device, config.max_batch_size,
                            config.max_seq_len, config.kv_memory_fraction, config.kv_capacity_tokens)
@@ -97,13 +98,21 @@ class ModelRunner:
         """The host view of the plan the state holds (None for the plain dense engine)."""
         return self.plan if self.state is not None else None
 
-    def _ops_for(self, variant: Variant, width: float) -> Any:
+    def _ops_for(self, variant: Variant, width: float, signature: Signature | None = None) -> Any:
         if not variant[0]:
             return self.dense_ops
         ops = self.gated_ops
         if hasattr(ops, "expected_sparsity"):
             ops.expected_sparsity = width  # what `choose` compares with the measured crossover
+        if hasattr(ops, "forced"):
+            ops.forced = signature or None  # kernels fixed per group (a measured choice)
         return ops
+
+    def chosen_signature(self, bucket: int, variant: Variant, width: float) -> Signature | None:
+        """The kernels the speed table measured fastest for this plan (None: not measured)."""
+        if self.speed is None or not variant[0]:
+            return None
+        return self.speed.signature_for(bucket, variant, width)
 
     # -- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -168,6 +177,7 @@ class ModelRunner:
         # async from pinned memory: the host buffer is next written after this step's sync
         self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
         width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
+        chosen = self.chosen_signature(bucket, variant, width)
         if self.graphs:
             captured = self.graph_for(bucket, variant, width)
             if captured is not None:
@@ -176,10 +186,11 @@ class ModelRunner:
                 graph.replay()
                 return out[:count], top[:count]
         self.last_variant = (bucket, variant)  # eager: CPU, or a plan no graph was captured for
-        out = self._decode_forward(bucket, variant, width)[:count]  # [count, V]
+        out = self._decode_forward(bucket, variant, width, chosen)[:count]  # [count, V]
         return out, out.argmax(dim=-1)
 
-    def _decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0) -> Tensor:
+    def _decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0,
+                        signature: Signature | None = None) -> Tensor:
         """Decode one token for the first `bucket` rows of `self.inputs` -> logits [bucket, V].
 
         `variant` = (width gates on, depth plan); the KV cap and thresholds are read from the
@@ -219,7 +230,7 @@ class ModelRunner:
                                     softcap=softcap)
 
         hidden = self.model.forward(tokens, positions, slots, cache.k, cache.v, attend,
-                                    bucket=plan_bucket, ops=self._ops_for(variant, width),
+                                    bucket=plan_bucket, ops=self._ops_for(variant, width, signature),
                                     depth=variant[1])  # [bucket, hidden]
         return self.model.logits(hidden)  # [bucket, V]
 
@@ -258,7 +269,7 @@ class ModelRunner:
         if self.state is None:
             return {(DENSE, ()): 0.0}
         return variants_of(self.table, self._plan_bucket(bucket), self.half_bytes,
-                           lambda width: self.signature(bucket, width))
+                           lambda width: self.signature(bucket, width), alternatives=True)
 
     def signature(self, rows: int, width: float) -> Signature:
         """The kernel per projection group that the gated ops pick for `rows` at `width` (cached)."""
@@ -284,7 +295,9 @@ class ModelRunner:
     def graph_for(self, bucket: int, variant: Variant, width: float) -> GraphKey | None:
         """The captured graph of engine bucket `bucket` that serves `variant` at `width`, or None."""
         captured = self._captured.get(bucket, set())
-        return fallback(variant, self.signature(bucket, width if variant[0] else 0.0), captured)
+        signature = self.chosen_signature(bucket, variant, width) or self.signature(
+            bucket, width if variant[0] else 0.0)
+        return fallback(variant, signature, captured)
 
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
@@ -295,15 +308,15 @@ class ModelRunner:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for bucket, (variant, _), width in todo:  # warm-up: packing, Triton compiles, cuBLAS picks
-                self._decode_forward(bucket, variant, width)
+            for bucket, (variant, sig), width in todo:  # warm-up: packing, compiles, cuBLAS picks
+                self._decode_forward(bucket, variant, width, sig or None)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         pool = None
         for bucket, key, width in sorted(todo, key=lambda t: -t[0]):  # largest first: shared pool
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self._decode_forward(bucket, key[0], width)  # [bucket, V]
+                out = self._decode_forward(bucket, key[0], width, key[1] or None)  # [bucket, V]
                 top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
             self.graphs[bucket, key] = (graph, out, top)

@@ -75,12 +75,15 @@ def read_plan(state: Any, half_bytes: list[tuple[int, int]]) -> HostPlan:
 
 
 def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]],
-                signature: Callable[[float], Signature] | None = None) -> dict[GraphKey, float]:
+                signature: Callable[[float], Signature] | None = None,
+                alternatives: bool = False) -> dict[GraphKey, float]:
     """Every (variant, signature) plan bucket `nb` can take -> the width sparsity its graph is built for.
 
     Without a table: dense and gated-with-all-halves. With one: each calibrated level's depth plan,
     gated, with the kernels `signature(width)` picks at that level's width sparsity; levels with the
-    same pair share a graph, built for the sparsest of them.
+    same pair share a graph, built for the sparsest of them. `alternatives` adds, per gated level,
+    the same plan with every group dense and with every group sparse (same result), so the speed
+    table (`engine.speed`) can time which is fastest on this device.
     """
     sign = signature or (lambda width: ())
     found: dict[GraphKey, float] = {(DENSE, ()): 0.0}
@@ -91,8 +94,20 @@ def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]],
     for level, budget in enumerate(table.budgets.tolist()):
         depth = depth_of(table.layer_keep[level, nb])
         width = width_sparsity(float(budget), depth, half_bytes)
-        key = ((True, depth), sign(width))
-        found[key] = max(found.get(key, 0.0), width)
+        preferred = sign(width)
+        for sig in kernel_alternatives(preferred) if alternatives and width > 0 else [preferred]:
+            key = ((True, depth), sig)
+            found[key] = max(found.get(key, 0.0), width)
+    return found
+
+
+def kernel_alternatives(preferred: Signature) -> list[Signature]:
+    """The crossover's kernel choice, then every group dense, then every group sparse."""
+    found = [preferred]
+    for kind in ("dense", "sparse"):
+        uniform = tuple(kind for _ in preferred)
+        if preferred and uniform not in found:
+            found.append(uniform)
     return found
 
 

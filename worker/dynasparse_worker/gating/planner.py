@@ -5,6 +5,11 @@ A `Plan` is what `GatedModel.apply` copies into the `SparsityState`. A `PlanTabl
 (budget 1.0) to the calibrated floor; `plan_for(b)` interpolates thresholds between the two levels
 around `b` (the knob is continuous) and takes depth decisions from the sparser one, so the budget is
 always met. Called by `GatedModel.set_budget`.
+
+`offered` (set by the engine from the speed it measured on its device, `engine.speed`) marks, per
+level and bucket, the levels that are faster than every denser one there; with it a budget is
+served per bucket by the sparsest offered level at or above it (interpolating only between two
+offered neighbours), so a lower budget never runs a slower plan.
 """
 
 from __future__ import annotations
@@ -37,8 +42,31 @@ class PlanTable:
     layer_keep: torch.Tensor  # [K, NB, L, 2] float32, non-increasing along K
     expected_loss: torch.Tensor  # [K, NB] float32
     col_scale: list[list[torch.Tensor]]  # [L][4] of [in] float32
+    offered: torch.Tensor | None = None  # [K, NB] bool: measured faster than every denser level
 
     def plan_for(self, budget: float) -> Plan:
+        plan = self._interpolated(budget)
+        if self.offered is not None:
+            self._snap_to_offered(plan, budget)
+        return plan
+
+    def _snap_to_offered(self, plan: Plan, budget: float) -> None:
+        """Buckets whose two levels around `budget` are not both offered take the sparsest
+        offered level at or above it instead (level 0, dense, is always offered)."""
+        budgets = self.budgets
+        denser = int((budgets >= budget - 1e-12).nonzero().max())
+        sparser = min(denser + 1, len(budgets) - 1)
+        exact = abs(float(budgets[denser]) - budget) < 1e-12
+        for nb in range(len(self.bucket_edges)):
+            column = self.offered[:, nb]
+            if bool(column[denser]) and (exact or bool(column[sparser])):
+                continue
+            level = max(k for k in range(denser + 1) if k == 0 or bool(column[k]))
+            plan.thresholds[nb] = self.thresholds[level, nb]
+            plan.layer_keep[nb] = self.layer_keep[level, nb]
+            plan.expected_loss[nb] = self.expected_loss[level, nb]
+
+    def _interpolated(self, budget: float) -> Plan:
         budgets = self.budgets
         denser = int((budgets >= budget - 1e-12).nonzero().max())  # last level with budget >= b
         if denser == len(budgets) - 1 or abs(float(budgets[denser]) - budget) < 1e-12:

@@ -38,6 +38,9 @@ class KernelConfig:
     dot: bool = False
     """compact, one token: `tl.dot` over the batch padded to 16 instead of elementwise FMA
     (batches of 2+ always use `tl.dot`)."""
+    listed: bool = False
+    """One kept-channel list per input vector, then a GEMV over it with no split-K fix-up
+    (`triton_listed`); `split_k` > 1 adds fp32 partials with atomics (un-gated groups)."""
 
 
 _C8 = KernelConfig(block_n=128, block_k=64, split_k=8)
@@ -117,6 +120,23 @@ def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0,
     if predicated:
         return KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4)
     return _cc(block_n, block_k, split, 4)
+
+
+def listed_config(batch: int, n_out: int, gated: bool) -> KernelConfig:
+    """Launch config of the listed kernel (`triton_listed`) for `batch` rows and `n_out` columns.
+
+    With no split-K fix-up, parallelism comes from column blocks: the widest block (128, 64 or
+    32 columns; 64 to 256 contiguous bytes per weight row) that still gives every multiprocessor
+    a program; narrower un-gated groups at a batch add a few atomic splits instead.
+    """
+    if batch <= 1:
+        block_n = next((w for w in (128, 64) if -(-n_out // w) >= SM_COUNT), 32)
+        split = 1
+    else:  # the tl.dot path: 64 output columns per program, atomic splits to fill the GPU
+        block_n = 64
+        split = 1 if gated else max(1, min(4, -(-SM_COUNT // -(-n_out // block_n))))
+    return KernelConfig(block_n=block_n, block_k=128 if batch <= 1 else 64, split_k=split,
+                        num_warps=4, num_stages=3, compact=False, dot=batch > 1, listed=True)
 
 
 Choice = Literal["sparse", "dense"]

@@ -50,6 +50,12 @@ class SparseLinearOps:
         self.state = state
         self.expected_sparsity = expected_sparsity
         self.policy = policy or self._default_policy
+        # per group "sparse" | "dense", fixed by the runner for a graph whose kernels were chosen
+        # by measured speed (engine.speed); None: `policy` decides
+        self.forced: tuple[str, ...] | None = None
+        # (layer, group) whose input's kept-channel list the producing norm is writing (set by
+        # `input_gate`, consumed by the next projection of that group)
+        self._prelisted: tuple[int, int] | None = None
         self.cpu_dtype = cpu_dtype  # e.g. torch.bfloat16: half the bytes per step on the CPU
         self.max_batch = max_batch
         self._packed: dict[tuple[int, int], PackedWeight] = {}
@@ -65,6 +71,14 @@ class SparseLinearOps:
 
     def _default_policy(self, rows: int, group: str) -> str:
         return choose(rows, self.expected_sparsity, self.device_type, group)
+
+    def _mode(self, rows: int, group: int) -> str:
+        """"sparse" or "dense" for this call: the forced choice, else the policy's."""
+        if rows > self.max_batch:
+            return "dense"
+        if self.forced:
+            return self.forced[group]
+        return self.policy(rows, GROUP_NAMES[group])
 
     def _pack(self, weight: torch.Tensor, layer: int, group: int,
               gated: bool = False) -> PackedWeight:
@@ -105,11 +119,12 @@ class SparseLinearOps:
             return y if bias is None else y + bias
         threshold, scale = self._gate(bucket, layer, group)  # [] float32 view, [in] or None
         rows = x.shape[0]
-        mode = self.policy(rows, GROUP_NAMES[group]) if rows <= self.max_batch else "dense"
+        mode = self._mode(rows, group)
+        prelisted = self._take_prelisted(layer, group)
         if mode == "dense":
             return F.linear(_masked(x, threshold, scale), weight, bias)  # [N, out]
         pw = self._pack(weight, layer, group)
-        y = sparse_matmul(x.contiguous(), pw, threshold, scale)  # [N, out]
+        y = sparse_matmul(x.contiguous(), pw, threshold, scale, prelisted=prelisted)  # [N, out]
         return y if bias is None else y + bias
 
     def project_gated(self, x: torch.Tensor, gate_up: torch.Tensor,
@@ -123,11 +138,32 @@ class SparseLinearOps:
         self.device_type = x.device.type
         rows = x.shape[0]
         if (self.state is None or x.device.type != "cuda" or not _is_silu(act)
-                or rows > self.max_batch or self.policy(rows, "mlp_in") != "sparse"):
+                or self._mode(rows, group) != "sparse"):
             return None
         threshold, scale = self._gate(bucket, layer, group)
         pw = self._pack(gate_up, layer, group, gated=True)
-        return sparse_matmul(x.contiguous(), pw, threshold, scale)  # [N, I]
+        return sparse_matmul(x.contiguous(), pw, threshold, scale,
+                             prelisted=self._take_prelisted(layer, group))  # [N, I]
+
+    def input_gate(self, layer: int, group: int, bucket: int, rows: int, device: torch.device
+                   ) -> tuple | None:
+        """(threshold, column scale, list, count) for the norm that produces this group's input
+        to write the kept-channel list in its epilogue (`engine.fused.add_rms_norm`), or None
+        where the listed kernel will not consume it (CPU, a batch, a dense call, before the
+        workspace exists). The next `project` of (layer, group) then skips its own listing."""
+        ws = self._workspace
+        if (self.state is None or device.type != "cuda" or rows != 1 or ws is None
+                or ws.rows is None or self._mode(rows, group) != "sparse"):
+            self._prelisted = None
+            return None
+        threshold, scale = self._gate(bucket, layer, group)
+        self._prelisted = (layer, group)
+        return threshold, scale, ws.rows, ws.row_counts[:1]
+
+    def _take_prelisted(self, layer: int, group: int) -> bool:
+        hit = self._prelisted == (layer, group)
+        self._prelisted = None
+        return hit
 
 
 def _is_silu(act: Callable[[torch.Tensor], torch.Tensor]) -> bool:

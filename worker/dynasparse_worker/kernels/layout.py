@@ -38,6 +38,8 @@ class SplitKWorkspace:
     """`[max_in]` int32 kept-row indices per input slice, for the compacting variant."""
     row_counts: torch.Tensor | None = None
     """`[max_slices]` int32 kept-row count per input slice, for the compacting variant."""
+    accum: torch.Tensor | None = None
+    """Flat float32 `[batch * out]` sums of the listed kernel's splits, zero between calls."""
 
     @classmethod
     def allocate(cls, device: torch.device | str, max_batch: int, max_out: int,
@@ -48,7 +50,9 @@ class SplitKWorkspace:
         counters = torch.zeros(max_out // 16 + 1, dtype=torch.int32, device=device)  # [NB]
         rows = torch.empty(max_in, dtype=torch.int32, device=device) if max_in else None  # [K]
         row_counts = torch.empty(max_in // 16 + 1, dtype=torch.int32, device=device)  # [S]
-        return cls(partials=partials, counters=counters, rows=rows, row_counts=row_counts)
+        accum = torch.zeros(max_batch * max_out, dtype=torch.float32, device=device)  # [B * N]
+        return cls(partials=partials, counters=counters, rows=rows, row_counts=row_counts,
+                   accum=accum)
 
 
 @dataclass

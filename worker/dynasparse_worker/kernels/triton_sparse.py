@@ -22,9 +22,10 @@ Design (split-K with an in-kernel fix-up):
 
 Measured (H200, NOTES.md): correct everywhere, but the cost of a skipped row is not zero: with
 every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
-predicated-off row still costs its load, convert and FMA instructions. So the default is now
-`KernelConfig(compact=True)`, routed to `triton_compact`, whose work scales with the kept rows;
-this kernel stays for `pick_config(..., predicated=True)` and for workspaces without row lists.
+predicated-off row still costs its load, convert and FMA instructions. The compacting kernel
+(`KernelConfig(compact=True)`, `triton_compact`) made the work follow the kept rows; the default
+is now the listed kernel (`listed=True`, `triton_listed`: one list per input vector, no split-K
+fix-up). This kernel stays for `pick_config(..., predicated=True)` and workspaces without lists.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dynasparse_worker.kernels.configs import KernelConfig, pick_config
+from dynasparse_worker.kernels.configs import KernelConfig, listed_config, pick_config
 from dynasparse_worker.kernels.layout import PackedWeight
 
 MAX_BLOCK_B = 64
@@ -216,6 +217,7 @@ def sparse_matmul_triton(
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
     fixup: bool = True,
+    prelisted: bool = False,
 ) -> torch.Tensor:
     """`x [B, in]` -> `[B, out_features]` in x's dtype; threshold is a one-element device tensor."""
     if not isinstance(threshold, torch.Tensor) or threshold.numel() != 1:
@@ -229,15 +231,26 @@ def sparse_matmul_triton(
     scale = col_scale if col_scale is not None else threshold
     for r0 in range(0, rows, MAX_BLOCK_B):  # batches over 64 rows: one launch per 64-row slice
         r1 = min(rows, r0 + MAX_BLOCK_B)
-        _launch(x[r0:r1], pw, threshold, scale, col_scale is not None, out[r0:r1], config, fixup)
+        _launch(x[r0:r1], pw, threshold, scale, col_scale is not None, out[r0:r1], config, fixup,
+                prelisted and rows <= MAX_BLOCK_B)
     return out
 
 
-def _launch(x, pw, threshold, scale, has_scale, out, config, fixup) -> None:
+def _launch(x, pw, threshold, scale, has_scale, out, config, fixup, prelisted=False) -> None:
     rows, k = x.shape
     n_out = pw.out_features
-    cfg = config or pick_config(rows, k, n_out, pw.gated)
     ws = pw.workspace
+    has_lists = ws is not None and ws.rows is not None and ws.rows.numel() >= k
+    if config is None:  # the listed kernel (v4) wherever the workspace holds a list
+        config = listed_config(rows, n_out, pw.gated) if has_lists else pick_config(
+            rows, k, n_out, pw.gated, predicated=True)
+    cfg = config
+    if cfg.listed and has_lists:
+        from dynasparse_worker.kernels.triton_listed import launch_listed
+
+        launch_listed(x, pw, threshold, scale, has_scale, out, cfg, x.device.type == "cpu",
+                      prelisted)
+        return
     if cfg.compact and ws is not None and ws.rows is not None and ws.rows.numel() >= k:
         from dynasparse_worker.kernels.triton_compact import launch_compact
 
