@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynasparse_worker.commands.bench_gated import _half_bytes
+from dynasparse_worker.engine.synthetic_plan import half_bytes_of
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine.plans import DENSE
 from dynasparse_worker.engine.synthetic_plan import synthetic_table
@@ -44,7 +44,7 @@ def _engine(timer):
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                          max_position_embeddings=256, eos_token_id=96)
     gated = install_gates(LlamaForCausalLM(config).eval())
-    synthetic_table(gated, _half_bytes(gated), LEVELS, 97, torch.device("cpu"))
+    synthetic_table(gated, half_bytes_of(gated), LEVELS, 97, torch.device("cpu"))
     return gated, Engine(gated, None, CONFIG, speed_timer=timer)
 
 
@@ -150,7 +150,7 @@ def test_without_a_timer_a_cpu_engine_measures_nothing_and_offers_every_level():
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                          max_position_embeddings=256, eos_token_id=96)
     gated = install_gates(LlamaForCausalLM(config).eval())
-    synthetic_table(gated, _half_bytes(gated), [0.5], 97, torch.device("cpu"))
+    synthetic_table(gated, half_bytes_of(gated), [0.5], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)
     assert engine.speed is None and gated.table.offered is None
     assert "speed_levels_offered_b1" not in engine.stats().extra
