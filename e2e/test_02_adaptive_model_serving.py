@@ -4,6 +4,7 @@ real values and `kubectl describe am` showing conditions and events."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from e2e_support import model_api_key, needs
 
@@ -38,6 +39,10 @@ def test_three_replicas_are_scheduled_on_gpu_nodes_and_serve(operator_running, n
     client = openai.OpenAI(base_url=url, api_key=model_api_key(cluster, namespace, "chat"), timeout=120)
     answer = client.completions.create(model="default", prompt="The capital of France is", max_tokens=4)
     assert answer.choices[0].text.strip()
+    # the operator wired the model's key into every worker: without it, no answer
+    stranger = openai.OpenAI(base_url=url, api_key="not-the-key", timeout=60, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.completions.create(model="default", prompt="The capital of France is", max_tokens=4)
 
     table = wait_until(lambda: (out := cluster.kubectl("get", "am", "chat", "-n", namespace).stdout)
                        and "3/3" in out and out, 60, "`kubectl get am` to show 3/3 ready")

@@ -9,7 +9,8 @@ from e2e_support import needs
 from dynasparse.devcluster.fixture import wait_until
 
 SPEC = {"model": "default", "replicas": 1, "slo": {"ttftP95Ms": 2000}, "quality": {"maxLoss": 0.5}}
-OWNED_KINDS = ("deployments.apps", "services", "secrets", "replicasets.apps", "pods")
+OWNED_KINDS = ("deployments.apps", "services", "secrets", "networkpolicies.networking.k8s.io",
+               "replicasets.apps", "pods")
 
 
 def owned_by(cluster, namespace: str, uid: str) -> list[str]:

@@ -79,6 +79,9 @@ def build_registry() -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dynasparse.io")
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
+        # kopf's own calls (status patches of handlers, events) get the same bound as ours
+        settings.networking.request_timeout = ctx.settings.kube.request_timeout_s
+        settings.networking.connect_timeout = ctx.settings.kube.request_timeout_s
         ctx.kube = Kube.connect(ctx.settings.kube.request_timeout_s)
         ctx.ca = await ctx.kube.ensure_ca(ca_namespace(ctx.settings), ctx.settings.pki.ca_secret)
         ctx.client_tls = ClientCertificates(ctx.ca)  # renewed as it ages, streams follow

@@ -73,3 +73,37 @@ def test_watching_named_namespaces_grants_nothing_namespaced_elsewhere(dev_clust
         assert can(dev_cluster, who, "list", "nodes")  # cluster-scoped signals stay cluster-wide
     finally:
         dev_cluster.api.delete(f"/api/v1/namespaces/{watched}")
+
+
+def test_an_operator_watching_one_namespace_reconciles_there_with_only_its_roles(dev_cluster, namespace):
+    """The operator itself (run by the process kubelet with its ServiceAccount's token) creates a
+    model's objects in the watched namespace and hits no RBAC denial on the way."""
+    from dynasparse.devcluster.fixture import wait_until
+
+    watched = make_namespace(dev_cluster)
+    try:
+        release = f"r{uuid.uuid4().hex[:6]}"
+        dev_cluster.helm("install", release, str(CHART), "--namespace", namespace,
+                         "--set", "operator.image.repository=dynasparse-operator",
+                         "--set", f"operator.watchNamespaces={{{watched}}}",
+                         "--set", "config.worker.allowedImages={example.com/not-run/*}")
+        try:
+            dev_cluster.api.post(f"/apis/dynasparse.io/v1alpha1/namespaces/{watched}/adaptivemodels", {
+                "apiVersion": "dynasparse.io/v1alpha1", "kind": "AdaptiveModel", "metadata": {"name": "chat"},
+                "spec": {"model": "default", "slo": {"ttftP95Ms": 500}, "quality": {"minBudget": 0.4},
+                         "worker": {"image": "example.com/not-run/worker:1", "gpus": 0}}})
+            for path in (f"/apis/apps/v1/namespaces/{watched}/deployments/chat-worker",
+                         f"/api/v1/namespaces/{watched}/secrets/chat-api-key",
+                         f"/apis/networking.k8s.io/v1/namespaces/{watched}/networkpolicies/chat-worker"):
+                wait_until(lambda: dev_cluster.api.exists(path), 180, f"{path} made by the operator")
+            wait_until(lambda: (dev_cluster.api.get(
+                f"/apis/dynasparse.io/v1alpha1/namespaces/{watched}/adaptivemodels/chat").get("status") or {})
+                .get("conditions"), 120, "status written by the operator's control loop")
+            pods = dev_cluster.api.get(f"/api/v1/namespaces/{namespace}/pods",
+                                       labelSelector="app.kubernetes.io/component=operator")["items"]
+            log = dev_cluster.pod_log(namespace, pods[0]["metadata"]["name"])
+            assert "forbidden" not in log.lower(), log[-3000:]
+        finally:
+            dev_cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+    finally:
+        dev_cluster.api.delete(f"/api/v1/namespaces/{watched}")

@@ -51,7 +51,7 @@ def test_deployment_selects_its_pods_and_rolls_without_losing_capacity():
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert labels["app.kubernetes.io/component"] == "worker"
-    assert labels["app.kubernetes.io/part-of"] == "dynasparse"  # the chart's NetworkPolicy selects these
+    assert labels["app.kubernetes.io/part-of"] == "dynasparse"  # the model's NetworkPolicy selects these
     assert dep["spec"]["replicas"] == 5
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert manifests.selector_string("chat") == ("app.kubernetes.io/component=worker,"
