@@ -1,7 +1,7 @@
 """The model runner owns the device: weights (via `DecoderModel`), the KV cache, CUDA graphs, sampling.
 
-`run(batch)` executes one scheduler `Batch`: each prompt chunk is prefilled (eager, SDPA over the
-slot's cached prefix), the decode sequences run as one batch — on CUDA by replaying the graph
+`run(batch)` executes one scheduler `Batch`: the step's prompt chunks are prefilled together in one
+eager forward (attention per chunk: SDPA over its slot's cached prefix), the decode sequences run as one batch — on CUDA by replaying the graph
 captured at start-up for the smallest batch bucket that holds them, on the CPU by the same code
 eagerly — and the rows that need a token are sampled together, with one device→host sync per step.
 
@@ -119,10 +119,10 @@ class ModelRunner:
     def run(self, batch: Batch) -> dict[str, int]:
         rows: list[Sequence] = []
         logits: list[Tensor] = []
-        for chunk in batch.prefill:
-            last = self._prefill(chunk)  # [1, V] or None
+        if batch.prefill:
+            done, last = self._prefill(batch.prefill)  # [len(done), V] or None
             if last is not None:
-                rows.append(chunk.seq)
+                rows.extend(done)
                 logits.append(last)
         greedy = None
         if batch.decode:
@@ -137,29 +137,43 @@ class ModelRunner:
             tokens = self._sample(rows, torch.cat(logits) if len(logits) > 1 else logits[0])
         return {seq.request_id: token for seq, token in zip(rows, tokens)}
 
-    def _prefill(self, chunk: PrefillChunk) -> Tensor | None:
-        seq, start, n = chunk.seq, chunk.start, chunk.length
-        ids = torch.tensor(seq.prompt_ids[start:start + n], dtype=torch.long).to(self.device)  # [n]
-        positions = torch.arange(start, start + n, device=self.device)  # [n]
+    def _prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], Tensor | None]:
+        """All prompt chunks of a step in ONE forward (their tokens side by side; attention per
+        chunk over its own slot) -> the sequences whose prompt completed and their last logits."""
+        ids_host: list[int] = []
+        pos_host: list[int] = []
+        slot_host: list[int] = []
+        spans: list[tuple[int, int, PrefillChunk]] = []
+        for chunk in chunks:
+            seq, start, n = chunk.seq, chunk.start, chunk.length
+            spans.append((len(ids_host), len(ids_host) + n, chunk))
+            ids_host += seq.prompt_ids[start:start + n]
+            pos_host += range(start, start + n)
+            slot_host += [seq.slot] * n
+        packed = torch.tensor([ids_host, pos_host, slot_host], dtype=torch.long)  # [3, N]
+        ids, positions, slots = packed.to(self.device)  # [N] each
         cache, scale = self.cache, self.model.shape.scale
         windows, softcap = self.model.windows, self.model.shape.attn_softcap
 
-        slots = torch.full((n,), seq.slot, dtype=torch.long, device=self.device)  # [n]
+        def attend(layer: int, q: Tensor) -> Tensor:  # q [N, H, D]
+            outs = [prefill_attention(q[a:b], cache.k[layer], cache.v[layer], c.seq.slot, c.start,
+                                      scale, windows[layer], softcap) for a, b, c in spans]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H, D]
 
-        def attend(layer: int, q: Tensor) -> Tensor:
-            return prefill_attention(q, cache.k[layer], cache.v[layer], seq.slot, start, scale,
-                                     windows[layer], softcap)
-
-        # A chunk of n prompt tokens reads the union of their active rows, as a decode step of n
-        # sequences does, so it follows the plan of that batch bucket: at a low budget prefill gets
-        # cheaper too (depth), where the batch-1 plan's width gates would save little over n rows.
+        # The chunks' tokens read the union of their active rows, as a decode step of as many
+        # sequences does, so they follow the plan of that batch bucket: at a low budget prefill
+        # gets cheaper too (depth), where the batch-1 plan's width gates would save little.
         plan = self.current_plan()
-        plan_bucket = self._plan_bucket(n)
+        plan_bucket = self._plan_bucket(len(ids_host))
         variant = plan.variants[plan_bucket] if plan is not None else DENSE
         ops = self._ops_for(variant, plan.width_sparsity[plan_bucket] if plan is not None else 0.0)
         hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend,
-                                    bucket=plan_bucket, ops=ops, depth=variant[1])  # [n, hidden]
-        return self.model.logits(hidden[-1:]) if chunk.completes_prompt else None  # [1, V]
+                                    bucket=plan_bucket, ops=ops, depth=variant[1])  # [N, hidden]
+        done = [(b - 1, c.seq) for a, b, c in spans if c.completes_prompt]
+        if not done:
+            return [], None
+        last = torch.tensor([i for i, _ in done], device=self.device)  # [D]
+        return [seq for _, seq in done], self.model.logits(hidden[last])  # [D, V]
 
     def _decode(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor]:
         """-> logits [count, V] and their argmax [count] (computed in the graph on CUDA)."""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The serving benchmark on one GPU: `dynasparse serve --model shape:llama3-8b` driven by streamed
+# /v1/completions at 1/16/64/128 concurrent streams and budgets 1.0/0.5/floor, next to the engine
+# alone at the same batch (`dynasparse bench --serve`). Run from the repository root on the GPU
+# machine; wheels for the server's packages in .whl/ and a tokenizer directory in .tok/ (the
+# default model's: shape models borrow it). Writes serve_8b.json, serve_8b.png and the log to $OUT.
+set -o pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/worker:$PWD/operator:$PWD/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export DYNASPARSE_SHAPE_TOKENIZER=${DYNASPARSE_SHAPE_TOKENIZER:-$PWD/.tok}
+export DYNASPARSE_CACHE_DIR=${DYNASPARSE_CACHE_DIR:-/tmp/dynasparse-cache}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+timeout "${SUITE_TIMEOUT:-540}" python3 -m dynasparse bench --serve --shape "${SHAPE:-llama3-8b}" \
+  --levels "${LEVELS:-1,16,64,128}" --budgets "${BUDGETS:-1.0,0.5,floor}" \
+  --seconds "${SECONDS_PER_LEVEL:-10}" --prompt-len 50 --gen-len 128 \
+  --json "$OUT/serve_8b.json" --plot "$OUT/serve_8b.png" 2>&1 | tee "$OUT/serve_8b.log"
