@@ -36,7 +36,7 @@ class ScriptedTimer:
         return self.ms[budget] + penalty
 
 
-def _engine(timer):
+def _engine(timer, depth_share: float = 0.5):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(3)
@@ -44,7 +44,7 @@ def _engine(timer):
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                          max_position_embeddings=256, eos_token_id=96)
     gated = install_gates(LlamaForCausalLM(config).eval())
-    synthetic_table(gated, half_bytes_of(gated), LEVELS, 97, torch.device("cpu"))
+    synthetic_table(gated, half_bytes_of(gated), LEVELS, 97, torch.device("cpu"), depth_share)
     return gated, Engine(gated, None, CONFIG, speed_timer=timer)
 
 
@@ -140,6 +140,17 @@ def test_engine_stats_report_offered_and_dropped_levels(measured):
     assert extra["speed_best_speedup_b1"] == pytest.approx(SCRIPT[1.0] / SCRIPT[0.35])
     report = engine.speed.report()
     assert report["device"] == "cpu" and report["buckets"]["1"]["levels"][1]["offered"] is False
+
+
+def test_depth_only_levels_are_timed_on_their_own_depth_plan_not_as_dense():
+    timer = ScriptedTimer({1.0: 10.0, 0.75: 8.0, 0.5: 6.0, 0.35: 5.0})
+    gated, engine = _engine(timer, depth_share=1.0)  # no width gate on: skipped halves only
+    for bucket, levels in engine.speed.levels.items():
+        for level in levels[1:]:
+            assert level.key[0][1] is not None, "a depth-only level skips halves"
+            timed = [key for bk, key, b in timer.calls if bk == bucket and b == level.budget]
+            assert timed and all(key[0][1] == level.key[0][1] for key in timed)
+            assert level.offered and level.ms == timer.ms[level.budget]
 
 
 def test_without_a_timer_a_cpu_engine_measures_nothing_and_offers_every_level():

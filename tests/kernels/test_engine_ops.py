@@ -109,3 +109,34 @@ def test_gate_up_runs_silu_mul_inside_the_sparse_kernel_on_cuda():
     assert y.shape == (2, 128)
     assert float((y.double() - expected).norm() / expected.norm()) < 1e-2
     assert ops._packed[0, 2].gated
+
+
+@pytest.mark.parametrize("kernel, device", [("compact", "cpu"), ("listed", "cpu")])
+def test_the_norm_is_asked_to_list_channels_only_for_the_listed_kernel_on_cuda(gen, kernel, device):
+    state = _state()
+    state.thresholds.fill_(0.5)
+    ops = SparseLinearOps(state, policy=lambda rows, group: "sparse", kernel=kernel)
+    ops.project(torch.randn(1, 32, generator=gen), torch.randn(48, 32, generator=gen), None, 0, 0, 0)
+    assert ops.input_gate(0, 0, 0, 1, torch.device(device)) is None
+    assert not ops._take_prelisted(0, 0), "a refused gate leaves no list for the next call"
+
+
+@pytest.mark.gpu
+def test_a_one_token_listed_projection_reads_the_list_its_norm_wrote_on_cuda(gen):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from dynasparse_worker.engine.fused import add_rms_norm
+
+    state = _state().cuda()
+    state.thresholds.fill_(0.5)
+    ops = SparseLinearOps(state, policy=lambda rows, group: "sparse", kernel="listed",
+                          device_type="cuda")
+    weight = torch.randn(48, 32, generator=gen).cuda()
+    residual = torch.randn(1, 32, generator=gen).cuda()
+    norm_w = torch.ones(32, device="cuda")
+    ops.project(residual, weight, None, 0, 0, 0)  # first call packs and allocates the workspace
+    gate = ops.input_gate(0, 0, 0, 1, residual.device)
+    assert gate is not None
+    h, _ = add_rms_norm(None, residual, norm_w, 1e-5, gate=gate)
+    y = ops.project(h, weight, None, 0, 0, 0)
+    assert torch.allclose(y, _expected(h, weight, None, state, 0, 0, 0), atol=1e-3, rtol=1e-3)

@@ -107,13 +107,17 @@ def test_every_channel_skipped_gives_zeros_and_no_channel_skipped_gives_the_dens
     assert _rel_err(y, x.double() @ pw.w_t.double()) < 1e-2, gen.initial_seed()
 
 
-def test_listed_configs_fill_the_gpu_with_column_blocks_and_never_split_gated_groups():
-    for n_out, gated in ((6144, False), (4096, False), (14336, True)):
-        one = listed_config(1, n_out, gated)
-        assert one.listed and one.split_k == 1
-        assert -(-n_out // one.block_n) >= 128, (n_out, one)
-    assert listed_config(32, 14336, True).split_k == 1
-    assert listed_config(32, 4096, False).split_k > 1
+def test_listed_configs_give_every_multiprocessor_a_program_and_never_split_gated_groups():
+    from dynasparse_worker.kernels.configs import SM_COUNT
+
+    for batch in (1, 32):
+        for n_out, gated in ((6144, False), (4096, False), (14336, True)):
+            cfg = listed_config(batch, n_out, gated)
+            assert cfg.listed and cfg.dot == (batch > 1)
+            if gated:
+                assert cfg.split_k == 1
+            else:
+                assert -(-n_out // cfg.block_n) * cfg.split_k >= SM_COUNT * 3 // 4, (batch, n_out, cfg)
 
 
 def test_a_norm_that_writes_the_list_lets_the_kernel_skip_its_own_listing(triton_kernels, device,

@@ -101,7 +101,7 @@ class SpeedTable:
         variant whose width is the nearest at or above it), or None when nothing was measured."""
         best = None
         for level in self.levels.get(bucket, []):
-            if level.key[0] == variant and level.width >= width - 1e-6:
+            if level.key[0][1] == variant[1] and level.width >= width - 1e-6:
                 if best is None or level.width < best.width:
                     best = level
         return None if best is None else best.key[1]
@@ -155,6 +155,15 @@ def _step(runner: Any, bucket: int, key: GraphKey, width: float) -> Callable[[],
     return lambda: runner._decode_forward(bucket, key[0], width, key[1] or None)
 
 
+def _served_variant(runner: Any, bucket: int, variant: Variant) -> Variant:
+    """The variant whose graph serves `variant`: itself, or for an ungated depth plan (no width
+    gate on, some halves skipped) its gated twin where only that was captured (as
+    `plans.fallback` picks it at run time; its thresholds are then all zero)."""
+    if runner.graphs and not any(v == variant for v, _ in runner._captured.get(bucket, set())):
+        return (True, variant[1])
+    return variant
+
+
 def _candidates(runner: Any, bucket: int, variant: Variant, width: float) -> list[Signature]:
     """The kernel choices to time: the captured graphs of this variant (CUDA), else the
     candidates of the crossover's choice (eager)."""
@@ -162,6 +171,8 @@ def _candidates(runner: Any, bucket: int, variant: Variant, width: float) -> lis
         found = sorted(sig for v, sig in runner._captured.get(bucket, set()) if v == variant)
         if found:
             return found
+    if not variant[0]:  # an ungated depth plan runs no gated kernel: one way to run it
+        return [()]
     return kernel_alternatives(runner.signature(bucket, width))
 
 
@@ -189,13 +200,13 @@ def measure_speed(runner: Any, gated: Any, timer: StepTimer | None = None,
             gated.set_budget(budget)
             plan = runner.current_plan()
             variant, width = plan.variants[nb], plan.width_sparsity[nb]
-            if not variant[0]:  # no gate skips a channel: the ungated dense graph
-                times = {(): speed.dense_ms[bucket]}
+            if variant == DENSE:  # no gate skips a channel, every half runs: the dense graph
+                served, times = DENSE, {(): speed.dense_ms[bucket]}
             else:
-                times = {}
-                for sig in _candidates(runner, bucket, variant, width):
-                    times[sig] = timer(_step(runner, bucket, (variant, sig), width), bucket,
-                                       (variant, sig), budget)
+                served, times = _served_variant(runner, bucket, variant), {}
+                for sig in _candidates(runner, bucket, served, width):
+                    times[sig] = timer(_step(runner, bucket, (served, sig), width), bucket,
+                                       (served, sig), budget)
             sig, ms = min(times.items(), key=lambda item: item[1])
             offered = budget >= 1.0 or ms < fastest * (1.0 - min_gain)
             note = ""
@@ -206,7 +217,7 @@ def measure_speed(runner: Any, gated: Any, timer: StepTimer | None = None,
                 note = f"faster with kernels {'/'.join(sig)} than the crossover's choice"
             if offered:
                 fastest = ms
-            levels.append(LevelSpeed(budget, (variant, sig), width, ms, times, offered, note))
+            levels.append(LevelSpeed(budget, (served, sig), width, ms, times, offered, note))
         speed.levels[bucket] = levels
         dropped = [lv.budget for lv in levels if not lv.offered]
         if dropped:

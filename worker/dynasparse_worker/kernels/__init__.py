@@ -45,13 +45,16 @@ __all__ = [
 
 def sparse_matmul(x: torch.Tensor, pw: PackedWeight, threshold: torch.Tensor,
                   col_scale: torch.Tensor | None = None,
-                  out: torch.Tensor | None = None, prelisted: bool = False) -> torch.Tensor:
+                  out: torch.Tensor | None = None, prelisted: bool = False,
+                  config: KernelConfig | None = None) -> torch.Tensor:
     """Input-sparse `[B, in] -> [B, N]` on x's device: Triton on CUDA, embedding_bag on the CPU.
-    `prelisted` (CUDA): x's producer already wrote its kept-channel list into the workspace."""
+    CUDA: `config` picks the kernel (default: the compacting one); `prelisted`: x's producer
+    already wrote its kept-channel list into the workspace (listed kernel)."""
     if x.device.type == "cuda":
         from dynasparse_worker.kernels.triton_sparse import sparse_matmul_triton
 
-        return sparse_matmul_triton(x, pw, threshold, col_scale, out=out, prelisted=prelisted)
+        return sparse_matmul_triton(x, pw, threshold, col_scale, out=out, config=config,
+                                    prelisted=prelisted)
     y = sparse_matmul_torch(x, pw, threshold, col_scale)
     return y if out is None else out.copy_(y)
 

@@ -125,16 +125,16 @@ def pick_config(batch: int, k: int, n_out: int, gated: bool, waves: float = 2.0,
 def listed_config(batch: int, n_out: int, gated: bool) -> KernelConfig:
     """Launch config of the listed kernel (`triton_listed`) for `batch` rows and `n_out` columns.
 
-    With no split-K fix-up, parallelism comes from column blocks: the widest block (128, 64 or
-    32 columns; 64 to 256 contiguous bytes per weight row) that still gives every multiprocessor
-    a program; narrower un-gated groups at a batch add a few atomic splits instead.
+    Best of the H200 sweep at 50 % (`scripts/gpu/results/kernels-v4.json`): un-gated groups take
+    128-column blocks (one token) or 64 (a batch) with atomic splits up to about one program per
+    multiprocessor; gate|up, which cannot split, 64 (one token) or 128 (a batch) columns.
     """
-    if batch <= 1:
-        block_n = next((w for w in (128, 64) if -(-n_out // w) >= SM_COUNT), 32)
+    if gated:
+        block_n = 64 if batch <= 1 else 128
         split = 1
-    else:  # the tl.dot path: 64 output columns per program, atomic splits to fill the GPU
-        block_n = 64
-        split = 1 if gated else max(1, min(4, -(-SM_COUNT // -(-n_out // block_n))))
+    else:
+        block_n = 128 if batch <= 1 else 64
+        split = max(1, min(4, -(-SM_COUNT // -(-n_out // block_n))))
     return KernelConfig(block_n=block_n, block_k=128 if batch <= 1 else 64, split_k=split,
                         num_warps=4, num_stages=3, compact=False, dot=batch > 1, listed=True)
 

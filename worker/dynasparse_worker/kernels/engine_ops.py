@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dynasparse_worker.kernels import sparse_matmul
-from dynasparse_worker.kernels.configs import choose
+from dynasparse_worker.kernels.configs import KernelConfig, choose, listed_config
 from dynasparse_worker.kernels.layout import PackedWeight, SplitKWorkspace, pack_projection
 from dynasparse_worker.kernels.torch_ops import keep_mask
 
@@ -46,9 +46,12 @@ class SparseLinearOps:
     def __init__(self, state: Any | None = None, expected_sparsity: float = 0.5,
                  policy: Callable[[int, str], str] | None = None,
                  cpu_dtype: torch.dtype | None = None, max_batch: int = 64,
-                 device_type: str = "cpu"):
+                 device_type: str = "cpu", kernel: str = "compact"):
         self.state = state
         self.expected_sparsity = expected_sparsity
+        # CUDA sparse kernel: "compact" (per-program row lists) or "listed" (one list per input
+        # vector, built in the norm where it can be; measured slower on the H200 so far)
+        self.kernel = kernel
         self.policy = policy or self._default_policy
         # per group "sparse" | "dense", fixed by the runner for a graph whose kernels were chosen
         # by measured speed (engine.speed); None: `policy` decides
@@ -124,7 +127,8 @@ class SparseLinearOps:
         if mode == "dense":
             return F.linear(_masked(x, threshold, scale), weight, bias)  # [N, out]
         pw = self._pack(weight, layer, group)
-        y = sparse_matmul(x.contiguous(), pw, threshold, scale, prelisted=prelisted)  # [N, out]
+        y = sparse_matmul(x.contiguous(), pw, threshold, scale, prelisted=prelisted,
+                          config=self._config(rows, pw))  # [N, out]
         return y if bias is None else y + bias
 
     def project_gated(self, x: torch.Tensor, gate_up: torch.Tensor,
@@ -143,7 +147,8 @@ class SparseLinearOps:
         threshold, scale = self._gate(bucket, layer, group)
         pw = self._pack(gate_up, layer, group, gated=True)
         return sparse_matmul(x.contiguous(), pw, threshold, scale,
-                             prelisted=self._take_prelisted(layer, group))  # [N, I]
+                             prelisted=self._take_prelisted(layer, group),
+                             config=self._config(rows, pw))  # [N, I]
 
     def input_gate(self, layer: int, group: int, bucket: int, rows: int, device: torch.device
                    ) -> tuple | None:
@@ -153,12 +158,19 @@ class SparseLinearOps:
         workspace exists). The next `project` of (layer, group) then skips its own listing."""
         ws = self._workspace
         if (self.state is None or device.type != "cuda" or rows != 1 or ws is None
+                or self.kernel != "listed"
                 or ws.rows is None or self._mode(rows, group) != "sparse"):
             self._prelisted = None
             return None
         threshold, scale = self._gate(bucket, layer, group)
         self._prelisted = (layer, group)
         return threshold, scale, ws.rows, ws.row_counts[:1]
+
+    def _config(self, rows: int, pw: PackedWeight) -> KernelConfig | None:
+        """The listed kernel's launch config when it is the chosen kernel (CUDA), else None."""
+        if self.kernel != "listed" or pw.workspace is None:
+            return None
+        return listed_config(rows, pw.out_features, pw.gated)
 
     def _take_prelisted(self, layer: int, group: int) -> bool:
         hit = self._prelisted == (layer, group)

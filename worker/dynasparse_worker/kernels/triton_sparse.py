@@ -22,10 +22,11 @@ Design (split-K with an in-kernel fix-up):
 
 Measured (H200, NOTES.md): correct everywhere, but the cost of a skipped row is not zero: with
 every row skipped a launch still takes 33 us for gate|up (62 us dense), because each
-predicated-off row still costs its load, convert and FMA instructions. The compacting kernel
-(`KernelConfig(compact=True)`, `triton_compact`) made the work follow the kept rows; the default
-is now the listed kernel (`listed=True`, `triton_listed`: one list per input vector, no split-K
-fix-up). This kernel stays for `pick_config(..., predicated=True)` and workspaces without lists.
+predicated-off row still costs its load, convert and FMA instructions. The default is the
+compacting kernel (`KernelConfig(compact=True)`, `triton_compact`), whose work follows the kept
+rows; `listed=True` runs `triton_listed` (one list per input vector, no split-K fix-up), measured
+slower than the compacting kernel on the H200 (kernels/NOTES.md). This kernel stays for
+`pick_config(..., predicated=True)` and workspaces without row lists.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dynasparse_worker.kernels.configs import KernelConfig, listed_config, pick_config
+from dynasparse_worker.kernels.configs import KernelConfig, pick_config
 from dynasparse_worker.kernels.layout import PackedWeight
 
 MAX_BLOCK_B = 64
@@ -241,9 +242,8 @@ def _launch(x, pw, threshold, scale, has_scale, out, config, fixup, prelisted=Fa
     n_out = pw.out_features
     ws = pw.workspace
     has_lists = ws is not None and ws.rows is not None and ws.rows.numel() >= k
-    if config is None:  # the listed kernel (v4) wherever the workspace holds a list
-        config = listed_config(rows, n_out, pw.gated) if has_lists else pick_config(
-            rows, k, n_out, pw.gated, predicated=True)
+    if config is None:  # the compacting kernel wherever the workspace holds row lists
+        config = pick_config(rows, k, n_out, pw.gated, predicated=not has_lists)
     cfg = config
     if cfg.listed and has_lists:
         from dynasparse_worker.kernels.triton_listed import launch_listed
