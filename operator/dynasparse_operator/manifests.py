@@ -139,6 +139,16 @@ def _cache_env(settings: WorkerSettings) -> list[dict[str, Any]]:
             {"name": "TMPDIR", "value": "/tmp"}]
 
 
+def _quality_env(spec: AdaptiveModelSpec) -> list[dict[str, Any]]:
+    """The model's quality bound, so the worker holds it from its first request on, before the
+    operator's first update reaches it and after a lost stream."""
+    if spec.quality.min_budget is not None:
+        return [{"name": "DYNASPARSE_MIN_BUDGET", "value": repr(float(spec.quality.min_budget))}]
+    if spec.quality.max_loss is not None:
+        return [{"name": "DYNASPARSE_MAX_LOSS", "value": repr(float(spec.quality.max_loss))}]
+    return []
+
+
 def _auth_env(spec: AdaptiveModelSpec, settings: WorkerSettings) -> list[dict[str, Any]]:
     if spec.auth.mode != AUTH_API_KEY:
         return []
@@ -185,7 +195,7 @@ def _container(spec: AdaptiveModelSpec, owner: Owner, settings: WorkerSettings) 
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "DYNASPARSE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        *_cache_env(settings), *_auth_env(spec, settings),
+        *_cache_env(settings), *_auth_env(spec, settings), *_quality_env(spec),
     ]
     return {
         "name": "worker",

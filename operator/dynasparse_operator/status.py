@@ -71,7 +71,10 @@ def conditions(inp: StatusInput) -> list[dict[str, Any]]:
     at_floor = d is not None and d.worst_ratio is not None and d.worst_ratio > 1.0 \
         and d.to_budget <= d.floor + 1e-9
     pressured = sorted({p.node for p in inp.pods if p.pressure})
-    if at_floor:
+    if d is not None and d.problems:
+        degraded = _condition(prev, "Degraded", True, "InvalidQualityBounds",
+                              "; ".join(d.problems), gen, now)
+    elif at_floor:
         degraded = _condition(prev, "Degraded", True, "AtQualityFloor",
                               f"budget at the quality floor {d.floor:.2f} and p95 still over the "
                               "SLO: add replicas or relax the SLO", gen, now)

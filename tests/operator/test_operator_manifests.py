@@ -95,3 +95,15 @@ def test_a_worker_that_requests_cpus_sizes_its_thread_pool_to_them():
     assert container["resources"]["requests"]["cpu"] == "1500m"
     env, _ = env_names({"gpus": 1})  # no CPU request: torch's own default
     assert "OMP_NUM_THREADS" not in env and "POD_IP" in env
+
+
+def test_workers_hold_the_quality_bound_from_their_first_request_on():
+    def env_of(quality):
+        spec = parse_spec({"model": "default", "slo": {"ttftP95Ms": 500}, "quality": quality})
+        (container,) = manifests.deployment(spec, OWNER, WorkerSettings())["spec"]["template"][
+            "spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    by_loss, by_budget = env_of({"maxLoss": 0.2}), env_of({"minBudget": 0.55})
+    assert by_loss["DYNASPARSE_MAX_LOSS"] == "0.2" and "DYNASPARSE_MIN_BUDGET" not in by_loss
+    assert by_budget["DYNASPARSE_MIN_BUDGET"] == "0.55" and "DYNASPARSE_MAX_LOSS" not in by_budget

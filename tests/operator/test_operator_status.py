@@ -103,3 +103,14 @@ def test_restart_does_not_subtract_already_drained_capacity_twice():
     assert state.budget == pytest.approx(first.to_budget, abs=1e-4) and state.draining == {"a"}
     again = decide(reports, pods, PARAMS, state, now=101.0)
     assert again.kind != "disruption" and again.to_budget == pytest.approx(state.budget)
+
+
+def test_a_max_budget_below_the_quality_floor_is_reported_as_degraded_with_the_fix():
+    pods = [PodFacts("a", "n1")]
+    params = LawParams(ttft_slo_ms=500, min_budget=0.6, max_budget=0.4, interval_s=2.0)
+    d = decide({"a": report("a", 300)}, pods, params, LawState(budget=0.8), now=100.0)
+    assert d.problems, "the law should name the inverted bounds"
+    conds = {c["type"]: c for c in status_patch(inputs(d, pods, {"a": report("a", 300)}))["conditions"]}
+    assert conds["Degraded"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "InvalidQualityBounds"
+    assert conds["Degraded"]["message"] == "; ".join(d.problems)
