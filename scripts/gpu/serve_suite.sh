@@ -2,8 +2,10 @@
 # The serving benchmark on one GPU: `dynasparse serve --model shape:llama3-8b` driven by streamed
 # /v1/completions at 1/16/64/128 concurrent streams and budgets 1.0/0.5/floor, next to the engine
 # alone at the same batch (`dynasparse bench --serve`). Run from the repository root on the GPU
-# machine; wheels for the server's packages in .whl/ and a tokenizer directory in .tok/ (the
-# default model's: shape models borrow it). Writes serve_8b.json, serve_8b.png and the log to $OUT.
+# machine; wheels for the server's packages in .whl/ (scripts/gpu/serve_wheels.sh fetches their
+# whole closure) and a tokenizer directory in .tok/ (the default model's tokenizer.json and
+# tokenizer_config.json: shape models borrow it). Writes serve_8b.json, serve_8b.png and the log
+# to $OUT.
 set -o pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -16,6 +18,8 @@ export PYTHONPATH=$PWD/worker:$PWD/operator:$PWD/proto:$PWD${PYTHONPATH:+:$PYTHO
 export DYNASPARSE_SHAPE_TOKENIZER=${DYNASPARSE_SHAPE_TOKENIZER:-$PWD/.tok}
 export DYNASPARSE_CACHE_DIR=${DYNASPARSE_CACHE_DIR:-/tmp/dynasparse-cache}
 export PYTHONUNBUFFERED=1
+# fail in seconds, not after the model load, when a package is missing
+python3 -c "import fastapi, uvicorn, grpc_health.v1.health, dynasparse_worker.server.runtime" || exit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 timeout "${SUITE_TIMEOUT:-540}" python3 -m dynasparse bench --serve --shape "${SHAPE:-llama3-8b}" \
   --levels "${LEVELS:-1,16,64,128}" --budgets "${BUDGETS:-1.0,0.5,floor}" \
