@@ -2,11 +2,14 @@
 
 One pass over the calibration sequences with hooks on every group's leading projection collects
 (a) a sample of |x| rows per (layer, group), (b) the mean squared gradient of a sampled
-log-likelihood at each group input (diagonal Fisher: KL sensitivity per channel) and (c) the same for
-each half's output (the cost of skipping that half). `gating.allocation` turns these into levels; a few
-forward passes on held-out calibration sequences then measure the real KL at some levels, which
-rescales the second-order estimates into the expected loss the planner reports. Called by
-`calibration_for` (eval/calibrate commands, the server) and tests.
+log-likelihood at each group input (diagonal Fisher: the default channel score's scale) and at each
+block's output (which weighs the measured output errors). By default (`allocation="measured"`) every
+block then replays its captured inputs to choose its sparsity path by measured output error, and one
+price per level spreads the bytes across blocks (`gating.measured`); `allocation="price"` keeps the
+second-order price over all groups (`gating.allocation`). A few forward passes on held-out
+calibration sequences then measure the real KL at some levels, which rescales the estimates into the
+expected loss the planner reports. Called by `calibration_for` (eval/calibrate commands, the server)
+and tests.
 """
 
 from __future__ import annotations
