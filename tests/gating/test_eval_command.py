@@ -88,3 +88,14 @@ def test_calibrate_writes_an_artifact_that_eval_accepts(tiny_dir, tmp_path):
     code = main(["eval", "--model", str(tiny_dir), "--calibration", str(path), "--budgets", "1,0.8",
                  "--sequences", "1", "--seq-len", "32", "--quiet"])
     assert code == 0
+
+
+def test_at_bytes_skipped_reports_our_kl_as_a_multiple_of_uniforms_at_the_same_bytes():
+    from dynasparse_worker.evaluation.quality import Row, at_bytes_skipped
+
+    rows = [Row("dynasparse", 1.0, 0.0, 10.0, 1.0, 0.0, 1.0), Row("dynasparse", 0.5, 0.5, 12.0, 1.2, 0.2, 0.7),
+            Row("uniform", 1.0, 0.0, 10.0, 1.0, 0.0, 1.0), Row("uniform", 0.5, 0.5, 15.0, 1.5, 0.8, 0.5)]
+    levels = {(e["method"], e["bytes_skipped"]): e for e in at_bytes_skipped(rows, levels=(0.25, 0.5))}
+    assert levels[("dynasparse", 0.5)]["kl_vs_uniform"] == 0.25
+    assert levels[("dynasparse", 0.25)]["kl_vs_uniform"] == 0.25  # both linear from dense
+    assert "kl_vs_uniform" not in levels[("uniform", 0.5)]

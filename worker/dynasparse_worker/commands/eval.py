@@ -115,11 +115,13 @@ def run(args) -> int:
     levels = at_bytes_skipped(rows)
     if levels:
         at_table = Table(title="at fixed bytes skipped (interpolated between the measured rows)")
-        for column in ("method", "bytes skipped", "budget", "ppl ratio", "KL", "top-1"):
+        for column in ("method", "bytes skipped", "budget", "ppl ratio", "KL", "top-1", "KL / uniform's"):
             at_table.add_column(column, justify="right")
         for entry in levels:
+            ratio = entry.get("kl_vs_uniform")
             at_table.add_row(entry["method"], f"{100 * entry['bytes_skipped']:.0f} %", f"{entry['budget']:.3f}",
-                             f"{entry['ppl_ratio']:.3f}", f"{entry['kl']:.4f}", f"{entry['top1']:.3f}")
+                             f"{entry['ppl_ratio']:.3f}", f"{entry['kl']:.4f}", f"{entry['top1']:.3f}",
+                             "" if ratio is None else f"{ratio:.2f}×")
     console = Console(width=max(120, Console().width))
     console.print(table)
     if levels:

@@ -143,4 +143,8 @@ def at_bytes_skipped(rows: list[Row], levels=(0.25, 0.40, 0.50)) -> list[dict]:
                                 "ppl_ratio": geo(lo.ppl_ratio, hi.ppl_ratio), "kl": geo(lo.kl, hi.kl),
                                 "top1": lin(lo.top1, hi.top1)})
                     break
+    uniform = {e["bytes_skipped"]: e["kl"] for e in out if e["method"] == "uniform"}
+    for entry in out:  # the comparison users ask for: our KL as a multiple of uniform's, same bytes
+        if entry["method"] == "dynasparse" and uniform.get(entry["bytes_skipped"], 0) > 0:
+            entry["kl_vs_uniform"] = entry["kl"] / uniform[entry["bytes_skipped"]]
     return out

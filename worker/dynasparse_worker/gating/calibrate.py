@@ -2,11 +2,14 @@
 
 One pass over the calibration sequences with hooks on every group's leading projection collects
 (a) a sample of |x| rows per (layer, group), (b) the mean squared gradient of a sampled
-log-likelihood at each group input (diagonal Fisher: KL sensitivity per channel) and (c) the same for
-each half's output (the cost of skipping that half). `gating.allocation` turns these into levels; a few
-forward passes on held-out calibration sequences then measure the real KL at some levels, which
-rescales the second-order estimates into the expected loss the planner reports. Called by
-`calibration_for` (eval/calibrate commands, the server) and tests.
+log-likelihood at each group input (diagonal Fisher: the default channel score's scale) and at each
+block's output (which weighs the measured output errors). By default (`allocation="measured"`) every
+block then replays its captured inputs to choose its sparsity path by measured output error, and one
+price per level spreads the bytes across blocks (`gating.measured`); `allocation="price"` keeps the
+second-order price over all groups (`gating.allocation`). A few forward passes on held-out
+calibration sequences then measure the real KL at some levels, which rescales the estimates into the
+expected loss the planner reports. Called by `calibration_for` (eval/calibrate commands, the server)
+and tests.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dynasparse_worker.gating.allocation import Allocation, summarise, uniform_thresholds
+from dynasparse_worker.gating.measured import (BlockProbe, build_levels, capture_blocks, greedy_path, half_costs,
+                                               level_thresholds)
 from dynasparse_worker.gating.planner import PlanTable
 from dynasparse_worker.gating.state import DEFAULT_BUCKET_EDGES
 
@@ -37,7 +42,13 @@ class CalibrationSettings:
     step: float = 0.02  # budget spacing of the levels
     seed: int = 0
     bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
-    version: int = 2  # bump when the algorithm changes: invalidates cached artifacts (2: KV kept)
+    # "measured": per-block greedy paths by measured output error (gating.measured); "price": one
+    # second-order price over all (layer, group) (gating.allocation)
+    allocation: str = "measured"
+    score: str = "fisher"  # channel score |x|·s: s = Fisher scale | 1 ("abs") | ‖W column‖ ("wina")
+    steps: int = 10  # skipped-fraction steps per group on the measured paths (1/steps each)
+    probe_tokens: int = 128  # tokens of the first calibration sequence the measured paths replay
+    version: int = 3  # bump when the algorithm changes: invalidates cached artifacts (3: BOS, measured)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -75,6 +86,7 @@ class _Collector:
         self.samples = [[[] for _ in range(4)] for _ in blocks]
         self.grad_sq = [[torch.zeros(b.in_features(g), dtype=torch.float64) for g in range(4)] for b in blocks]
         self.half_cost = torch.zeros(len(blocks), 2, dtype=torch.float64)
+        self.out_fisher = [torch.zeros(gated.structure.hidden, dtype=torch.float64) for _ in blocks]
         self.tokens = 0
         self.rows: torch.Tensor | None = None
         self.handles = []
@@ -82,6 +94,7 @@ class _Collector:
             for group in range(4):
                 leader = block.groups[group][0].module
                 self.handles.append(leader.register_forward_pre_hook(self._input_hook(layer, group)))
+            self.handles.append(gated.structure.layers[layer].register_forward_hook(self._block_hook(layer)))
             for half, group in ((0, 1), (1, 3)):
                 closer = block.groups[group][0].module
                 self.handles.append(closer.register_forward_hook(self._output_hook(layer, half)))
@@ -110,6 +123,15 @@ class _Collector:
                 def grad_hook(grad):
                     self.half_cost[layer, half] += float((grad.double() * y.double()).sum(-1).pow(2).sum())
                 out.register_hook(grad_hook)
+        return hook
+
+    def _block_hook(self, layer):
+        def hook(module, args, out):
+            hidden = out[0] if isinstance(out, (tuple, list)) else out  # [B, T, H]
+            if hidden.requires_grad:
+                def grad_hook(grad):
+                    self.out_fisher[layer] += grad.detach().double().pow(2).reshape(-1, grad.shape[-1]).sum(0).cpu()
+                hidden.register_hook(grad_hook)
         return hook
 
     def close(self) -> None:
@@ -156,12 +178,17 @@ def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings:
     abs_samples = [torch.cat(stats.samples[l][g]) for l in range(nl) for g in range(4)]  # G x [S, in]
     col_scale = [[(stats.grad_sq[l][g] / stats.tokens).sqrt().float().clamp(min=1e-12) for g in range(4)]
                  for l in range(nl)]
+    col_scale = _score_scales(gated, settings.score, col_scale)
     scores = [abs_samples[i].float() * col_scale[i // 4][i % 4] for i in range(len(abs_samples))]
     dist = summarise(scores, settings.bucket_edges, generator)
-    allocation = Allocation(gated.group_elements.float(), (0.5 * stats.half_cost / stats.tokens).float(),
-                            settings.bucket_edges, gated.skip_elements.float())
     budgets = settings.budgets()
-    thresholds, keep, estimate = allocation.build(dist, budgets)
+    if settings.allocation == "measured":
+        gated.set_col_scale(col_scale)
+        thresholds, keep, estimate = _measured_levels(gated, stats, calib_ids, scores, dist, settings, progress)
+    else:
+        allocation = Allocation(gated.group_elements.float(), (0.5 * stats.half_cost / stats.tokens).float(),
+                                settings.bucket_edges, gated.skip_elements.float())
+        thresholds, keep, estimate = allocation.build(dist, budgets)
     table = PlanTable(tuple(settings.bucket_edges), torch.tensor(budgets, dtype=torch.float64),
                       thresholds, keep, estimate, col_scale)
     uniform = uniform_thresholds(abs_samples, UNIFORM_SPARSITIES).view(len(UNIFORM_SPARSITIES), nl, 4)
@@ -171,6 +198,36 @@ def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings:
     rescale_expected_loss(table, calibration.measured)
     gated.set_budget(1.0)
     return calibration
+
+
+def _score_scales(gated, score: str, fisher: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Per-channel score multipliers [L][4] of [in] for the chosen score."""
+    if score == "fisher":
+        return fisher
+    if score == "abs":
+        return [[torch.ones_like(s) for s in row] for row in fisher]
+    if score == "wina":  # ‖column j‖₂ over every member of the group: the output change per unit x_j
+        return [[torch.stack([p.module.weight.detach().float().pow(2).sum(0) for p in block.groups[g]]).sum(0)
+                 .sqrt().cpu() for g in range(4)] for block in gated.structure.blocks]
+    raise ValueError(f"unknown score {score!r}: use fisher, abs or wina")
+
+
+def _measured_levels(gated, stats, calib_ids, scores, dist, settings: CalibrationSettings, progress: bool):
+    """Greedy per-block paths by measured output error, then levels (see gating.measured)."""
+    nl = gated.structure.num_layers
+    captured = capture_blocks(gated, calib_ids[:1, : settings.probe_tokens])
+    grid = level_thresholds(scores, settings.steps).view(nl, 4, settings.steps)  # [L, 4, steps]
+    paths_t, paths_c, halves = [], [], []
+    for layer in tqdm(range(nl), desc="calibrating (measured paths)", disable=not progress):
+        probe = BlockProbe(gated, layer, captured[layer], stats.out_fisher[layer] / stats.tokens)
+        path_t, path_c = greedy_path(probe, grid[layer], gated.group_elements[layer])
+        paths_t.append(path_t)
+        paths_c.append(path_c)
+        halves.append(half_costs(probe))
+        captured[layer] = None  # free the block's inputs
+    depth = Allocation(gated.group_elements.float(), torch.stack(halves).float(), settings.bucket_edges,
+                       gated.skip_elements.float())
+    return build_levels(torch.stack(paths_t), torch.stack(paths_c), dist, depth, settings.budgets())
 
 
 @torch.no_grad()

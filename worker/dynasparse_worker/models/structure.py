@@ -71,6 +71,7 @@ class BlockProjections:
 class ModelStructure:
     hidden: int
     blocks: list[BlockProjections]
+    layers: list[nn.Module] = field(default_factory=list)  # the decoder block modules, same order
 
     @property
     def num_layers(self) -> int:
@@ -145,15 +146,16 @@ def find_structure(model: nn.Module) -> ModelStructure:
     """Locate the decoder blocks; UserError if the model has no recognisable gated-MLP decoder stack."""
     hidden = hidden_size(model)
     best: list[BlockProjections] = []
+    layers: list[nn.Module] = []
     for _, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) <= len(best):
             continue
         parsed = [_parse_block(block, hidden) for block in module]
         if all(p is not None for p in parsed):
-            best = parsed  # type: ignore[assignment]
+            best, layers = parsed, list(module)  # type: ignore[assignment]
     if not best:
         raise UserError(
             f"{type(model).__name__} has no decoder blocks with q/k/v/o and gate/up/down projections: "
             "pass a decoder-only model with gated MLPs (Llama, Mistral, Qwen, Gemma, SmolLM)"
         )
-    return ModelStructure(hidden, best)
+    return ModelStructure(hidden, best, layers)
