@@ -82,7 +82,7 @@ class Engine:
                 speed_timer is not None or self.runner.graphs):
             from dynasparse_worker.engine.speed import measure_speed
 
-            self.speed = measure_speed(self.runner, self.gated, speed_timer)
+            self.speed = measure_speed(self.runner, self.gated, self.apply_budget, speed_timer)
         self.eos_ids = _eos_ids(model, tokenizer)
         detokenize = self.config.detokenize and tokenizer is not None
         self.detokenizer = Detokenizer(tokenizer) if detokenize else None

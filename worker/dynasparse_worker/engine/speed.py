@@ -176,10 +176,13 @@ def _candidates(runner: Any, bucket: int, variant: Variant, width: float) -> lis
     return kernel_alternatives(runner.signature(bucket, width))
 
 
-def measure_speed(runner: Any, gated: Any, timer: StepTimer | None = None,
-                  min_gain: float = 0.02, buckets: list[int] | None = None) -> SpeedTable:
+def measure_speed(runner: Any, gated: Any, apply_budget: Callable[[float], Any],
+                  timer: StepTimer | None = None, min_gain: float = 0.02,
+                  buckets: list[int] | None = None) -> SpeedTable:
     """Time every level of `gated.table` at each engine bucket; attach the result to the runner
-    (its graph choice) and the table (`offered`). The state ends at budget 1.0."""
+    (its graph choice) and the table (`offered`). `apply_budget` is the engine's own
+    (`Engine.apply_budget`: state tensors and the runner's host plan together). The state ends
+    at budget 1.0."""
     timer = timer or ReplayTimer()
     table = gated.table
     table.offered = None  # measure the levels themselves, not an earlier snap
@@ -191,14 +194,13 @@ def measure_speed(runner: Any, gated: Any, timer: StepTimer | None = None,
         nb = runner._plan_bucket(bucket)
         speed.plan_bucket[bucket] = nb
         _timing_inputs(runner, bucket)
-        gated.set_budget(1.0)
+        apply_budget(1.0)
         speed.dense_ms[bucket] = timer(_step(runner, bucket, (DENSE, ()), 0.0), bucket,
                                        (DENSE, ()), 1.0)
         fastest = speed.dense_ms[bucket]
         levels = []
         for budget in budgets:
-            gated.set_budget(budget)
-            plan = runner.current_plan()
+            plan = apply_budget(budget).plan
             variant, width = plan.variants[nb], plan.width_sparsity[nb]
             if variant == DENSE:  # no gate skips a channel, every half runs: the dense graph
                 served, times = DENSE, {(): speed.dense_ms[bucket]}
@@ -224,8 +226,8 @@ def measure_speed(runner: Any, gated: Any, timer: StepTimer | None = None,
             log.info("batch bucket %d on %s: levels %s not offered (no faster than a denser "
                      "level); budgets there run the next denser offered level", bucket, device,
                      ", ".join(f"{b:.2f}" for b in dropped))
-    gated.set_budget(1.0)
+    apply_budget(1.0)
     table.offered = speed.offered_mask(len(budgets), len(table.bucket_edges))
     runner.speed = speed
-    gated.set_budget(1.0)  # re-read through the offered levels
+    apply_budget(1.0)  # re-read through the offered levels
     return speed
