@@ -234,14 +234,17 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
     ttft = worst.ttft_p95_ms if worst else None
     itl = worst.inter_token_p95_ms if worst else None
     if ratio is None or ratio <= 0:
-        queued = sum(r.queue_depth for p in survivors if (r := reports.get(p.name)) is not None
-                     and now - r.received_at <= params.stale_after_s)
-        if queued:
-            # Too few finished requests to judge, yet requests wait: the pods may be so slow that
-            # nothing completes inside the window. Relaxing now would make that worse.
-            return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued: "
-                             f"holding budget {budget:.2f}", 0.0)
-        # Idle or light load, nothing waiting: nothing to protect, relax towards the ceiling.
+        fresh_reports = [r for p in survivors if (r := reports.get(p.name)) is not None
+                         and now - r.received_at <= params.stale_after_s]
+        queued = sum(r.queue_depth for r in fresh_reports)
+        running = sum(r.running for r in fresh_reports)
+        if queued or running:
+            # Too few finished requests to judge, yet requests wait or run: the pods may be so
+            # slow that few complete inside the window, and sparse traffic is not idleness.
+            # Relaxing now would make the next requests slower.
+            return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued, "
+                             f"{running} running: holding budget {budget:.2f}", 0.0)
+        # Idle, nothing waiting or running: nothing to protect, relax towards the ceiling.
         error, what = params.max_step_up / params.gain * 2, "idle (too few samples, none queued)"
     else:
         error, what = math.log(params.setpoint_ratio / ratio), _describe(worst, params)

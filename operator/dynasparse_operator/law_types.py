@@ -26,6 +26,7 @@ class PodReport:
     samples: int = 0  # TTFT samples (requests) in the worker's window
     inter_token_samples: int = -1  # inter-token samples; -1: same as `samples`
     queue_depth: int = 0
+    running: int = 0  # requests in the decode batch (queue_depth counts only the waiting ones)
     applied_budget: float = 1.0
     expected_loss: float = 0.0
     min_budget: float = 0.0  # sparsest budget the worker's calibration offers
