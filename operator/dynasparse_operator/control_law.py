@@ -123,6 +123,8 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         last_change_at=now if changed else state.last_change_at,
         last_error=fb.error if math.isfinite(fb.error) else 0.0,
         draining=frozenset((state.draining | new_drains) & live),
+        **_knee(state, fb.kind, budget, params, now),
+        cut_ratio=_cut_ratio(state, fb, changed, budget),
     )
     return Decision(
         at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
@@ -132,6 +134,30 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
         events=tuple(events), problems=(problem,) if problem else (),
     )
+
+
+def _knee(state: LawState, kind: str, budget: float, params: LawParams, now: float) -> dict:
+    """Remember the budget an SLO violation cut from; later cuts of the same episode (the
+    window still holds the same late samples) do not move it lower."""
+    if kind == "slo-violation" and budget < state.budget and now - state.knee_at >= params.episode_s:
+        return {"knee_budget": state.budget, "knee_at": now}
+    return {"knee_budget": state.knee_budget, "knee_at": state.knee_at}
+
+
+def _cut_ratio(state: LawState, fb: "_Feedback", changed: bool, budget: float) -> float:
+    """The worst p95/SLO a feedback cut acted on, kept until the next change (0 after a relax or
+    a change for another reason)."""
+    if not changed:
+        return state.cut_ratio
+    cut = budget < state.budget and fb.kind in ("slo-violation", "tighten")
+    return (fb.worst_ratio or 0.0) if cut else 0.0
+
+
+def _relax_cap(state: LawState, params: LawParams, now: float) -> float:
+    """Highest budget a relaxing step may reach: a margin under the last knee while it is fresh."""
+    if now - state.knee_at >= params.knee_memory_s or not math.isfinite(state.knee_budget):
+        return math.inf
+    return state.knee_budget * math.exp(-params.knee_margin)
 
 
 def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],
@@ -244,6 +270,12 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
             # Relaxing now would make the next requests slower.
             return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued, "
                              f"{running} running: holding budget {budget:.2f}", 0.0)
+        near = [x for r in fresh_reports
+                if (x := slo_ratio(r, params, min_samples=1)) is not None and x > params.band[0]]
+        if near:
+            # The few samples there are sit near the SLO: relaxing would push the next over it.
+            return _Feedback(budget, "hold", f"too few samples to judge, the few near the SLO: "
+                             f"holding budget {budget:.2f}", 0.0)
         # Idle, nothing waiting or running: nothing to protect, relax towards the ceiling.
         error, what = params.max_step_up / params.gain * 2, "idle (too few samples, none queued)"
     else:
@@ -266,6 +298,12 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
         if since_change < params.tighten_holdoff_s and state.last_error < 0:
             return _Feedback(budget, "hold", f"{what}: last cut not yet visible",
                              state.last_error, ratio, ttft, itl)
+        if (state.cut_ratio > 0 and ratio is not None and since_change < params.episode_s
+                and ratio <= state.cut_ratio * 1.05):
+            # The window still holds the late samples the last cut acted on: a p95 no worse than
+            # that one is the same evidence again, not a sign the cut was too small.
+            return _Feedback(budget, "hold", f"{what}: no worse than at the last cut, waiting "
+                             "for it to show", state.last_error, ratio, ttft, itl)
     else:
         step = min(step, params.max_step_up)
         if stale:
@@ -275,6 +313,16 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
             return _Feedback(budget, "hold", f"{what}: budget {budget:.2f}, relaxing later",
                              0.0, ratio, ttft, itl)
     target = min(max(budget * math.exp(step), floor), params.max_budget)
+    cap = _relax_cap(state, params, now) if not tighten and ratio is not None else math.inf
+    if target > cap:
+        # Latency rises steeply past the knee: relaxing back to where the SLO broke would only
+        # break it again, so stay a margin under that budget for a while.
+        target = max(budget, cap)
+        if target - budget < 0.005:
+            return _Feedback(budget, "hold", (
+                f"{what}: budget {budget:.2f}, relaxing no further than {cap:.2f} (the SLO broke "
+                f"at {state.knee_budget:.2f} {now - state.knee_at:.0f} s ago)"),
+                0.0, ratio, ttft, itl)
     if abs(target - budget) < 0.005:
         bound = "floor" if tighten else "ceiling"
         return _Feedback(budget, "hold", f"{what}: budget {budget:.2f} at its {bound}",

@@ -61,6 +61,10 @@ class LawParams:
     stale_after_s: float = 3.0
     settle_s: float = 1.0  # after a change, how long until reports reflect it (window + report)
     min_samples: int = 5
+    episode_s: float = 10.0  # after a cut, how long the workers' windows still hold the late
+    # samples it acted on (cuts within it belong to one violation)
+    knee_margin: float = 0.1  # relax at most to exp(-this) × the budget that last broke the SLO...
+    knee_memory_s: float = 300.0  # ...for this long after it did
     replace_disrupted_pods: bool = False
 
     @property
@@ -103,12 +107,16 @@ class LawParams:
 
 @dataclasses.dataclass(frozen=True)
 class LawState:
-    """What the law remembers between decisions. Restart safety: rebuild from status.budget."""
+    """What the law remembers between decisions. Restart safety: rebuild from status.budget (a
+    restart forgets the knee: relaxing is then held off by `last_change_at` alone)."""
 
     budget: float = 1.0
     last_change_at: float = -math.inf
     last_error: float = 0.0
     draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
+    knee_budget: float = math.inf  # the budget at which the p95 last broke the SLO
+    knee_at: float = -math.inf  # when it did
+    cut_ratio: float = 0.0  # worst p95/SLO the last cut acted on (0: the last change was no cut)
 
 
 @dataclasses.dataclass(frozen=True)
