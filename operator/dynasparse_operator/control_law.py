@@ -15,6 +15,10 @@ The loop, in small steps:
    `setpoint_ratio` with a hold band (wider below than above); cuts fast, relaxes slowly (asymmetric
    steps, and hold-offs that wait for the reports to show the last change);
    clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
+   Against hunting: a violating p95 no worse than the one the last cut acted on is the same
+   30 s window again and cuts nothing more; relaxing stops a margin under the budget at which the
+   SLO last broke (the latency knee) for a while; too few samples mean idleness only when nothing
+   runs or waits and the few samples there are sit well under the SLO.
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 
 Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as
@@ -139,7 +143,8 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
 def _knee(state: LawState, kind: str, budget: float, params: LawParams, now: float) -> dict:
     """Remember the budget an SLO violation cut from; later cuts of the same episode (the
     window still holds the same late samples) do not move it lower."""
-    if kind == "slo-violation" and budget < state.budget and now - state.knee_at >= params.episode_s:
+    new_episode = now - state.knee_at >= params.episode_s
+    if kind == "slo-violation" and budget < state.budget and new_episode:
         return {"knee_budget": state.budget, "knee_at": now}
     return {"knee_budget": state.knee_budget, "knee_at": state.knee_at}
 
