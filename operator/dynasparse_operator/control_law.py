@@ -141,11 +141,15 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
 
 
 def _knee(state: LawState, kind: str, budget: float, params: LawParams, now: float) -> dict:
-    """Remember the budget an SLO violation cut from; later cuts of the same episode (the
-    window still holds the same late samples) do not move it lower."""
+    """Remember the budget an SLO violation cut from (later cuts of the same episode, on the same
+    late samples, do not move it lower), or make a disruption's feed-forward budget the cap."""
     new_episode = now - state.knee_at >= params.episode_s
     if kind == "slo-violation" and budget < state.budget and new_episode:
         return {"knee_budget": state.budget, "knee_at": now}
+    if kind == "disruption" and budget < state.budget:
+        # The survivors' budget for the lost capacity is a prior the windows cannot judge yet
+        # (they still hold samples from before the notice): relaxing stops at it for a while.
+        return {"knee_budget": budget * math.exp(params.knee_margin), "knee_at": now}
     return {"knee_budget": state.knee_budget, "knee_at": state.knee_at}
 
 

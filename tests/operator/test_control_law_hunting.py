@@ -55,3 +55,19 @@ def test_the_relax_cap_is_forgotten_after_its_memory():
     state = LawState(budget=0.7, knee_budget=state.knee_budget, knee_at=state.knee_at)
     late = _step(state, 10.0 + PARAMS.knee_memory_s + 1.0, 100.0)
     assert late.kind == "relax" and late.to_budget > 0.8 * math.exp(-PARAMS.knee_margin)
+
+
+def test_a_disruptions_feed_forward_budget_is_not_relaxed_on_samples_from_before_the_notice():
+    pods = [PodFacts("w0", "n0", disruption=("aws-node-termination-handler/spot-itn",)),
+            PodFacts("w1", "n1"), PodFacts("w2", "n2")]
+    fast = {p.name: PodReport(p.name, received_at=10.0, ttft_p95_ms=100.0, samples=50,
+                              running=10) for p in pods}
+    notice = decide(fast, pods, PARAMS, LawState(budget=1.0), 10.0)
+    assert notice.kind == "disruption" and notice.to_budget < 1.0
+    state, now = notice.state, 10.0
+    for _ in range(20):
+        now += 2.0 * PARAMS.interval_s
+        fresh = {name: PodReport(name, received_at=now, ttft_p95_ms=100.0, samples=50, running=10)
+                 for name in fast}
+        state = decide(fresh, pods[1:], PARAMS, state, now).state
+    assert state.budget <= notice.to_budget + 1e-9
