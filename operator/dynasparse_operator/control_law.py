@@ -16,9 +16,8 @@ The loop, in small steps:
    steps, and hold-offs that wait for the reports to show the last change);
    clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
    Against hunting: a violating p95 no worse than the one the last cut acted on is the same
-   30 s window again and cuts nothing more; relaxing stops a margin under the budget at which the
-   SLO last broke (the latency knee) for a while; too few samples mean idleness only when nothing
-   runs or waits and the few samples there are sit well under the SLO.
+   30 s window again and cuts nothing more; too few samples mean idleness only when nothing runs
+   or waits and the few samples there are sit well under the SLO.
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 
 Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as
@@ -127,7 +126,6 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         last_change_at=now if changed else state.last_change_at,
         last_error=fb.error if math.isfinite(fb.error) else 0.0,
         draining=frozenset((state.draining | new_drains) & live),
-        **_knee(state, fb.kind, budget, params, now),
         cut_ratio=_cut_ratio(state, fb, changed, budget),
     )
     return Decision(
@@ -140,19 +138,6 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
     )
 
 
-def _knee(state: LawState, kind: str, budget: float, params: LawParams, now: float) -> dict:
-    """Remember the budget an SLO violation cut from (later cuts of the same episode, on the same
-    late samples, do not move it lower), or make a disruption's feed-forward budget the cap."""
-    new_episode = now - state.knee_at >= params.episode_s
-    if kind == "slo-violation" and budget < state.budget and new_episode:
-        return {"knee_budget": state.budget, "knee_at": now}
-    if kind == "disruption" and budget < state.budget:
-        # The survivors' budget for the lost capacity is a prior the windows cannot judge yet
-        # (they still hold samples from before the notice): relaxing stops at it for a while.
-        return {"knee_budget": budget * math.exp(params.knee_margin), "knee_at": now}
-    return {"knee_budget": state.knee_budget, "knee_at": state.knee_at}
-
-
 def _cut_ratio(state: LawState, fb: "_Feedback", changed: bool, budget: float) -> float:
     """The worst p95/SLO a feedback cut acted on, kept until the next change (0 after a relax or
     a change for another reason)."""
@@ -160,13 +145,6 @@ def _cut_ratio(state: LawState, fb: "_Feedback", changed: bool, budget: float) -
         return state.cut_ratio
     cut = budget < state.budget and fb.kind in ("slo-violation", "tighten")
     return (fb.worst_ratio or 0.0) if cut else 0.0
-
-
-def _relax_cap(state: LawState, params: LawParams, now: float) -> float:
-    """Highest budget a relaxing step may reach: a margin under the last knee while it is fresh."""
-    if now - state.knee_at >= params.knee_memory_s or not math.isfinite(state.knee_budget):
-        return math.inf
-    return state.knee_budget * math.exp(-params.knee_margin)
 
 
 def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],
@@ -322,16 +300,6 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
             return _Feedback(budget, "hold", f"{what}: budget {budget:.2f}, relaxing later",
                              0.0, ratio, ttft, itl)
     target = min(max(budget * math.exp(step), floor), params.max_budget)
-    cap = _relax_cap(state, params, now) if not tighten and ratio is not None else math.inf
-    if target > cap:
-        # Latency rises steeply past the knee: relaxing back to where the SLO broke would only
-        # break it again, so stay a margin under that budget for a while.
-        target = max(budget, cap)
-        if target - budget < 0.005:
-            return _Feedback(budget, "hold", (
-                f"{what}: budget {budget:.2f}, relaxing no further than {cap:.2f} (the SLO broke "
-                f"at {state.knee_budget:.2f} {now - state.knee_at:.0f} s ago)"),
-                0.0, ratio, ttft, itl)
     if abs(target - budget) < 0.005:
         bound = "floor" if tighten else "ceiling"
         return _Feedback(budget, "hold", f"{what}: budget {budget:.2f} at its {bound}",

@@ -63,8 +63,6 @@ class LawParams:
     min_samples: int = 5
     episode_s: float = 10.0  # after a cut, how long the workers' windows still hold the late
     # samples it acted on (cuts within it belong to one violation)
-    knee_margin: float = 0.1  # relax at most to exp(-this) × the budget that last broke the SLO...
-    knee_memory_s: float = 300.0  # ...for this long after it did
     replace_disrupted_pods: bool = False
 
     @property
@@ -107,15 +105,12 @@ class LawParams:
 
 @dataclasses.dataclass(frozen=True)
 class LawState:
-    """What the law remembers between decisions. Restart safety: rebuild from status.budget (a
-    restart forgets the knee: relaxing is then held off by `last_change_at` alone)."""
+    """What the law remembers between decisions. Restart safety: rebuild from status.budget."""
 
     budget: float = 1.0
     last_change_at: float = -math.inf
     last_error: float = 0.0
     draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
-    knee_budget: float = math.inf  # the budget at which the p95 last broke the SLO
-    knee_at: float = -math.inf  # when it did
     cut_ratio: float = 0.0  # worst p95/SLO the last cut acted on (0: the last change was no cut)
 
 
