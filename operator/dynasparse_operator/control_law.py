@@ -15,6 +15,9 @@ The loop, in small steps:
    `setpoint_ratio` with a hold band (wider below than above); cuts fast, relaxes slowly (asymmetric
    steps, and hold-offs that wait for the reports to show the last change);
    clamped to [floor, ceiling] without wind-up (velocity form: only the budget is integrated).
+   Against hunting: a violating p95 no worse than the one the last cut acted on is the same
+   30 s window again and cuts nothing more; too few samples mean idleness only when nothing runs
+   or waits and the few samples there are sit well under the SLO.
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 
 Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as
@@ -123,6 +126,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         last_change_at=now if changed else state.last_change_at,
         last_error=fb.error if math.isfinite(fb.error) else 0.0,
         draining=frozenset((state.draining | new_drains) & live),
+        cut_ratio=_cut_ratio(state, fb, changed, budget),
     )
     return Decision(
         at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
@@ -132,6 +136,15 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
         events=tuple(events), problems=(problem,) if problem else (),
     )
+
+
+def _cut_ratio(state: LawState, fb: "_Feedback", changed: bool, budget: float) -> float:
+    """The worst p95/SLO a feedback cut acted on, kept until the next change (0 after a relax or
+    a change for another reason)."""
+    if not changed:
+        return state.cut_ratio
+    cut = budget < state.budget and fb.kind in ("slo-violation", "tighten")
+    return (fb.worst_ratio or 0.0) if cut else 0.0
 
 
 def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],
@@ -234,14 +247,23 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
     ttft = worst.ttft_p95_ms if worst else None
     itl = worst.inter_token_p95_ms if worst else None
     if ratio is None or ratio <= 0:
-        queued = sum(r.queue_depth for p in survivors if (r := reports.get(p.name)) is not None
-                     and now - r.received_at <= params.stale_after_s)
-        if queued:
-            # Too few finished requests to judge, yet requests wait: the pods may be so slow that
-            # nothing completes inside the window. Relaxing now would make that worse.
-            return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued: "
+        fresh_reports = [r for p in survivors if (r := reports.get(p.name)) is not None
+                         and now - r.received_at <= params.stale_after_s]
+        queued = sum(r.queue_depth for r in fresh_reports)
+        running = sum(r.running for r in fresh_reports)
+        if queued or running:
+            # Too few finished requests to judge, yet requests wait or run: the pods may be so
+            # slow that few complete inside the window, and sparse traffic is not idleness.
+            # Relaxing now would make the next requests slower.
+            return _Feedback(budget, "hold", f"too few samples to judge, {queued} queued, "
+                             f"{running} running: holding budget {budget:.2f}", 0.0)
+        near = [x for r in fresh_reports
+                if (x := slo_ratio(r, params, min_samples=1)) is not None and x > params.band[0]]
+        if near:
+            # The few samples there are sit near the SLO: relaxing would push the next over it.
+            return _Feedback(budget, "hold", f"too few samples to judge, the few near the SLO: "
                              f"holding budget {budget:.2f}", 0.0)
-        # Idle or light load, nothing waiting: nothing to protect, relax towards the ceiling.
+        # Idle, nothing waiting or running: nothing to protect, relax towards the ceiling.
         error, what = params.max_step_up / params.gain * 2, "idle (too few samples, none queued)"
     else:
         error, what = math.log(params.setpoint_ratio / ratio), _describe(worst, params)
@@ -263,6 +285,12 @@ def _feedback_core(budget: float, floor: float, survivors: Sequence[PodFacts],
         if since_change < params.tighten_holdoff_s and state.last_error < 0:
             return _Feedback(budget, "hold", f"{what}: last cut not yet visible",
                              state.last_error, ratio, ttft, itl)
+        if (state.cut_ratio > 0 and ratio is not None and since_change < params.episode_s
+                and ratio <= state.cut_ratio * 1.05):
+            # The window still holds the late samples the last cut acted on: a p95 no worse than
+            # that one is the same evidence again, not a sign the cut was too small.
+            return _Feedback(budget, "hold", f"{what}: no worse than at the last cut, waiting "
+                             "for it to show", state.last_error, ratio, ttft, itl)
     else:
         step = min(step, params.max_step_up)
         if stale:

@@ -26,6 +26,7 @@ class PodReport:
     samples: int = 0  # TTFT samples (requests) in the worker's window
     inter_token_samples: int = -1  # inter-token samples; -1: same as `samples`
     queue_depth: int = 0
+    running: int = 0  # requests in the decode batch (queue_depth counts only the waiting ones)
     applied_budget: float = 1.0
     expected_loss: float = 0.0
     min_budget: float = 0.0  # sparsest budget the worker's calibration offers
@@ -60,6 +61,8 @@ class LawParams:
     stale_after_s: float = 3.0
     settle_s: float = 1.0  # after a change, how long until reports reflect it (window + report)
     min_samples: int = 5
+    episode_s: float = 10.0  # after a cut, how long the workers' windows still hold the late
+    # samples it acted on (cuts within it belong to one violation)
     replace_disrupted_pods: bool = False
 
     @property
@@ -108,6 +111,7 @@ class LawState:
     last_change_at: float = -math.inf
     last_error: float = 0.0
     draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
+    cut_ratio: float = 0.0  # worst p95/SLO the last cut acted on (0: the last change was no cut)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ def report_from_pb(report: control_pb2.Report, received_at: float, pod: str = ""
         samples=ttft_n,
         inter_token_samples=itl_n,
         queue_depth=int(report.queue_depth),
+        running=int(report.running_sequences),
         applied_budget=_within(report.applied_budget, 0.0, 1.0, fallback=1.0),
         expected_loss=_within(report.expected_quality_loss, 0.0, 1e6, fallback=0.0),
         min_budget=_within(report.min_budget, 0.0, 1.0, fallback=0.0),

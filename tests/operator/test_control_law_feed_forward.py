@@ -53,13 +53,17 @@ def test_too_few_samples_say_nothing_about_the_slo():
     assert not violates_slo(quiet, PARAMS)
 
 
-def test_too_few_samples_relax_only_when_nothing_waits():
+def test_too_few_samples_relax_only_when_nothing_waits_and_the_few_are_fast():
     # so slow that few requests finish inside the window, with more queued: do not relax
     swamped = PodReport(name="a", received_at=10.0, ttft_p95_ms=15000, samples=2, queue_depth=6)
     held = decide({"a": swamped}, [PodFacts("a")], PARAMS, LawState(budget=0.5), now=11.0)
     assert held.to_budget == 0.5 and "6 queued" in held.reason
-    # light load, nothing waiting: relax towards dense
-    light = dataclasses.replace(swamped, queue_depth=0)
+    # nothing waiting, but the few samples are slow: still no relaxing
+    slow = dataclasses.replace(swamped, queue_depth=0)
+    held = decide({"a": slow}, [PodFacts("a")], PARAMS, LawState(budget=0.5), now=11.0)
+    assert held.to_budget == 0.5 and "near the SLO" in held.reason
+    # light load, nothing waiting, the few samples fast: relax towards dense
+    light = dataclasses.replace(swamped, queue_depth=0, ttft_p95_ms=100)
     relaxed = decide({"a": light}, [PodFacts("a")], PARAMS, LawState(budget=0.5), now=11.0)
     assert relaxed.to_budget > 0.5 and "none queued" in relaxed.reason
 
