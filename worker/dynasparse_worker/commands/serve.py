@@ -11,7 +11,6 @@ import argparse
 import os
 from pathlib import Path
 
-from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 
 HELP = "Serve a model: OpenAI-compatible HTTP API, mTLS gRPC control endpoint, in-pod fast loop."
 
@@ -59,11 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="require the API key on /metrics too (off by default: Prometheus scrapes without a "
            "bearer token unless its scrape config sets one); /healthz and /readyz stay open")
     a("--max-body-bytes", type=int,
-      default=int(_env("DYNASPARSE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-      help="larger request bodies get 413 without being read")
+      default=_int_env("DYNASPARSE_MAX_BODY_BYTES"),
+      help="larger request bodies get 413 without being read (default 1 MiB)")
     a("--body-timeout", type=float,
-      default=float(_env("DYNASPARSE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S)),
-      help="seconds a request body may take to arrive; slower clients get 408")
+      default=_float_or_none(_env("DYNASPARSE_BODY_TIMEOUT")),
+      help="seconds a request body may take to arrive; slower clients get 408 (default 30)")
     a("--max-connections", type=int, default=int(_env("DYNASPARSE_MAX_CONNECTIONS", 512)),
       help="open connections plus requests in flight; beyond it new requests get a plain 503")
     a("--keep-alive-timeout", type=float, default=float(_env("DYNASPARSE_KEEP_ALIVE_TIMEOUT", 5.0)),
@@ -109,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dynasparse_worker.control.fast_loop import FastLoopConfig
     from dynasparse_worker.errors import UserError
+    from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
     from dynasparse_worker.server.runtime import ServeSettings, WorkerRuntime
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--kv-memory-fraction must lie in (0, 1), e.g. 0.5")
     if args.max_queue is not None and args.max_queue < 1:
         raise UserError("--max-queue must be at least 1")
+    if args.max_body_bytes is None:
+        args.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    if args.body_timeout is None:
+        args.body_timeout = DEFAULT_BODY_TIMEOUT_S
     if args.max_body_bytes < 1024 or args.body_timeout <= 0 or args.max_connections < 8:
         raise UserError("--max-body-bytes must be at least 1024, --body-timeout positive and "
                         "--max-connections at least 8")
