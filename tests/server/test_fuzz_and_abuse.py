@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 
 from abuse_clients import HealthPoller, is_openai_error, send_oversized, send_trickling
 from fuzz_requests import request
-from test_serve_process import _wait_for_port
+from serve_process import serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -56,28 +55,12 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "dynasparse.cli", "serve", "--port", "0", "--max-seq-len", "256",
-           "--kv-tokens", "2048", "--max-batch-size", "8", "--max-queue", "64",
-           "--body-timeout", str(BODY_TIMEOUT_S), "--max-connections", str(MAX_CONNECTIONS),
-           "--keep-alive-timeout", str(KEEP_ALIVE_S)]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
-    lines: list[str] = []
-    try:
-        url = f"http://127.0.0.1:{_wait_for_port(proc, lines)}"
-        deadline = time.monotonic() + 180
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        yield Served(proc, url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_process("--max-seq-len", "256", "--kv-tokens", "2048", "--max-batch-size", "8",
+                       "--max-queue", "64", "--body-timeout", str(BODY_TIMEOUT_S),
+                       "--max-connections", str(MAX_CONNECTIONS),
+                       "--keep-alive-timeout", str(KEEP_ALIVE_S)) as process:
+        yield Served(process.proc, process.url)
+    lines = process.lines
     unexpected = [ln for ln in lines if "unhandled error" in ln or "Traceback" in ln]
     assert not unexpected, "".join(lines[-60:])
 
