@@ -97,6 +97,18 @@ def _never_admitted(exc: Exception) -> bool:
     return any(cls.__name__ == "ConnectError" for cls in type(exc.__cause__).__mro__)
 
 
+def _busy_retry_after(exc: Exception) -> float | None:
+    """Seconds to wait before sending again if the pod refused the request as busy (429, its
+    admission queue is full: the request never started), else None. Clients such as `openai`'s
+    retry these by default; the load does the same, elsewhere or later."""
+    if isinstance(exc, openai.RateLimitError):
+        try:
+            return float(exc.response.headers.get("retry-after", 1))
+        except (TypeError, ValueError):
+            return 1.0
+    return None
+
+
 def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> tuple[float, float]:
     """One streamed completion; (seconds to the first token, seconds to the whole answer)."""
     started = time.monotonic()
@@ -108,6 +120,9 @@ def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> tuple[float
                 first = time.monotonic() - started
     total = time.monotonic() - started
     return (first if first is not None else total), total
+
+
+BUSY_RETRIES = 6  # attempts per request: refused connections and 429s (never admitted) are re-sent
 
 
 class OpenLoopLoad:
@@ -133,7 +148,7 @@ class OpenLoopLoad:
 
     def _one(self, prompt: str) -> None:
         tried: set[str] = set()
-        for _attempt in range(2):
+        for _attempt in range(BUSY_RETRIES):
             choices = [e for e in self._endpoints if e not in tried] or list(self._endpoints)
             if not choices:
                 time.sleep(0.5)
@@ -150,6 +165,11 @@ class OpenLoopLoad:
             except Exception as exc:  # noqa: BLE001 - counted unless never admitted
                 if _never_admitted(exc):
                     continue  # retry elsewhere
+                wait = _busy_retry_after(exc)
+                if wait is not None:
+                    self._stop.wait(min(wait, 5.0))
+                    tried.discard(url)
+                    continue  # busy: retry after Retry-After, anywhere
                 with self._lock:
                     self.result.failed += 1
                     self.result.errors.append(f"{url}: {exc!r}")
