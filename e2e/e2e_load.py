@@ -8,9 +8,10 @@ would list). Used by scenarios 3 and 5.
   that measures what the pods serve per second right now; scenario 3 sizes its load from it.
 
 Requests stream, so the client sees the time to the first token (what the workers report as TTFT)
-as well as the whole answer. A request refused at connect time was never admitted, so it is
-retried once on another endpoint (what any L4/L7 balancer does); every other error counts as a
-failed request.
+as well as the whole answer. A request that was never admitted (connection refused, or 429 with
+Retry-After because the pod's queue is full) is sent again, elsewhere or after the wait, for up to
+`PATIENCE_S` (what a balancer plus an OpenAI client with retries does); every other error, or a
+request still refused after its patience, counts as a failed request.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class LoadResult:
     sent: int = 0
     ok: int = 0
     failed: int = 0
+    busy_refusals: int = 0  # 429s answered (the request was re-sent after Retry-After)
     errors: list[str] = dataclasses.field(default_factory=list)
     latencies_s: list[float] = dataclasses.field(default_factory=list)  # whole answers
     ttfts_s: list[float] = dataclasses.field(default_factory=list)  # to the first streamed token
@@ -122,7 +124,7 @@ def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> tuple[float
     return (first if first is not None else total), total
 
 
-BUSY_RETRIES = 6  # attempts per request: refused connections and 429s (never admitted) are re-sent
+PATIENCE_S = 60.0  # how long one request keeps being re-sent while pods refuse it (never admitted)
 
 
 class OpenLoopLoad:
@@ -148,7 +150,8 @@ class OpenLoopLoad:
 
     def _one(self, prompt: str) -> None:
         tried: set[str] = set()
-        for _attempt in range(BUSY_RETRIES):
+        give_up = time.monotonic() + PATIENCE_S
+        while time.monotonic() < give_up:
             choices = [e for e in self._endpoints if e not in tried] or list(self._endpoints)
             if not choices:
                 time.sleep(0.5)
@@ -164,10 +167,15 @@ class OpenLoopLoad:
                 return
             except Exception as exc:  # noqa: BLE001 - counted unless never admitted
                 if _never_admitted(exc):
+                    if not [e for e in self._endpoints if e not in tried]:
+                        time.sleep(0.2)  # every pod refused: let the endpoint view catch up
+                        tried.clear()
                     continue  # retry elsewhere
                 wait = _busy_retry_after(exc)
                 if wait is not None:
-                    self._stop.wait(min(wait, 5.0))
+                    with self._lock:
+                        self.result.busy_refusals += 1
+                    time.sleep(min(wait, 5.0, max(0.0, give_up - time.monotonic())))
                     tried.discard(url)
                     continue  # busy: retry after Retry-After, anywhere
                 with self._lock:
@@ -176,7 +184,7 @@ class OpenLoopLoad:
                 return
         with self._lock:
             self.result.failed += 1
-            self.result.errors.append("no endpoint accepted the request")
+            self.result.errors.append(f"no endpoint accepted the request within {PATIENCE_S:.0f} s")
 
     def _generate(self) -> None:
         for i in itertools.count():

@@ -146,6 +146,8 @@ def test_a_3x_load_step_lowers_the_budget_and_relaxes_after(operator_running, na
         log.note(f"p95 back under the SLO at budget {low}")
 
         step_result, base_result = step.stop(), base.stop()
+        log.note(f"{step_result.ok + base_result.ok} answered, "
+                 f"{step_result.busy_refusals + base_result.busy_refusals} refusals (429) re-sent")
         assert step_result.failed == 0 and base_result.failed == 0, \
             (step_result.errors + base_result.errors)[:5]
         start(base_rate / 3)
