@@ -19,12 +19,22 @@ def _run(engine: Engine) -> dict[str, list]:
     return events
 
 
-def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
+RIDING = pytest.mark.parametrize("ride", [False, True], ids=["eager-prefill", "prompts-ride-in-decode"])
+
+
+def _rode(engine: Engine, ride: bool) -> bool:
+    """Whether prompt chunks ran as decode rows exactly when asked (the test is not vacuous)."""
+    return (engine.runner.steps_with_riding_prompts > 0) == ride
+
+
+@RIDING
+def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model, ride):
     tok = default_model.tokenizer
     prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small"]
     ids = [tok(p)["input_ids"] for p in prompts]
     engine = Engine.from_loaded(default_model, EngineConfig(max_batch_size=4, max_seq_len=128,
-                                                            max_prefill_tokens=6))
+                                                            max_prefill_tokens=6,
+                                                            prefill_in_decode=ride))
     for i, prompt in enumerate(ids):
         engine.add_request(str(i), prompt, SamplingParams(max_tokens=16, ignore_eos=True))
     events = _run(engine)
@@ -34,6 +44,7 @@ def test_greedy_tokens_equal_hf_generate_on_the_default_model(default_model):
         streamed = "".join(e.text for e in events[str(i)])  # incremental detokenization
         assert streamed == tok.decode(got, skip_special_tokens=True)
     assert "Paris" in "".join(e.text for e in events["0"])
+    assert _rode(engine, ride)
 
 
 def test_stop_strings_cut_the_text_and_finish_the_request(default_model):
@@ -48,9 +59,10 @@ def test_stop_strings_cut_the_text_and_finish_the_request(default_model):
     assert events[-1].completion_tokens < 30
 
 
-def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):
+@RIDING
+def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama, ride):
     config = EngineConfig(max_batch_size=3, max_seq_len=64, kv_capacity_tokens=192,
-                          max_prefill_tokens=5)
+                          max_prefill_tokens=5, prefill_in_decode=ride)
     engine = Engine(tiny_llama, None, config)
     prompts = {"a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "b": [5, 4], "c": [9, 9, 9], "d": [2] * 13}
     engine.add_request("a", prompts["a"], SamplingParams(max_tokens=12, ignore_eos=True))
@@ -68,6 +80,7 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(tiny_llama):
         assert events[rid] == hf_greedy(tiny_llama, prompt, len(events[rid])), rid
     assert [len(events[r]) for r in "abcd"] == [12, 4, 9, 6]
     assert engine.stats().kv_usage == 0.0 and engine.stats().extra["kv_reserved"] == 0.0
+    assert _rode(engine, ride)
 
 
 def test_generation_ends_at_eos_unless_ignored(tiny_llama):
@@ -148,14 +161,17 @@ def _tiny_family(family: str, extra: dict):
     ("gemma2", GEMMA2),
     ("gemma3_text", GEMMA3),
 ])
-def test_other_families_match_hf_greedy_through_chunked_prefill(family, extra):
+@RIDING
+def test_other_families_match_hf_greedy_through_chunked_prefill(family, extra, ride):
     model = _tiny_family(family, extra)
     engine = Engine(model, None, EngineConfig(max_batch_size=2, max_seq_len=128,
-                                              kv_capacity_tokens=256, max_prefill_tokens=7))
+                                              kv_capacity_tokens=256, max_prefill_tokens=7,
+                                              prefill_in_decode=ride))
     prompt = list(range(3, 60))
     engine.add_request("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True))
     got = [t for e in _run(engine)["a"] for t in e.token_ids]
     assert got == hf_greedy(model, prompt, 8)
+    assert _rode(engine, ride)
 
 
 @pytest.mark.parametrize("family,extra", [("gemma2", GEMMA2), ("gemma3_text", GEMMA3)])

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dynasparse_worker.engine.scheduler import Scheduler, SchedulerConfig
+from dynasparse_worker.engine.scheduler import MIN_CHUNK_TOKENS, Scheduler, SchedulerConfig
 from dynasparse_worker.engine.sequence import Sequence, Status
 from dynasparse_worker.engine.types import SamplingParams
 
@@ -131,3 +131,29 @@ def test_prompts_that_can_never_fit_are_refused_at_once():
         sched.add(_seq("empty", 0, 1))
     sched.add(_seq("ok", 10, 100))
     assert sched.by_id["ok"].max_new_tokens == 6  # clipped to the slot's length
+
+
+def test_prompts_riding_in_the_decode_step_fill_only_the_rows_decoding_leaves_free():
+    config = SchedulerConfig(num_slots=8, max_seq_len=256, kv_capacity_tokens=2048,
+                             max_prefill_tokens=100, max_step_rows=48)
+    sched = Scheduler(config)
+    for i in range(6):
+        sched.add(_seq(f"r{i}", 2, 50))
+    _step(sched)
+    assert len(sched.running) == 6
+    sched.add(_seq("long", 120, 5))
+    batch, _ = _step(sched)
+    assert [c.length for c in batch.prefill] == [48 - 6]  # the decode batch keeps its rows
+    assert len(batch.decode) + sum(c.length for c in batch.prefill) == 48
+    full = Scheduler(SchedulerConfig(num_slots=8, max_seq_len=256, kv_capacity_tokens=2048,
+                                     max_prefill_tokens=100, max_step_rows=8))
+    for i in range(7):
+        full.add(_seq(f"r{i}", 2, 50))
+    _step(full)
+    full.add(_seq("late", 90, 5))
+    batch, _ = _step(full)
+    assert [c.length for c in batch.prefill] == [MIN_CHUNK_TOKENS]  # prefill still progresses
+    idle = Scheduler(config)
+    idle.add(_seq("alone", 120, 5))
+    batch, _ = _step(idle)
+    assert [c.length for c in batch.prefill] == [100]  # nothing decodes: the whole chunk budget

@@ -43,6 +43,7 @@ class EngineConfig:
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     kv_sinks: int = 4  # first tokens kept in attention when the plan caps the KV cache
     cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the rows the input-sparse path reads
+    prefill_in_decode: bool | None = None  # prompt chunks ride in the decode step (None: with graphs)
     detokenize: bool = True  # text and stop strings in the engine (off: the caller detokenizes)
 
     def runner_config(self) -> RunnerConfig:
@@ -76,6 +77,7 @@ class Engine:
             num_slots=cache.num_slots, max_seq_len=cache.max_seq_len,
             kv_capacity_tokens=cache.capacity_tokens,
             max_prefill_tokens=self.config.max_prefill_tokens,
+            max_step_rows=self.runner.max_step_rows,
         ))
         self.speed = None  # engine.speed.SpeedTable: measured step time of every plan level
         if table is not None and self.gated is not None and (
@@ -214,6 +216,7 @@ class Engine:
             extra={"kv_reserved": sched.reserved_tokens / cache.capacity_tokens,
                    "cuda_graphs": float(len(self.runner.graphs)),
                    "graph_captures": float(self.runner.captures),
+                   "steps_with_riding_prompts": float(self.runner.steps_with_riding_prompts),
                    **(self.speed.stats() if self.speed is not None else {})},
         )
 

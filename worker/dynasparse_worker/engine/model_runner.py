@@ -1,9 +1,12 @@
 """The model runner owns the device: weights (via `DecoderModel`), the KV cache, CUDA graphs, sampling.
 
-`run(batch)` executes one scheduler `Batch`: the step's prompt chunks are prefilled together in one
-eager forward (attention per chunk: SDPA over its slot's cached prefix), the decode sequences run as one batch — on CUDA by replaying the graph
-captured at start-up for the smallest batch bucket that holds them, on the CPU by the same code
-eagerly — and the rows that need a token are sampled together, with one device→host sync per step.
+`run(batch)` executes one scheduler `Batch`. The decode sequences run as one batch, on CUDA by
+replaying the graph captured at start-up for the smallest batch bucket that holds them, on the CPU
+by the same code eagerly. On CUDA the step's prompt chunks ride in that batch as extra rows when
+they fit in the largest bucket (`rides_along`); otherwise (long chunks, and always on the CPU,
+where an eager forward costs no launch overhead) they are prefilled together in one eager forward
+(attention per chunk: SDPA over its slot's cached prefix). The rows that need a token are sampled
+together, with one device→host sync per step.
 
 With a `SparsityState` the runner serves the gated model's plan (issue 4): per batch bucket it
 captures the ungated dense graph (budget 1.0: no gate cost at all) and one gated graph per depth
@@ -47,6 +50,7 @@ class RunnerConfig:
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     kv_sinks: int = 4  # first tokens every sequence keeps attending to when the plan caps the KV
     cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the input-major rows the sparse path reads
+    prefill_in_decode: bool | None = None  # prompt chunks ride in the decode step (None: with graphs)
 
 
 class ModelRunner:
@@ -65,6 +69,7 @@ class ModelRunner:
         self.half_bytes = self.model.half_bytes()  # [L] (attention, MLP) weight bytes
         self.plan: HostPlan | None = None
         self.captures = 0  # CUDA graphs captured so far (all at start-up)
+        self.steps_with_riding_prompts = 0  # steps whose prompt chunks ran as decode rows
         self.speed: Any | None = None  # engine.speed.SpeedTable, measured after capture
         self.last_variant: tuple[int, Variant] | None = None  # (bucket, variant) of the last decode
         slots = plan_slots(self.model.shape, self.dtype, self.device, config.max_batch_size,
@@ -119,23 +124,48 @@ class ModelRunner:
     def run(self, batch: Batch) -> dict[str, int]:
         rows: list[Sequence] = []
         logits: list[Tensor] = []
-        if batch.prefill:
+        riding = batch.prefill if self.rides_along(batch) else []
+        self.steps_with_riding_prompts += bool(riding)
+        if batch.prefill and not riding:
             done, last = self._prefill(batch.prefill)  # [len(done), V] or None
             if last is not None:
                 rows.extend(done)
                 logits.append(last)
         greedy = None
-        if batch.decode:
-            rows.extend(batch.decode)
-            decode_logits, greedy = self._decode(batch.decode)  # [B, V], [B]
-            logits.append(decode_logits)
+        if batch.decode or riding:
+            done, step_logits, greedy = self._decode(batch.decode, riding)  # [R, V], [R]
+            rows.extend(done)
+            logits.append(step_logits)
         if not rows:
             return {}
-        if greedy is not None and not batch.prefill and all(s.params.temperature <= 0 for s in rows):
+        if greedy is not None and len(logits) == 1 and all(s.params.temperature <= 0 for s in rows):
             tokens = greedy.tolist()  # argmax already ran inside the graph
         else:
             tokens = self._sample(rows, torch.cat(logits) if len(logits) > 1 else logits[0])
         return {seq.request_id: token for seq, token in zip(rows, tokens)}
+
+    @property
+    def max_step_rows(self) -> int | None:
+        """Most token rows (decoded tokens + prompt tokens riding along) one decode step runs:
+        the largest captured batch bucket, or None when prompts never ride in the decode step."""
+        return self.buckets[-1] if self._prompts_ride else None
+
+    @property
+    def _prompts_ride(self) -> bool:
+        ride = self.config.prefill_in_decode
+        return bool(self.graphs) if ride is None else ride
+
+    def rides_along(self, batch: Batch) -> bool:
+        """Whether the step's prompt chunks run as extra rows of the decode step (one graph
+        replay) instead of a separate eager prefill forward. A prompt token at position p of a
+        slot is a decode row whose length is p + 1: its K/V are written before any row of the
+        layer attends, so the rows of one chunk see each other causally. On CUDA this turns the
+        prefill of short prompts, which costs host time (hundreds of kernel launches) rather
+        than GPU time, into a few more rows of a captured graph."""
+        if not batch.prefill or not self._prompts_ride:
+            return False
+        rows = len(batch.decode) + sum(c.length for c in batch.prefill)
+        return rows <= self.buckets[-1]
 
     def _prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], Tensor | None]:
         """All prompt chunks of a step in ONE forward (their tokens side by side; attention per
@@ -175,21 +205,44 @@ class ModelRunner:
         last = torch.tensor([i for i, _ in done], device=self.device)  # [D]
         return [seq for _, seq in done], self.model.logits(hidden[last])  # [D, V]
 
-    def _decode(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor]:
-        """-> logits [count, V] and their argmax [count] (computed in the graph on CUDA)."""
+    def _decode(self, seqs: list[Sequence], chunks: list[PrefillChunk]
+                ) -> tuple[list[Sequence], Tensor, Tensor]:
+        """One decode step of `seqs` with `chunks`' prompt tokens as extra rows -> the sequences
+        that get a token (the decoded ones, then those whose prompt completed), their logits
+        [R, V] and argmax [R] (computed in the graph on CUDA)."""
         count = len(seqs)
-        bucket = self.buckets[bisect.bisect_left(self.buckets, count)] if self.graphs else count
-        plan = self.current_plan()
-        plan_bucket = self._plan_bucket(bucket)
-        variant = plan.variants[plan_bucket] if plan is not None else DENSE
         host = self.host_np  # [4, Bmax] pinned on CUDA: tokens, positions, slots, lens
         host[0, :count] = [s.last_token for s in seqs]
         host[1, :count] = [s.num_cached for s in seqs]
         host[2, :count] = [s.slot for s in seqs]
         host[3, :count] = host[1, :count] + 1
-        host[:, count:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
+        rows, picked, done = count, list(range(count)), list(seqs)
+        for chunk in chunks:
+            seq, start, n = chunk.seq, chunk.start, chunk.length
+            host[0, rows:rows + n] = seq.prompt_ids[start:start + n]
+            host[1, rows:rows + n] = range(start, start + n)
+            host[2, rows:rows + n] = seq.slot
+            host[3, rows:rows + n] = host[1, rows:rows + n] + 1
+            rows += n
+            if chunk.completes_prompt:
+                picked.append(rows - 1)
+                done.append(seq)
+        bucket = self.buckets[bisect.bisect_left(self.buckets, rows)] if self.graphs else rows
+        host[:, rows:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
         # async from pinned memory: the host buffer is next written after this step's sync
         self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
+        out, top = self._decode_rows(bucket)  # [bucket, V], [bucket]
+        if len(picked) == rows:
+            return done, out[:rows], top[:rows]
+        index = torch.tensor(picked).to(self.device, non_blocking=True)  # [R]
+        return done, out[index], top[index]
+
+    def _decode_rows(self, bucket: int) -> tuple[Tensor, Tensor]:
+        """Run the first `bucket` rows of `self.inputs` under the current plan -> logits
+        [bucket, V] and their argmax [bucket]: the captured graph's replay, else eagerly."""
+        plan = self.current_plan()
+        plan_bucket = self._plan_bucket(bucket)
+        variant = plan.variants[plan_bucket] if plan is not None else DENSE
         width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
         chosen = self.chosen_signature(bucket, variant, width)
         if self.graphs:
@@ -198,9 +251,9 @@ class ModelRunner:
                 self.last_variant = (bucket, captured[0])
                 graph, out, top = self.graphs[bucket, captured]
                 graph.replay()
-                return out[:count], top[:count]
+                return out, top
         self.last_variant = (bucket, variant)  # eager: CPU, or a plan no graph was captured for
-        out = self._decode_forward(bucket, variant, width, chosen)[:count]  # [count, V]
+        out = self._decode_forward(bucket, variant, width, chosen)  # [bucket, V]
         return out, out.argmax(dim=-1)
 
     def _decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0,

@@ -6,6 +6,9 @@ Policy, each step:
 * every running sequence decodes one token (the decode batch never waits for prefill);
 * admitted sequences whose prompt is not yet cached get prefill chunks, FIFO, until
   `max_prefill_tokens` are spent — so a long prompt is split over several steps, interleaved with decode;
+  while sequences decode and the runner runs prompt tokens as extra rows of the decode step
+  (`max_step_rows`), the chunks fill only the rows the decode batch leaves free (at least
+  `MIN_CHUNK_TOKENS`), so running streams keep their step time when a burst of prompts arrives;
 * waiting sequences are admitted FIFO when a KV slot is free and their whole reservation
   (prompt + allowed new tokens) fits in the KV capacity still unreserved. Reserving up front means no
   preemption is ever needed, and FIFO admission means no request is overtaken forever (no starvation).
@@ -26,6 +29,10 @@ class SchedulerConfig:
     max_seq_len: int  # KV tokens one sequence may hold (prompt + generated)
     kv_capacity_tokens: int  # KV tokens all sequences may reserve together
     max_prefill_tokens: int = 512  # prompt tokens prefilled per step (the chunk budget)
+    max_step_rows: int | None = None  # rows one decode step runs, prompt tokens included (None: no cap)
+
+
+MIN_CHUNK_TOKENS = 32  # prompt tokens a step gives prefill even when the decode batch fills its rows
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class Scheduler:
         self._admit()
         batch = Batch(decode=list(self.running))
         budget = self.config.max_prefill_tokens
+        if self.running and self.config.max_step_rows:
+            budget = min(budget, max(self.config.max_step_rows - len(self.running), MIN_CHUNK_TOKENS))
         for seq in self.prefilling:
             if budget <= 0:
                 break
