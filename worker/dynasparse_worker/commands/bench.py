@@ -164,14 +164,15 @@ def _load(args, device):
 
 
 def engine_config(batch_sizes, prompt_len: int, gen_len: int, kv_fraction: float = 0.4):
-    """The engine the benchmark builds: graphs only for the measured batch sizes."""
+    """The engine the benchmark builds: graphs only for the measured batch sizes (no rows kept
+    for prompts riding along: the benchmark prefills before it times decode)."""
     from dynasparse_worker.engine import EngineConfig
 
     seq = prompt_len + gen_len + 8
     return EngineConfig(max_batch_size=max(batch_sizes), max_seq_len=seq,
                         kv_memory_fraction=kv_fraction, kv_capacity_tokens=max(batch_sizes) * seq,
                         max_prefill_tokens=max(2048, prompt_len),
-                        batch_buckets=tuple(sorted(set(batch_sizes))))
+                        batch_buckets=tuple(sorted(set(batch_sizes))), ride_rows=0)
 
 
 def bench(model, tokenizer, device, batch_sizes, prompt_len, gen_len, hf_gen_len,

@@ -44,6 +44,7 @@ class EngineConfig:
     kv_sinks: int = 4  # first tokens kept in attention when the plan caps the KV cache
     cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the rows the input-sparse path reads
     prefill_in_decode: bool | None = None  # prompt chunks ride in the decode step (None: with graphs)
+    ride_rows: int = 64  # rows beyond the KV slots a decode step keeps for prompt tokens riding along
     detokenize: bool = True  # text and stop strings in the engine (off: the caller detokenizes)
 
     def runner_config(self) -> RunnerConfig:
@@ -85,6 +86,7 @@ class Engine:
             from dynasparse_worker.engine.speed import measure_speed
 
             self.speed = measure_speed(self.runner, self.gated, self.apply_budget, speed_timer)
+        self._speed_stats = self.speed.stats() if self.speed is not None else {}  # fixed from here on
         self.eos_ids = _eos_ids(model, tokenizer)
         detokenize = self.config.detokenize and tokenizer is not None
         self.detokenizer = Detokenizer(tokenizer) if detokenize else None
@@ -217,7 +219,7 @@ class Engine:
                    "cuda_graphs": float(len(self.runner.graphs)),
                    "graph_captures": float(self.runner.captures),
                    "steps_with_riding_prompts": float(self.runner.steps_with_riding_prompts),
-                   **(self.speed.stats() if self.speed is not None else {})},
+                   **self._speed_stats},
         )
 
 

@@ -51,6 +51,7 @@ class RunnerConfig:
     kv_sinks: int = 4  # first tokens every sequence keeps attending to when the plan caps the KV
     cpu_sparse_dtype: str = "bfloat16"  # CPU: dtype of the input-major rows the sparse path reads
     prefill_in_decode: bool | None = None  # prompt chunks ride in the decode step (None: with graphs)
+    ride_rows: int = 64  # rows beyond the KV slots a decode step keeps for prompt tokens riding along
 
 
 class ModelRunner:
@@ -76,7 +77,8 @@ class ModelRunner:
                            config.max_seq_len, config.kv_memory_fraction, config.kv_capacity_tokens)
         self.cache: KVCache = allocate(self.model.shape, slots, config.max_seq_len, self.dtype,
                                        self.device)
-        self.buckets = sorted({b for b in config.batch_buckets if b < slots} | {slots})
+        rows = slots + (config.ride_rows if self._rides_configured(config) else 0)
+        self.buckets = sorted({b for b in config.batch_buckets if b < rows} | {slots, rows})
         self.inputs = torch.zeros(4, self.buckets[-1], dtype=torch.long, device=self.device)  # [4, Bmax]
         self.host = torch.zeros(4, self.buckets[-1], dtype=torch.long,
                                 pin_memory=self.device.type == "cuda")  # [4, Bmax]
@@ -154,6 +156,12 @@ class ModelRunner:
     def _prompts_ride(self) -> bool:
         ride = self.config.prefill_in_decode
         return bool(self.graphs) if ride is None else ride
+
+    def _rides_configured(self, config: RunnerConfig) -> bool:
+        """Whether prompts will ride (decided before capture: graphs are captured on CUDA)."""
+        if config.prefill_in_decode is not None:
+            return config.prefill_in_decode
+        return self.device.type == "cuda" and config.cuda_graphs
 
     def rides_along(self, batch: Batch) -> bool:
         """Whether the step's prompt chunks run as extra rows of the decode step (one graph
@@ -234,7 +242,7 @@ class ModelRunner:
         out, top = self._decode_rows(bucket)  # [bucket, V], [bucket]
         if len(picked) == rows:
             return done, out[:rows], top[:rows]
-        index = torch.tensor(picked).to(self.device, non_blocking=True)  # [R]
+        index = torch.tensor(picked, dtype=torch.long).to(self.device, non_blocking=True)  # [R]
         return done, out[index], top[index]
 
     def _decode_rows(self, bucket: int) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEve
 from dynasparse_worker.server.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0005  # how soon a waiting thread may take the GIL from a running one
 
 
 class QueueFull(Exception):
@@ -121,6 +124,11 @@ class EngineLoop:
     # ---- asyncio side ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        if getattr(self.engine.runner.device, "type", "cpu") == "cuda":
+            # The engine thread leaves the GIL while the device runs a step and needs it back the
+            # moment the step's sync returns; at the default 5 ms switch interval a busy output or
+            # event-loop thread could keep it for a whole step.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.supervisor.bind_engine_thread(self._wake.set)
         self._output = threading.Thread(target=self._run_output, name="engine-output", daemon=True)
         self._output.start()
