@@ -120,23 +120,34 @@ class EngineLoop:
         self._output: threading.Thread | None = None
         self._empty = asyncio.Event()
         self._empty.set()
+        self.host_cpu = HostCpu()  # CPU seconds of the three stages, for the step profile
+        self._clock: asyncio.Future | None = None
 
     # ---- asyncio side ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if getattr(self.engine.runner.device, "type", "cpu") == "cuda":
-            # The engine thread leaves the GIL while the device runs a step and needs it back the
-            # moment the step's sync returns; at the default 5 ms switch interval a busy output or
-            # event-loop thread could keep it for a whole step.
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        # The engine thread gives the GIL up in every torch call (and while the device runs a
+        # step) and needs it back at once; at the default 5 ms switch interval a busy output or
+        # event-loop thread could keep it for a whole step.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        loop.call_soon_threadsafe(lambda: setattr(self, "_clock", asyncio.ensure_future(
+            self._clock_event_loop())))
         self.supervisor.bind_engine_thread(self._wake.set)
         self._output = threading.Thread(target=self._run_output, name="engine-output", daemon=True)
         self._output.start()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 
+    async def _clock_event_loop(self) -> None:
+        """Publish the event-loop thread's CPU time (HTTP, SSE) every `HostCpu.TICK_S`."""
+        while not self._stop.is_set():
+            self.host_cpu.event_loop_s = time.thread_time()
+            await asyncio.sleep(HostCpu.TICK_S)
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._clock is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._clock.cancel)
         self._wake.set()
         self._outbox.put(None)
         for thread in (self._thread, self._output):
@@ -222,7 +233,7 @@ class EngineLoop:
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        profile = StepProfile()
+        profile = StepProfile(self.host_cpu)
         try:
             while not self._stop.is_set():
                 began = time.perf_counter()
@@ -284,10 +295,12 @@ class EngineLoop:
             if events == "died":
                 self._loop_call(self._fail_after_death)
                 return
+            began = time.thread_time()
             try:
                 self._deliver(events)
             except Exception:  # noqa: BLE001 - keep delivering the next steps
                 log.exception("delivering a step's events failed")
+            self.host_cpu.output_s += time.thread_time() - began
 
     def _fail_after_death(self) -> None:
         self.fail_all("the engine stopped: retry on another replica")
@@ -349,17 +362,38 @@ class EngineLoop:
             self.metrics.e2e.observe(now - handle.admitted_at)
 
 
+@dataclass
+class HostCpu:
+    """CPU seconds spent so far by the engine loop's other two stages, each written by its own
+    thread: the output thread adds after every step it delivers, the event loop publishes its
+    thread's total every `TICK_S`."""
+
+    TICK_S = 1.0
+    output_s: float = 0.0
+    event_loop_s: float = 0.0
+
+
 class StepProfile:
     """Where the engine thread's time goes while busy, logged every `every_s` seconds: the step
-    itself (schedule, run with its one device sync, postprocess) and the host work between steps
-    (admissions, cancellations, the fast loop)."""
+    itself (schedule, run with its one device sync, postprocess), the host work between steps
+    (admissions, cancellations, the fast loop), and the CPU each stage spends per token (engine
+    thread, output thread, event loop): the three share one interpreter lock, so their sum per
+    token bounds what one worker process can serve."""
 
-    def __init__(self, every_s: float = 5.0):
+    def __init__(self, host: HostCpu | None = None, every_s: float = 5.0):
         self.every_s = every_s
+        self.host = host or HostCpu()
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
         self.since, self.steps, self.step_s, self.between_s, self.events = now, 0, 0.0, 0.0, 0
+        self.cpu = (time.thread_time(), self.host.output_s, self.host.event_loop_s)
+
+    def cpu_us_per_token(self) -> tuple[float, float, float]:
+        """(engine, output, event loop) CPU microseconds per token since the last log."""
+        now = (time.thread_time(), self.host.output_s, self.host.event_loop_s)
+        per = 1e6 / max(1, self.events)
+        return tuple(max(0.0, (b - a) * per) for a, b in zip(self.cpu, now))  # type: ignore[return-value]
 
     def add(self, between_s: float, step_s: float, events: int, now: float) -> None:
         self.steps += 1
@@ -368,9 +402,11 @@ class StepProfile:
         self.events += events
         if now - self.since >= self.every_s:
             n = self.steps
+            engine, output, loop = self.cpu_us_per_token()
             log.info("engine loop: %d steps in %.1f s, step %.2f ms, between steps %.3f ms, "
-                     "%.1f events per step", n, now - self.since, 1000 * self.step_s / n,
-                     1000 * self.between_s / n, self.events / n)
+                     "%.1f events per step, host CPU per token: engine %.0f us, output %.0f us, "
+                     "event loop %.0f us", n, now - self.since, 1000 * self.step_s / n,
+                     1000 * self.between_s / n, self.events / n, engine, output, loop)
             self._reset(now)
 
 

@@ -68,6 +68,21 @@ def _sse(payload: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+_SLOT = "\x00text\x00"  # stands for the text in a chunk template; JSON escapes it uniquely
+
+
+def _text_chunk_writer(template: bytes):
+    """The per-token chunk, the hottest bytes a worker writes: `template` is the stream's chunk
+    with `_SLOT` as its text, rendered once; each token only splices its JSON-escaped text in
+    (the same bytes as rendering the whole chunk, without building and encoding it again)."""
+    head, tail = template.split(json.dumps(_SLOT).encode(), 1)
+
+    def render(text: str) -> bytes:
+        return head + json.dumps(text).encode() + tail
+
+    return render
+
+
 async def sse_stream(shape: Shape, events: AsyncIterator[TokenEvent], prompt_tokens: int
                      ) -> AsyncIterator[bytes]:
     """The SSE byte stream of one request; `events` ends after the finished event."""
@@ -87,12 +102,13 @@ async def sse_stream(shape: Shape, events: AsyncIterator[TokenEvent], prompt_tok
             return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
         return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
 
+    text_chunk = _text_chunk_writer(chunk([choice(_SLOT, None)]))
     if shape.chat:
         yield chunk([choice(None, None, first=True)])
     async for ev in events:
         if not ev.finished:
             if ev.text:
-                yield chunk([choice(ev.text, None)])
+                yield text_chunk(ev.text)
             continue
         try:
             reason = finish_reason_of(ev)
