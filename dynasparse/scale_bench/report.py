@@ -4,26 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = ("streams", "models", "connect s", "op CPU idle", "op CPU viol.", "budget p50 ms",
-           "p95 ms", "max ms", "all pods p95 ms", "answered", "RSS MB")
+COLUMNS = ("streams", "models", "connect s", "op CPU idle", "op CPU viol.", "loop thread",
+           "budget p50 ms", "p95 ms", "max ms", "decided p95 ms", "all pods p95 ms", "max ms",
+           "answered", "RSS MB")
 
 
 def table(result: dict) -> str:
     rows = [COLUMNS]
     for lv in result["levels"]:
         own, fan = lv["violation_to_budget_s"], lv["violation_to_all_pods_s"]
+        built = lv["violation_to_command_built_s"]
         rows.append((str(lv["streams"]), str(lv["models"]), f"{lv['connect_s']:.1f}",
                      f"{lv['operator_cpu_per_s_idle']:.3f}",
                      f"{lv['operator_cpu_per_s_violations']:.3f}",
-                     _ms(own["p50"]), _ms(own["p95"]), _ms(own["max"]), _ms(fan["p95"]),
+                     f"{lv['operator_loop_thread_cpu_per_s_violations']:.3f}",
+                     _ms(own["p50"]), _ms(own["p95"]), _ms(own["max"]), _ms(built["p95"]),
+                     _ms(fan["p95"]), _ms(fan["max"]),
                      f"{lv['answered']}/{lv['violations']}",
                      f"{lv['rss_mb_end']:.0f} (+{lv['rss_mb_end'] - lv['rss_mb_baseline']:.0f})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + ("\n\nop CPU: operator process CPU seconds per wall second (all its "
-                               "threads); budget: violating report leaves the worker -> lower "
-                               "budget arrives back at it; all pods: every pod of that model has it")
+    return "\n".join(lines) + (
+        "\n\nop CPU: operator process CPU seconds per wall second, all its threads (loop thread: "
+        "the asyncio thread alone, during violations); budget: violating report leaves the worker "
+        "-> lower budget arrives back at it; decided: -> the operator built that command (wall "
+        "clock, ms); all pods: every pod of that model has it")
 
 
 def _ms(seconds: float | None) -> str:
