@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--rounds", type=int, default=5, help="violations per model per level")
     a("--round-s", type=float, default=2.5, help="seconds between a model's violations")
     a("--idle-s", type=float, default=3.0, help="seconds measured with streams open, no violations")
+    a("--report-interval-s", type=float, default=None,
+      help="report interval the operator asks of the workers (default: the operator's own)")
     a("--json", type=Path, default=None, help="write the figures here")
     a("--plot", type=Path, default=None, help="draw them here (PNG; needs matplotlib)")
     a("--profile-dir", type=Path, default=None,
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace):
     from dynasparse.scale_bench.run import BenchConfig, BenchError
+    from dynasparse_proto.limits import REPORT_INTERVAL_RANGE_S
 
     try:
         streams = tuple(int(s) for s in args.streams.split(",") if s.strip())
@@ -41,8 +44,13 @@ def config_from(args: argparse.Namespace):
     if args.rounds < 1 or args.round_s < 1.0 or args.idle_s < 0 or args.pods_per_model < 0:
         raise BenchError("--rounds must be at least 1, --round-s at least 1 s (the law holds a "
                          "second after a cut), --idle-s and --pods-per-model not negative")
+    low, high = REPORT_INTERVAL_RANGE_S
+    if args.report_interval_s is not None and not low <= args.report_interval_s <= high:
+        raise BenchError(f"--report-interval-s must be within [{low:g}, {high:g}] s: workers clamp "
+                         "any other value into that range")
     return BenchConfig(streams=streams, pods_per_model=args.pods_per_model, rounds=args.rounds,
-                       round_s=args.round_s, idle_s=args.idle_s, profile_dir=args.profile_dir)
+                       round_s=args.round_s, idle_s=args.idle_s, profile_dir=args.profile_dir,
+                       report_interval_s=args.report_interval_s)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 
 from dynasparse_operator import manifests, pki
+from dynasparse_operator.settings import ControlSettings
 
 NAMESPACE = "scale-bench"
 FIRST_HOST = (127, 0, 1, 1)
@@ -81,9 +82,12 @@ def free_port() -> int:
 
 
 def make_plan(folder: Path, streams: int, pods_per_model: int, *, port: int | None = None,
-              ttft_slo_ms: float = 500.0, min_budget: float = 0.05, interval_s: float = 2.0,
-              report_interval_s: float = 0.5, ca: pki.KeyPair | None = None) -> Plan:
-    """Lay out the fleet and write its certificates under `folder`."""
+              ttft_slo_ms: float = 500.0, min_budget: float = 0.05,
+              interval_s: float = ControlSettings.interval_s,
+              report_interval_s: float = ControlSettings.report_interval_s,
+              ca: pki.KeyPair | None = None) -> Plan:
+    """Lay out the fleet and write its certificates under `folder` (intervals: the operator's
+    defaults unless given)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = ca or pki.make_ca()
     (folder / "ca.crt").write_bytes(ca.cert_pem)

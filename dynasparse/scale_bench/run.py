@@ -38,6 +38,7 @@ class BenchConfig:
     timeout_s: float = 5.0  # a violation without a lower budget by then counts as missed
     connect_timeout_s: float = 120.0
     ttft_slo_ms: float = 500.0
+    report_interval_s: float | None = None  # None: the operator's default
     profile_dir: Path | None = None  # cProfile of the operator process per level
 
 
@@ -46,7 +47,8 @@ class BenchError(Exception):
 
 
 async def run_level(config: BenchConfig, streams: int, folder: Path) -> dict:
-    plan = make_plan(folder, streams, config.pods_per_model, ttft_slo_ms=config.ttft_slo_ms)
+    intervals = {} if config.report_interval_s is None else {"report_interval_s": config.report_interval_s}
+    plan = make_plan(folder, streams, config.pods_per_model, ttft_slo_ms=config.ttft_slo_ms, **intervals)
     plan_path = folder / "plan.json"
     plan.save(plan_path)
     fleet = Fleet(plan)
@@ -129,7 +131,7 @@ def _level_figures(streams, plan, fleet, baseline, idle, active, end, totals, *,
     own = [e.own_s for e in fleet.episodes if e.own_s is not None]
     fan_out = [e.all_s for e in fleet.episodes if e.all_s is not None]
     return {
-        "streams": streams, "models": len(plan.models),
+        "streams": streams, "models": len(plan.models), "report_interval_s": plan.report_interval_s,
         "pods_per_model": max(len(m.pods) for m in plan.models),
         "connect_s": connect_s,
         "operator_cpu_per_s_connect": rate(baseline, idle),

@@ -46,7 +46,7 @@ def test_twenty_streams_answer_every_violation_and_write_table_json_and_plot(tmp
 
 
 @pytest.mark.parametrize("flags", [["--streams", "ten"], ["--streams", "0"], ["--round-s", "0.5"],
-                                   ["--rounds", "0"]])
+                                   ["--rounds", "0"], ["--report-interval-s", "0.01"]])
 def test_flags_that_cannot_make_a_benchmark_are_refused_with_what_to_pass(flags):
     parser = argparse.ArgumentParser()
     scale_bench.add_arguments(parser)
