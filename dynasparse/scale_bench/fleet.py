@@ -167,6 +167,9 @@ class Fleet:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop(None) for s in self.servers))
 
+    def reports_sent(self) -> int:
+        return sum(w.reports for w in self.workers.values())
+
     def steered(self) -> int:
         """Pods that applied an update from the operator."""
         return sum(1 for w in self.workers.values() if w.updates)

@@ -75,12 +75,12 @@ async def run_level(config: BenchConfig, streams: int, folder: Path) -> dict:
                 raise BenchError(f"the operator process ended early:\n{_tail(log_path)}")
             await asyncio.sleep(0.05)
         connect_s = time.monotonic() - started
-        idle = await operator.mark("idle")
+        idle = {**await operator.mark("idle"), "reports": fleet.reports_sent()}
         await asyncio.sleep(config.idle_s)
-        active = await operator.mark("active")
+        active = {**await operator.mark("active"), "reports": fleet.reports_sent()}
         fleet_cpu = _cpu()
         await _violations(fleet, config)
-        end = await operator.mark("end")
+        end = {**await operator.mark("end"), "reports": fleet.reports_sent()}
         fleet_cpu = _cpu() - fleet_cpu
         totals = await operator.stop()
     finally:
@@ -128,6 +128,9 @@ def _level_figures(streams, plan, fleet, baseline, idle, active, end, totals, *,
     def rate(a, b, key="cpu_s"):
         return (b[key] - a[key]) / (b["at"] - a["at"])
 
+    def per_report_ms(a, b, key="cpu_s"):
+        return 1000 * (b[key] - a[key]) / max(1, b["reports"] - a["reports"])
+
     own = [e.own_s for e in fleet.episodes if e.own_s is not None]
     fan_out = [e.all_s for e in fleet.episodes if e.all_s is not None]
     return {
@@ -139,6 +142,9 @@ def _level_figures(streams, plan, fleet, baseline, idle, active, end, totals, *,
         "operator_cpu_per_s_violations": rate(active, end),
         "operator_loop_thread_cpu_per_s_idle": rate(idle, active, "loop_cpu_s"),
         "operator_loop_thread_cpu_per_s_violations": rate(active, end, "loop_cpu_s"),
+        "reports_per_s_idle": (active["reports"] - idle["reports"]) / (active["at"] - idle["at"]),
+        "operator_cpu_ms_per_report_idle": per_report_ms(idle, active),
+        "operator_loop_thread_cpu_ms_per_report_idle": per_report_ms(idle, active, "loop_cpu_s"),
         "fleet_cpu_per_s_violations": fleet_cpu / (end["at"] - active["at"]),
         "rss_mb_baseline": baseline["rss_mb"], "rss_mb_end": end["rss_mb"],
         "peak_rss_mb": totals["peak_rss_mb"],

@@ -37,7 +37,9 @@ def test_twenty_streams_answer_every_violation_and_write_table_json_and_plot(tmp
         stats = level[key]
         assert stats["n"] == level["violations"]
         assert 0.0 <= stats["p50"] <= stats["p95"] <= stats["max"]
-    for key in ("operator_cpu_per_s_idle", "operator_cpu_per_s_violations"):
+    assert level["reports_per_s_idle"] > 0
+    for key in ("operator_cpu_per_s_idle", "operator_cpu_per_s_violations",
+                "operator_cpu_ms_per_report_idle"):
         assert level[key] > 0.0
     assert level["rss_mb_end"] >= level["rss_mb_baseline"] > 0
     assert report.table(figures).splitlines()[2].split()[:2] == ["20", "4"]
