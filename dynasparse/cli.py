@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "dev-certs": "dynasparse_worker.commands.dev_certs",
     "operator": "dynasparse_operator.commands.run",
     "dev-cluster": "dynasparse.commands.dev_cluster",
+    "scale-bench": "dynasparse.commands.scale_bench",
 }
 
 

@@ -111,6 +111,7 @@ class ControlLoop:
         self.sequence_sent = 0
         self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
         self.decision: Decision | None = None
+        self._params: LawParams | None = None  # as of the last step (see `params`)
         self.last_events: set[str] = set()
         self.last_problems: set[str] = set()
         self.pool = StreamPool(deps.tls, worker_dns_names(owner)[0],
@@ -165,7 +166,12 @@ class ControlLoop:
         return parse_spec(self.body.get("spec") or {})
 
     def params(self) -> LawParams:
-        return law_params(self.spec(), self.deps.settings)
+        """The law's parameters as the last step read them from the spec: every report is judged
+        against them, and parsing the spec once per report would cost more than the report
+        (a spec change wakes the loop, so the next step reads it at once)."""
+        if self._params is None:
+            self._params = law_params(self.spec(), self.deps.settings)
+        return self._params
 
     async def run(self, stopped: Callable[[], bool]) -> None:
         try:
@@ -186,11 +192,15 @@ class ControlLoop:
 
     async def step(self) -> Decision:
         spec = self.spec()
-        params = law_params(spec, self.deps.settings)
+        params = self._params = law_params(spec, self.deps.settings)
         keys = signals.effective_signals(self.deps.settings.signals, spec.signals)
         pod_bodies = list(self.runtime.pods.values())
         ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pod_bodies if signals.pod_ready(p)}
-        nodes = {name: signals.node_facts(n, keys) for name, n in list(self.nodes.items())}
+        # Only the nodes this model's pods run on: the cluster may have thousands, and every
+        # model's loop steps every interval.
+        hosts = {(p.get("spec") or {}).get("nodeName") for p in pod_bodies}
+        nodes = {name: signals.node_facts(self.nodes[name], keys) for name in hosts
+                 if name and name in self.nodes}
         facts = signals.pod_facts(pod_bodies, nodes, keys)
         addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
         await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
