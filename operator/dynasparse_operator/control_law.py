@@ -31,6 +31,7 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
+from dynasparse_operator import feed_forward, miss_trim
 from dynasparse_operator.law_types import (MODE_DRAIN, MODE_NORMAL, Decision, LawParams, LawState,
                                            PodCommand, PodFacts, PodReport)
 from dynasparse_proto.quality import budget_for_loss, valid_curve
@@ -83,7 +84,16 @@ def slo_ratio(report: PodReport, params: LawParams, min_samples: int | None = No
 def violates_slo(report: PodReport, params: LawParams) -> bool:
     """True when this report alone warrants running the law now instead of at the next tick."""
     ratio = slo_ratio(report, params)
-    return ratio is not None and ratio > 1.0
+    if ratio is not None and ratio > 1.0:
+        return True
+    load, slo_s = report.load, params.ttft_slo_ms / 1000.0
+    if load is None:
+        return False
+    aging = slo_s > 0 and load.oldest_waiting_s > params.aging_fraction * slo_s
+    missing, _ = miss_trim.wilson(load.late_since_change, load.samples_since_change,
+                                  params.miss_confidence_z)
+    return aging or missing > miss_trim.ALLOWED_MISS or feed_forward.jumped(
+        load.arrival_rate_short, load.arrival_rate_long, load.short_s, params.jump_sigmas)
 
 
 def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: LawParams,
@@ -101,11 +111,39 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
     bounded = abs(budget - state.budget) > 1e-9  # the floor or ceiling moved past the budget
     events: list[str] = []
 
-    budget, ff_reason, new_drains = _feed_forward_disruption(budget, floor, draining, survivors, state)
+    view = feed_forward.recommend(pods, reports, params, floor, ceiling, now)
+    level = state.load_budget if math.isfinite(state.load_budget) else (
+        budget if view.budget is not None else ceiling)
+    level = min(max(level, floor), ceiling)
+    trim = min(1.0, budget / level) if level > 0 else 1.0  # the feedback's share, kept across moves
+    level, recommendations, move = feed_forward.relax_level(level, view, state.recommendations,
+                                                            params, now)
+    budget, ff_reason, new_drains = _feed_forward_disruption(
+        budget, floor, draining, survivors, state, absorb=view.budget is None)
     if ff_reason:
         events.append(ff_reason)
-    fb = _feedback(budget, floor, survivors, reports, params, state, now)
-    if ff_reason and fb.kind in ("hold", "relax", "no-data"):
+    if move:
+        budget = min(max(level * trim, floor), ceiling)
+        kind = "relax" if move == "relax" else ("panic" if view.panic else "load")
+        why = f"{view.panic}: " if view.panic and move != "relax" else ""
+        _, ratio, _, _ = _worst(survivors, reports, params, now)
+        fb = _Feedback(budget, kind, f"{why}{view.reason}; budget {state.budget:.2f} → {budget:.2f}",
+                       min(state.last_error, -1e-6) if move == "tighten" else 0.0, ratio)
+        if ff_reason:
+            fb = dataclasses.replace(fb, reason=f"{ff_reason}; {fb.reason}")
+    elif view.reported:
+        calm = not (view.panic or view.late_in_flight)
+        t = miss_trim.trim(budget, level, floor, survivors, reports, params,
+                           now - state.last_change_at, calm, now)
+        _, ratio, _, _ = _worst(survivors, reports, params, now)
+        fb = _Feedback(t.budget, "slo-violation" if t.kind == "tighten" else t.kind, t.reason,
+                       0.0, ratio)
+        fb = dataclasses.replace(fb, observation=_observation(survivors, reports, params, now))
+    else:
+        fb = _feedback(budget, floor, survivors, reports, params, state, now)
+    if move:
+        pass  # the feed-forward moved the level: its reason stands
+    elif ff_reason and fb.kind in ("hold", "relax", "no-data"):
         fb = dataclasses.replace(fb, budget=budget, kind="disruption", reason=ff_reason,
                                  error=state.last_error)
     elif ff_reason:
@@ -127,6 +165,9 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         last_error=fb.error if math.isfinite(fb.error) else 0.0,
         draining=frozenset((state.draining | new_drains) & live),
         cut_ratio=_cut_ratio(state, fb, changed, budget),
+        load_budget=level if view.reported or math.isfinite(state.load_budget) else math.nan,
+        load_since=now if move else state.load_since,
+        recommendations=recommendations,
     )
     return Decision(
         at=now, state=new_state, commands=commands, from_budget=state.budget, to_budget=budget,
@@ -143,14 +184,16 @@ def _cut_ratio(state: LawState, fb: "_Feedback", changed: bool, budget: float) -
     a change for another reason)."""
     if not changed:
         return state.cut_ratio
-    cut = budget < state.budget and fb.kind in ("slo-violation", "tighten")
+    cut = budget < state.budget and fb.kind in ("slo-violation", "tighten", "load", "panic")
     return (fb.worst_ratio or 0.0) if cut else 0.0
 
 
 def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],
-                             survivors: Sequence[PodFacts], state: LawState
+                             survivors: Sequence[PodFacts], state: LawState, *, absorb: bool
                              ) -> tuple[float, str, frozenset[str]]:
-    """Survivors absorb the newly draining pods' load: budget × survivors / (survivors + new)."""
+    """Survivors absorb the newly draining pods' load: budget × survivors / (survivors + new),
+    when `absorb` (the load is not reported: with it, `feed_forward` counts the draining pods'
+    load against the survivors' capacity instead)."""
     new = [p for p in draining if p.name not in state.draining]
     if not new:
         return budget, "", frozenset()
@@ -161,6 +204,8 @@ def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[Pod
     notices = "; ".join(_notice(reason, group) for reason, group in sorted(by_reason.items()))
     if not survivors:
         return budget, f"{notices}; no surviving pods to absorb the load", names
+    if not absorb:
+        return budget, f"{notices}: survivors take their load", names
     lost = len(new) / (len(new) + len(survivors))
     target = max(floor, budget * (1.0 - lost))
     reason = (f"{notices}: survivors' budget {budget:.2f} → {target:.2f} "
@@ -228,6 +273,12 @@ def _feedback(budget: float, floor: float, survivors: Sequence[PodFacts],
         worst, _, _, _ = _worst(survivors, reports, params, now)
         fb = dataclasses.replace(fb, observation=_describe(worst, params))
     return fb
+
+
+def _observation(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport],
+                 params: LawParams, now: float) -> str:
+    worst, ratio, _, _ = _worst(survivors, reports, params, now)
+    return _describe(worst, params) if worst is not None and ratio else ""
 
 
 def _stale(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,

@@ -15,7 +15,6 @@ measured budget -> throughput curve. Time is simulated in ticks of `dt`; nothing
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import heapq
 import math
@@ -29,6 +28,7 @@ from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.memory import MemoryReading
 from dynasparse_worker.control.service import report_from_snapshot, update_from_pb
 from dynasparse_worker.control.supervisor import Supervisor
+from dynasparse_proto.speed import speedup_at
 from dynasparse_worker.engine.types import EngineStats
 
 H200_BATCH32 = ((0.3, 2.08), (0.5, 1.56), (0.75, 1.18), (1.0, 1.0))
@@ -37,16 +37,9 @@ QUALITY_CURVE = ((0.2, 0.05), (0.3, 0.03), (0.5, 0.015), (0.75, 0.005), (1.0, 0.
 SPOT = ("aws-node-termination-handler/spot-itn",)
 
 
-def speedup(budget: float, curve=H200_BATCH32) -> float:
-    """Throughput relative to dense at `budget`, linear between measured points, flat outside."""
-    budgets = [b for b, _ in curve]
-    if budget <= budgets[0]:
-        return curve[0][1]
-    if budget >= budgets[-1]:
-        return curve[-1][1]
-    i = bisect.bisect_right(budgets, budget)
-    (b0, s0), (b1, s1) = curve[i - 1], curve[i]
-    return s0 + (s1 - s0) * (budget - b0) / (b1 - b0)
+def speedup(budget: float) -> float:
+    """Throughput relative to dense at `budget` on the modelled device."""
+    return speedup_at(H200_BATCH32, budget)
 
 
 class _Actuator:
@@ -65,6 +58,9 @@ class _Actuator:
 
     def quality_curve(self) -> list[tuple[float, float]]:
         return list(QUALITY_CURVE)
+
+    def speed_curve(self) -> list[tuple[float, float]]:
+        return list(H200_BATCH32)
 
 
 class _NoMemoryPressure:
@@ -89,7 +85,8 @@ class Pod:
         self.actuator = _Actuator()
         self.sup = Supervisor(self.actuator, pod_name=name, model_name="sim",
                               config=FastLoopConfig(), memory=_NoMemoryPressure(),
-                              quality_min_budget=quality_min_budget, clock=lambda: sim.now)
+                              quality_min_budget=quality_min_budget, slots=slots,
+                              clock=lambda: sim.now)
         self.sup.model_loaded = True
         self.waiting: deque[Request] = deque()
         self.running: list[tuple[float, int]] = []  # heap of (finish work-clock, id)
@@ -181,7 +178,8 @@ class Simulation:
         self.idle_relaxes_with_requests = 0
         self.relaxes_past_slo = 0
         self.min_applied = 1.0
-        self.applied_log: list[tuple[float, float]] = []  # (time, lowest applied budget)
+        self.applied_log: list[tuple[float, float]] = []  # (time, lowest budget a serving pod
+        # applies: a draining pod sits at the floor and serves nothing new)
 
     def noise_factor(self) -> float:
         sigma = self.sc.noise_sigma
@@ -239,7 +237,8 @@ class Simulation:
                 pod.tick(self.dt)
         applied = [p.actuator.budget for p in self.pods if not p.gone]
         self.min_applied = min([self.min_applied, *applied])
-        self.applied_log.append((self.now, min(applied)))
+        serving = [p.actuator.budget for p in self.pods if not p.gone and not p.sup.draining]
+        self.applied_log.append((self.now, min(serving or applied)))
         wake = self._reports()
         if self.operator_up and (wake or self.now >= self.next_decide - 1e-9):
             self._decide()
@@ -314,7 +313,8 @@ class Simulation:
         before = next((b for t, b in reversed(self.applied_log) if t <= onset), 1.0)
         after = next((t for t, b in self.applied_log if t >= onset and b < before - 1e-9), None)
         if after is None:
-            return math.inf if before > self.min_applied + 1e-9 else 0.0
+            floor = min(b for _, b in self.applied_log)
+            return math.inf if before > floor + 1e-9 else 0.0
         return after - onset
 
 

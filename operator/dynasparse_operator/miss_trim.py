@@ -1,0 +1,68 @@
+"""The slow trim under the feed-forward: the measured fraction of requests missing the TTFT SLO.
+
+Pure. What the load model cannot see (a slow prefill, a device slower than its speed curve) shows
+as misses at a load the model calls safe. The workers count first tokens since their budget last
+changed and how many missed the SLO (waiting requests already past it count as misses), so every
+count was measured under the budget now applied and a cut is never judged on samples taken
+before it. The trim cuts only when the miss fraction is above the SLO's 5 % with confidence (a
+Wilson interval: a handful of samples moves nothing unless nearly all of them are late), gives
+back only when it is confidently well under, never above the feed-forward's level, and stops
+integrating at the floor (no wind-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+from dynasparse_operator.law_types import LawParams, PodFacts, PodReport
+
+ALLOWED_MISS = 0.05
+"""A p95 target allows one request in twenty over it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trim:
+    budget: float
+    kind: str  # "tighten" | "relax" | "hold"
+    reason: str
+
+
+def wilson(late: int, samples: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of the miss fraction; (0, 1) without samples."""
+    if samples <= 0:
+        return 0.0, 1.0
+    p = late / samples
+    denom = 1.0 + z * z / samples
+    centre = (p + z * z / (2 * samples)) / denom
+    half = z * math.sqrt(p * (1 - p) / samples + z * z / (4 * samples * samples)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts],
+         reports: Mapping[str, PodReport], params: LawParams, since_change: float,
+         may_relax: bool, now: float) -> Trim:
+    """The budget under the feed-forward's `level` that the measured misses call for."""
+    samples = late = 0
+    for pod in survivors:
+        report = reports.get(pod.name)
+        if report is None or report.load is None or now - report.received_at > params.stale_after_s:
+            continue
+        samples += report.load.samples_since_change
+        late += report.load.late_since_change
+    if samples == 0 or params.ttft_slo_ms <= 0:
+        return Trim(budget, "hold", f"no first token since the last change: budget {budget:.2f}")
+    low, high = wilson(late, samples, params.miss_confidence_z)
+    seen = f"{late} of {samples} first tokens over the SLO since the last change"
+    if low > ALLOWED_MISS:
+        if budget <= floor + 1e-9:
+            return Trim(budget, "hold", f"{seen}: at the floor {floor:.2f}, cannot cut further")
+        factor = max(params.trim_max_cut, 1.0 - (late / samples - ALLOWED_MISS))
+        target = max(floor, budget * factor)
+        return Trim(target, "tighten", f"{seen}: budget {budget:.2f} → {target:.2f}")
+    if high < ALLOWED_MISS / 2 and budget < level - 0.005 and may_relax \
+            and since_change >= params.relax_holdoff_s:
+        target = min(level, budget * params.trim_relax_factor)
+        return Trim(target, "relax", f"{seen}: budget {budget:.2f} → {target:.2f}")
+    return Trim(budget, "hold", f"{seen}: budget {budget:.2f}")
