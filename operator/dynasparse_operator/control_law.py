@@ -93,7 +93,7 @@ def violates_slo(report: PodReport, params: LawParams) -> bool:
     missing, _ = miss_trim.wilson(load.late_since_change, load.samples_since_change,
                                   params.miss_confidence_z)
     return aging or missing > miss_trim.ALLOWED_MISS or feed_forward.jumped(
-        load.arrival_rate_short, load.arrival_rate_long, load.short_s, params.jump_sigmas)
+        load.arrival_rate_short, load.arrival_rate_long, params.jump_sigmas)
 
 
 def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: LawParams,
@@ -136,9 +136,9 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         t = miss_trim.trim(budget, level, floor, survivors, reports, params,
                            now - state.last_change_at, calm, now)
         _, ratio, _, _ = _worst(survivors, reports, params, now)
-        fb = _Feedback(t.budget, "slo-violation" if t.kind == "tighten" else t.kind, t.reason,
-                       0.0, ratio)
-        fb = dataclasses.replace(fb, observation=_observation(survivors, reports, params, now))
+        seen = _observation(survivors, reports, params, now)
+        fb = _Feedback(t.budget, "slo-violation" if t.kind == "tighten" else t.kind,
+                       f"{seen}; {t.reason}" if seen else t.reason, 0.0, ratio, observation=seen)
     else:
         fb = _feedback(budget, floor, survivors, reports, params, state, now)
     if move:

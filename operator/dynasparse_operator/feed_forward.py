@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 
 from dynasparse_operator.law_types import LawParams, LoadReport, PodFacts, PodReport
 from dynasparse_operator.queueing import speed_for_tail
+from dynasparse_proto.load import LONG_WINDOW_S, SHORT_WINDOW_S
 from dynasparse_proto.speed import largest_budget_for_speedup, speedup_at
 
 
@@ -53,11 +54,11 @@ def _fresh_loads(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], par
     return loads
 
 
-def jumped(short: float, long: float, window_s: float, sigmas: float) -> bool:
+def jumped(short: float, long: float, sigmas: float) -> bool:
     """The short window's count is more than `sigmas` Poisson sigmas over what the long rate
     predicts (and a fifth above it, so a large steady rate's tiny relative noise never counts)."""
-    expected = long * window_s
-    return short * window_s > expected + sigmas * math.sqrt(max(expected, 1.0)) and short > 1.2 * long
+    expected = long * SHORT_WINDOW_S
+    return short * SHORT_WINDOW_S > expected + sigmas * math.sqrt(max(expected, 1.0)) and short > 1.2 * long
 
 
 def recommend(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,
@@ -74,10 +75,9 @@ def recommend(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params
     late = slo_s > 0 and oldest > slo_s
     rate_long = sum(load.arrival_rate_long for load in loads.values())
     rate_short = sum(load.arrival_rate_short for load in loads.values())
-    window_s = next(iter(loads.values())).short_s
     waiting = sum(reports[name].queue_depth for name in serving)
     panic = ""
-    if jumped(rate_short, rate_long, window_s, params.jump_sigmas):
+    if jumped(rate_short, rate_long, params.jump_sigmas):
         panic = f"arrivals jumped to {rate_short:.1f} req/s from {rate_long:.1f}"
     known = [load for load in serving.values() if load.work_per_request_s > 0 and load.slots > 0]
     if not known:
@@ -89,16 +89,19 @@ def recommend(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params
     weights = [max(load.arrival_rate_long, 1e-9) for load in known]
     work = sum(w * load.work_per_request_s for w, load in zip(weights, known)) / sum(weights)
     curve = next((load.speed_curve for load in known if load.speed_curve), ())
-    # in a panic, plan on the short window's rate less two sigmas of its count: above the long rate
-    # (the jump is real), yet no noise of three seconds is taken for the new load
-    rate = max(rate_long, rate_short - 2.0 * math.sqrt(rate_short / window_s)) if panic \
+    # in a panic, plan on the short window's rate less one sigma of its count: still well above the
+    # long rate (the jump was four sigmas), yet a lucky burst is not taken for the new load
+    rate = max(rate_long, rate_short - math.sqrt(rate_short / SHORT_WINDOW_S)) if panic \
         else rate_long
     drain_s = params.panic_drain_s if panic else params.drain_s
-    per_pod = (rate + waiting / drain_s) / len(survivors)
     pod_slots = max(1, round(slots / len(survivors)))
     wait_s = params.wait_slack * slo_s if slo_s > 0 else math.inf
+    # relaxing plans on the long rate plus two sigmas of its count, so that a quiet ten seconds
+    # is not taken for less load (tightening plans on the rate as measured)
+    margin = 2.0 * math.sqrt(rate_long / LONG_WINDOW_S)
 
-    def level_at(tail: float) -> tuple[float | None, float]:
+    def level_at(tail: float, extra: float = 0.0) -> tuple[float | None, float]:
+        per_pod = (rate + extra + waiting / drain_s) / len(survivors)
         needed = speed_for_tail(per_pod, work, pod_slots, wait_s, tail, params.max_utilisation)
         return largest_budget_for_speedup(curve, needed, floor, ceiling), needed
 
@@ -111,7 +114,7 @@ def recommend(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params
                         f"({speedup_at(curve, floor):.2f}×): holding the floor {floor:.2f}",
                         panic, late, degraded=True)
     high, _ = level_at(params.tail_tighten)
-    low, _ = level_at(params.tail_relax)
+    low, _ = level_at(params.tail_relax, margin)
     return LoadView(budget, floor if high is None else high,
                     budget if low is None else min(low, budget),
                     f"{load_text} → budget {budget:.2f}", panic, late)

@@ -47,7 +47,6 @@ class LoadReport:
     samples_since_change: int = 0  # first tokens since the budget last changed, plus late waiting
     late_since_change: int = 0  # of them past the TTFT SLO
     speed_curve: tuple[tuple[float, float], ...] = ()  # (budget, speed-up over dense)
-    short_s: float = 3.0  # the short window, for the noise of its count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +81,9 @@ class LawParams:
     replace_disrupted_pods: bool = False
     max_utilisation: float = 0.9  # of the decode slots, whatever the queueing model says
     wait_slack: float = 0.8  # of the TTFT SLO, the wait for a slot the feed-forward plans for
-    tail_target: float = 0.04  # the modelled share of requests waiting longer, where a cut lands...
-    tail_tighten: float = 0.10  # ...once the current level's share would exceed this...
-    tail_relax: float = 0.015  # ...and the share a level must keep to be relaxed to
+    tail_target: float = 0.02  # the modelled share of requests waiting longer, where a cut lands...
+    tail_tighten: float = 0.06  # ...once the current level's share would exceed this...
+    tail_relax: float = 0.01  # ...and the share a level must keep to be relaxed to
     drain_s: float = 5.0  # a backlog is planned to drain over this long...
     panic_drain_s: float = 1.0  # ...and this fast when the queue ages or the rate jumps
     aging_fraction: float = 0.4  # a request waiting this fraction of the TTFT SLO wakes the law

@@ -152,6 +152,7 @@ class Outcome:
     windows_over: float  # fraction of 30 s windows whose p95 TTFT exceeds the SLO
     reversals_per_5min: float
     onset_to_applied_s: float | None  # None: no overload onset in this run
+    late_to_next_cut_s: float | None
     idle_relaxes_with_requests: int  # relaxes on "too few samples" while requests ran or waited
     relaxes_past_slo: int  # relaxes while a waiting request was already older than the SLO
     min_applied_budget: float
@@ -294,6 +295,7 @@ class Simulation:
             windows_over=windows_over(reqs, slo_s, self.sc.duration_s),
             reversals_per_5min=reversals(self.budget_series(), 0.15) * 300.0 / self.sc.duration_s,
             onset_to_applied_s=self.onset_to_applied(slo_s),
+            late_to_next_cut_s=self.late_to_next_cut(slo_s),
             idle_relaxes_with_requests=self.idle_relaxes_with_requests,
             relaxes_past_slo=self.relaxes_past_slo,
             min_applied_budget=self.min_applied,
@@ -303,18 +305,35 @@ class Simulation:
     def budget_series(self) -> list[float]:
         return [1.0] + [d.to_budget for d in self.decisions if d.changed]
 
+    def _first_late(self, slo_s: float) -> float | None:
+        """When the first request arriving after `overload_from` went past the SLO."""
+        return next((r.arrival + slo_s for r in sorted(self.finished, key=lambda r: r.arrival)
+                     if r.arrival >= self.sc.overload_from and r.ttft > slo_s), None)
+
     def onset_to_applied(self, slo_s: float) -> float | None:
-        """From the first request to wait past the SLO (after `overload_from`) to the first lower
-        budget any pod applies at or after that moment."""
-        onset = next((r.arrival + slo_s for r in sorted(self.finished, key=lambda r: r.arrival)
-                      if r.arrival >= self.sc.overload_from and r.ttft > slo_s), None)
+        """From the first request late after `overload_from` to the first lower budget a serving
+        pod applies after `overload_from`: 0 when that cut came before any request was late (the
+        budget moved ahead of the SLO), None when no request was late."""
+        onset = self._first_late(slo_s)
+        if onset is None:
+            return None
+        start = next((b for t, b in reversed(self.applied_log) if t <= self.sc.overload_from), 1.0)
+        cut = next((t for t, b in self.applied_log
+                    if t >= self.sc.overload_from and b < start - 1e-9), None)
+        if cut is None:
+            return math.inf if start > min(b for _, b in self.applied_log) + 1e-9 else 0.0
+        return max(0.0, cut - onset)
+
+    def late_to_next_cut(self, slo_s: float) -> float | None:
+        """From the first request late after `overload_from` to the next lower budget a serving
+        pod applies at or after that moment (stricter: a cut made before it does not count)."""
+        onset = self._first_late(slo_s)
         if onset is None:
             return None
         before = next((b for t, b in reversed(self.applied_log) if t <= onset), 1.0)
         after = next((t for t, b in self.applied_log if t >= onset and b < before - 1e-9), None)
         if after is None:
-            floor = min(b for _, b in self.applied_log)
-            return math.inf if before > floor + 1e-9 else 0.0
+            return math.inf if before > min(b for _, b in self.applied_log) + 1e-9 else 0.0
         return after - onset
 
 

@@ -20,6 +20,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from dynasparse_proto.load import LONG_WINDOW_S, SHORT_WINDOW_S
+
 BUCKET_S = 0.25
 
 
@@ -43,7 +45,8 @@ class _Bucket:
 class LoadTracker:
     """Arrival rates, queue age, work per request and late first tokens of one worker."""
 
-    def __init__(self, *, short_s: float = 3.0, long_s: float = 10.0, latency_s: float = 30.0,
+    def __init__(self, *, short_s: float = SHORT_WINDOW_S, long_s: float = LONG_WINDOW_S,
+                 latency_s: float = 30.0,
                  work_tau_s: float = 60.0, slots: int = 0, min_finished: float = 3.0):
         """`short_s`/`long_s`: the arrival-rate windows (the long one short enough that a ramp
         shows within seconds); `latency_s`: how far back late first tokens count;
