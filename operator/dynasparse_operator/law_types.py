@@ -90,7 +90,8 @@ class LawParams:
     jump_sigmas: float = 4.0  # a short-window count this many Poisson sigmas over the long rate
     relax_window_s: float = 20.0  # relax only to the lowest recommendation of this long
     relax_deadband: float = 0.05  # and only when that is this much above the current level
-    miss_confidence_z: float = 2.33  # the trim acts on a miss fraction known at this confidence
+    miss_confidence_z: float = 2.33  # the trim cuts on a miss fraction known at this confidence
+    relax_confidence_z: float = 1.64  # and gives back when the misses are under it at this one
     trim_max_cut: float = 0.85  # the trim's largest cut in one decision (a factor)
     trim_relax_factor: float = 1.05  # and its step back up
 

@@ -6,7 +6,7 @@ changed and how many missed the SLO (waiting requests already past it count as m
 count was measured under the budget now applied and a cut is never judged on samples taken
 before it. The trim cuts only when the miss fraction is above the SLO's 5 % with confidence (a
 Wilson interval: a handful of samples moves nothing unless nearly all of them are late), gives
-back only when it is confidently well under, never above the feed-forward's level, and stops
+back only when it is confidently under, never above the feed-forward's level, and stops
 integrating at the floor (no wind-up).
 """
 
@@ -53,7 +53,7 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
         late += report.load.late_since_change
     if samples == 0 or params.ttft_slo_ms <= 0:
         return Trim(budget, "hold", f"no first token since the last change: budget {budget:.2f}")
-    low, high = wilson(late, samples, params.miss_confidence_z)
+    low, _ = wilson(late, samples, params.miss_confidence_z)
     seen = f"{late} of {samples} first tokens over the SLO since the last change"
     if low > ALLOWED_MISS:
         if budget <= floor + 1e-9:
@@ -61,7 +61,8 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
         factor = max(params.trim_max_cut, 1.0 - (late / samples - ALLOWED_MISS))
         target = max(floor, budget * factor)
         return Trim(target, "tighten", f"{seen}: budget {budget:.2f} → {target:.2f}")
-    if high < ALLOWED_MISS / 2 and budget < level - 0.005 and may_relax \
+    _, relaxed_high = wilson(late, samples, params.relax_confidence_z)
+    if relaxed_high < ALLOWED_MISS and budget < level - 0.005 and may_relax \
             and since_change >= params.relax_holdoff_s:
         target = min(level, budget * params.trim_relax_factor)
         return Trim(target, "relax", f"{seen}: budget {budget:.2f} → {target:.2f}")

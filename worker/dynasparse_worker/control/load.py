@@ -112,8 +112,8 @@ class LoadTracker:
         self._expire(now)
         self._decay(now)
         if self._finished_sum >= self.min_finished and now - self._started >= 10.0:
-            # Little's law; in the first seconds the work of requests still running has no
-            # completion beside it yet and would inflate the estimate
+            # Little's law; in the first seconds only the short requests have finished while the
+            # long ones' work is already counted, which would inflate the estimate
             self._work_per_request = self._work_sum / self._finished_sum
         oldest = now - self._waiting_since[0] if self._waiting_since else 0.0
         since = max(self._changed_at, now - self.latency_s)
