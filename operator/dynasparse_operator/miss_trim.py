@@ -51,6 +51,16 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
             continue
         samples += report.load.samples_since_change
         late += report.load.late_since_change
+    itl = _inter_token_ratio(survivors, reports, params, now)
+    if itl > 1.0:
+        # Inter-token latency is a decode-speed axis the load model does not plan for; its window
+        # is not tagged by budget, so one cut per episode (the window must show the last one)
+        if budget <= floor + 1e-9 or since_change < params.episode_s:
+            return Trim(budget, "hold", f"p95 inter-token {itl:.2f}× its SLO: waiting for the "
+                        f"last change to show, budget {budget:.2f}")
+        target = max(floor, budget * max(params.trim_max_cut, 1.0 / itl))
+        return Trim(target, "tighten", f"p95 inter-token {itl:.2f}× its SLO: "
+                    f"budget {budget:.2f} → {target:.2f}")
     if samples == 0 or params.ttft_slo_ms <= 0:
         return Trim(budget, "hold", f"no first token since the last change: budget {budget:.2f}")
     low, _ = wilson(late, samples, params.miss_confidence_z)
@@ -62,8 +72,24 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
         target = max(floor, budget * factor)
         return Trim(target, "tighten", f"{seen}: budget {budget:.2f} → {target:.2f}")
     _, relaxed_high = wilson(late, samples, params.relax_confidence_z)
-    if relaxed_high < ALLOWED_MISS and budget < level - 0.005 and may_relax \
-            and since_change >= params.relax_holdoff_s:
+    if (relaxed_high < ALLOWED_MISS and itl < params.setpoint_ratio and budget < level - 0.005
+            and may_relax and since_change >= params.relax_holdoff_s):
         target = min(level, budget * params.trim_relax_factor)
         return Trim(target, "relax", f"{seen}: budget {budget:.2f} → {target:.2f}")
     return Trim(budget, "hold", f"{seen}: budget {budget:.2f}")
+
+
+def _inter_token_ratio(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport],
+                       params: LawParams, now: float) -> float:
+    """Worst fresh p95 inter-token latency over its SLO (0: no target or too few samples)."""
+    if params.inter_token_slo_ms <= 0:
+        return 0.0
+    worst = 0.0
+    for pod in survivors:
+        r = reports.get(pod.name)
+        if r is None or now - r.received_at > params.stale_after_s:
+            continue
+        samples = r.samples if r.inter_token_samples < 0 else r.inter_token_samples
+        if samples >= params.min_samples and math.isfinite(r.inter_token_p95_ms):
+            worst = max(worst, r.inter_token_p95_ms / params.inter_token_slo_ms)
+    return worst
