@@ -8,9 +8,9 @@ whose speed-up covers it. Pods that are draining still count as load (it moves
 to the survivors) but not as capacity, so a pre-emption notice is absorbed before latency rises.
 
 Panic: a short-window arrival count several Poisson sigmas above the long-window rate. It plans on
-the short rate and a fast drain of the backlog, and the law relaxes nothing while it lasts, nor
-while a waiting request is already past the TTFT SLO (a miss in flight; the usual tail of a busy
-pod, so it holds the level rather than cutting it: the measured misses trim it if they persist).
+the short rate and a fast drain of the backlog, and the law relaxes nothing while it lasts. A
+waiting request already past the TTFT SLO (a miss in flight) also forbids relaxing, and lets a
+level inside the band fall to the recommendation at once instead of waiting for the band's edge.
 
 `relax_level` holds the level between decisions: a lower recommendation is followed at once, a
 higher one only when every recommendation of the last window was higher by more than a deadband
@@ -131,7 +131,8 @@ def relax_level(level: float, view: LoadView, history: tuple[tuple[float, float]
         return level, (), ""
     kept = tuple((t, b) for t, b in history if t > now - params.relax_window_s)
     kept += ((now, view.relax_to),)
-    if view.budget < level - 0.01 and (view.tighten_below < level - 1e-9 or view.panic):
+    pressed = view.panic or view.late_in_flight  # a miss in flight: no band, go to the target
+    if view.budget < level - 0.01 and (view.tighten_below < level - 1e-9 or pressed):
         return view.budget, kept, "tighten"
     covered = kept[0][0] <= now - params.relax_window_s + params.interval_s + 1e-9
     lowest = min(b for _, b in kept)

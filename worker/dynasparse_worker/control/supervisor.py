@@ -86,6 +86,12 @@ class Snapshot:
     speed_curve: tuple[tuple[float, float], ...] = ()
 
 
+def _measured_speed(actuator: BudgetActuator) -> tuple[tuple[float, float], ...]:
+    """The actuator's measured speed curve (measured once at start-up), or none."""
+    measured = getattr(actuator, "speed_curve", None)
+    return valid_speed_curve(measured()) if measured is not None else ()
+
+
 class Supervisor:
     def __init__(self, actuator: BudgetActuator, *, pod_name: str, model_name: str,
                  config: FastLoopConfig | None = None, memory: MemoryProbe | None = None,
@@ -121,6 +127,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._calibration_min = actuator.min_budget()
         self._min_budget = self.lowest_budget(actuator)
+        self._speed = _measured_speed(actuator)
         self._control = B.initial_state(self._min_budget, initial_budget)
         self._loop = LoopState(budget=self._control.target)
         self._expected_loss = actuator.set_budget(self._loop.budget)
@@ -185,6 +192,7 @@ class Supervisor:
         """Swap in the model's actuator once it is loaded; the floor rises to its min_budget."""
         with self._lock:
             self.actuator = actuator
+            self._speed = _measured_speed(actuator)
             self._calibration_min = actuator.min_budget()
             self._min_budget = self.lowest_budget(actuator)
             floor = max(self._control.floor, self._min_budget)
@@ -284,7 +292,7 @@ class Supervisor:
             self._loop, decision = decide(signals, self._control, self._loop, self.config)
             self._apply(decision, on_engine_thread=True)
             self.load.on_step(now, stats.queue_depth, stats.running,
-                              speedup_at(self._speed_curve(), self._loop.budget))
+                              speedup_at(self._speed, self._loop.budget))
 
     def record_first_token(self, ttft_s: float) -> None:
         with self._lock:
@@ -324,14 +332,10 @@ class Supervisor:
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
                 warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
                 load=self.load.summary(now, self._control.ttft_p95_ms / 1000.0),
-                speed_curve=self._speed_curve(),
+                speed_curve=self._speed,
             )
 
     # ---- internals -------------------------------------------------------------------------------
-    def _speed_curve(self) -> tuple[tuple[float, float], ...]:
-        measured = getattr(self.actuator, "speed_curve", None)
-        return valid_speed_curve(measured()) if measured is not None else ()
-
     def _apply(self, decision: Decision | None, on_engine_thread: bool = False) -> None:
         """With the lock held: push a changed budget to the model (now, or at the engine thread's
         next `on_step`) and remember why."""
