@@ -169,7 +169,7 @@ class Decision:
     from_budget: float
     to_budget: float
     reason: str  # one line a person understands
-    kind: str  # slo-violation | relax | hold | disruption | no-data | bounds
+    kind: str  # slo-violation | load | panic | relax | hold | disruption | no-data | bounds
     floor: float
     ceiling: float
     worst_ratio: float | None = None  # worst pod's p95 / SLO, over both axes

@@ -162,7 +162,7 @@ def event_for(decision: Decision) -> tuple[str, str, str] | None:
         return None
     if decision.kind == "disruption":
         return "Warning", "Disruption", decision.reason
-    if decision.kind == "slo-violation":
+    if decision.kind in ("slo-violation", "panic"):  # misses measured, or an arrival jump
         return "Warning", "BudgetLowered", decision.reason
     if decision.kind == "bounds":
         return "Normal", "BudgetBounded", decision.reason
