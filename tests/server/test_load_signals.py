@@ -107,3 +107,14 @@ def test_the_supervisor_reports_its_load_and_speed_curve_and_counts_misses_again
     assert report.load.oldest_waiting_s == pytest.approx(0.6)
     assert (report.load.samples_since_change, report.load.late_since_change) == (3, 3)
     assert [(p.budget, p.speedup) for p in report.load.speed_curve] == [(0.2, 3.0), (1.0, 1.0)]
+
+
+def test_a_gated_worker_reports_the_speed_its_engine_measured_for_its_largest_batch():
+    from dynasparse_worker.server.actuators import GatedActuator
+    from tests.engine.test_sparse_speed_table import PENALTY, SCRIPT, ScriptedTimer, _engine
+
+    _, engine = _engine(ScriptedTimer(SCRIPT, PENALTY))
+    curve = dict(GatedActuator(engine).speed_curve())
+    assert curve[1.0] == pytest.approx(1.0)
+    assert 0.75 not in curve  # measured slower than dense: not offered, so not reported
+    assert curve[0.5] == pytest.approx(10.0 / 8.0) and curve[0.35] == pytest.approx(10.0 / 6.0)
