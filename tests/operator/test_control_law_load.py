@@ -3,7 +3,6 @@ measured speed curve, panic on a jump, relaxing only on a window of lower load, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
