@@ -155,7 +155,6 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         draining=frozenset((state.draining | new_drains) & live),
         cut_ratio=cut_ratio(state, fb, changed, budget),
         load_budget=level if view.reported or math.isfinite(state.load_budget) else math.nan,
-        load_since=now if move else state.load_since,
         recommendations=recommendations,
     )
     return Decision(

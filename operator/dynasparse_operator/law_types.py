@@ -143,7 +143,6 @@ class LawState:
     draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
     cut_ratio: float = 0.0  # worst p95/SLO the last cut acted on (0: the last change was no cut)
     load_budget: float = math.nan  # the feed-forward's level (nan: not known, e.g. after a restart)
-    load_since: float = math.inf  # when the feed-forward's level was last set
     recommendations: tuple[tuple[float, float], ...] = ()  # (time, budget) over the relax window
 
 

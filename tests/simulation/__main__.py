@@ -29,6 +29,7 @@ def summarise(outcomes) -> dict:
         "idle_relaxes_with_requests": sum(o.idle_relaxes_with_requests for o in outcomes),
         "relaxes_past_slo": sum(o.relaxes_past_slo for o in outcomes),
         "min_applied_budget": min(o.min_applied_budget for o in outcomes),
+        "mean_applied_budget": statistics.mean(o.mean_applied_budget for o in outcomes),
         "budget_changes_mean": statistics.mean(o.budget_changes for o in outcomes),
     }
 
@@ -53,7 +54,7 @@ def main() -> None:
         table[name] = summarise(outcomes)
     head = (f"{'trace':<12} {'miss%':>6} {'win>SLO%':>8} {'rev/5m max':>10} {'onset→applied s':>15} "
             f"{'late→next cut s':>15} {'idle-relax busy':>15} {'relax past SLO':>14} {'min budget':>10} "
-            f"{'changes':>7}")
+            f"{'mean budget':>11} {'changes':>7}")
     print(head)
     for name, s in table.items():
         onset, after = (_seconds(s["onset_to_applied_s_max"]),
@@ -61,7 +62,8 @@ def main() -> None:
         print(f"{name:<12} {s['miss_pct']:>6.2f} {s['windows_over_pct']:>8.1f} "
               f"{s['reversals_per_5min_max']:>10.1f} {onset:>15} {after:>15} "
               f"{s['idle_relaxes_with_requests']:>15} {s['relaxes_past_slo']:>14} "
-              f"{s['min_applied_budget']:>10.2f} {s['budget_changes_mean']:>7.1f}")
+              f"{s['min_applied_budget']:>10.2f} {s['mean_applied_budget']:>11.2f} "
+              f"{s['budget_changes_mean']:>7.1f}")
     cpu = time.process_time() - started
     print(f"quality floor {QUALITY_FLOOR}; {args.seeds} seeds; {cpu:.1f} s CPU")
     if args.json:

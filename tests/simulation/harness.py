@@ -156,6 +156,7 @@ class Outcome:
     idle_relaxes_with_requests: int  # relaxes on "too few samples" while requests ran or waited
     relaxes_past_slo: int  # relaxes while a waiting request was already older than the SLO
     min_applied_budget: float
+    mean_applied_budget: float  # time average of the serving pods' lowest budget (quality kept)
     budget_changes: int
 
 
@@ -299,6 +300,7 @@ class Simulation:
             idle_relaxes_with_requests=self.idle_relaxes_with_requests,
             relaxes_past_slo=self.relaxes_past_slo,
             min_applied_budget=self.min_applied,
+            mean_applied_budget=sum(b for _, b in self.applied_log) / max(1, len(self.applied_log)),
             budget_changes=sum(1 for d in self.decisions if d.changed),
         )
 
