@@ -17,6 +17,7 @@ import math
 from typing import Mapping, Sequence
 
 from dynasparse_operator.law_types import LawParams, PodFacts, PodReport
+from dynasparse_operator.p95_feedback import slo_ratio
 
 ALLOWED_MISS = 0.05
 """A p95 target allows one request in twenty over it."""
@@ -72,8 +73,11 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
         target = max(floor, budget * factor)
         return Trim(target, "tighten", f"{seen}: budget {budget:.2f} → {target:.2f}")
     _, relaxed_high = wilson(late, samples, params.relax_confidence_z)
-    if (relaxed_high < ALLOWED_MISS and itl < params.setpoint_ratio and budget < level - 0.005
-            and may_relax and since_change >= params.relax_holdoff_s):
+    # Light traffic never gathers enough first tokens for confidence: none late and a p95 well
+    # under the SLO say the same, so the budget can come back when the load falls
+    quiet = late == 0 and _well_under(survivors, reports, params, now)
+    if ((relaxed_high < ALLOWED_MISS or quiet) and itl < params.setpoint_ratio
+            and budget < level - 0.005 and may_relax and since_change >= params.relax_holdoff_s):
         target = min(level, budget * params.trim_relax_factor)
         return Trim(target, "relax", f"{seen}: budget {budget:.2f} → {target:.2f}")
     return Trim(budget, "hold", f"{seen}: budget {budget:.2f}")
@@ -93,3 +97,12 @@ def _inter_token_ratio(survivors: Sequence[PodFacts], reports: Mapping[str, PodR
         if samples >= params.min_samples and math.isfinite(r.inter_token_p95_ms):
             worst = max(worst, r.inter_token_p95_ms / params.inter_token_slo_ms)
     return worst
+
+
+def _well_under(survivors: Sequence[PodFacts], reports: Mapping[str, PodReport],
+                params: LawParams, now: float) -> bool:
+    """Every fresh pod with enough samples has its p95 TTFT under the hold band, and one has."""
+    ratios = [slo_ratio(r, params) for p in survivors if (r := reports.get(p.name)) is not None
+              and now - r.received_at <= params.stale_after_s]
+    known = [x for x in ratios if x is not None]
+    return bool(known) and max(known) < params.band[0]

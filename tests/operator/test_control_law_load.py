@@ -174,3 +174,12 @@ def test_load_signals_from_a_report_are_clamped_into_trusted_ranges():
 
 def test_a_report_without_load_signals_leaves_the_feedback_law_in_charge():
     assert wire.report_from_pb(control_pb2.Report(pod_name="a"), 1.0).load is None
+
+
+def test_light_traffic_with_no_miss_and_a_low_p95_gives_the_trim_back():
+    state = LawState(budget=0.5, load_budget=1.0, last_change_at=0.0)
+    # thirty first tokens, none late: too few for confidence that misses are under 5 %
+    d = decide(reports(100.0, 0.5, samples=10, late=0, work=0.0), PODS, PARAMS, state, 100.0)
+    assert d.to_budget == pytest.approx(0.525) and d.kind == "relax"
+    late = decide(reports(100.0, 0.5, samples=10, late=1, work=0.0), PODS, PARAMS, state, 100.0)
+    assert late.to_budget == pytest.approx(0.5)
