@@ -69,6 +69,10 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
     if low > ALLOWED_MISS:
         if budget <= floor + 1e-9:
             return Trim(budget, "hold", f"{seen}: at the floor {floor:.2f}, cannot cut further")
+        if since_change < params.tighten_holdoff_s:
+            # a report sent before the worker applied the last change still counts under the
+            # budget before it
+            return Trim(budget, "hold", f"{seen}: waiting for the last change to apply")
         factor = max(params.trim_max_cut, 1.0 - (late / samples - ALLOWED_MISS))
         target = max(floor, budget * factor)
         return Trim(target, "tighten", f"{seen}: budget {budget:.2f} → {target:.2f}")
