@@ -164,6 +164,7 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
         ttft_p95_ms=fb.ttft_ms, inter_token_p95_ms=fb.itl_ms, observation=fb.observation,
         surge_replicas=len(draining) if params.replace_disrupted_pods else 0,
         events=tuple(events), problems=(problem,) if problem else (),
+        overloaded=view.reason if view.degraded else "",
     )
 
 def _feed_forward_disruption(budget: float, floor: float, draining: Sequence[PodFacts],

@@ -178,6 +178,7 @@ class Decision:
     surge_replicas: int = 0
     events: tuple[str, ...] = ()  # feed-forward messages (pressure, disruption)
     problems: tuple[str, ...] = ()  # spec errors a user must fix (maxBudget below the quality floor)
+    overloaded: str = ""  # why the load exceeds what the floor serves within the SLO ("" if not)
 
     @property
     def changed(self) -> bool:

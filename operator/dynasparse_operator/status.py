@@ -78,6 +78,9 @@ def conditions(inp: StatusInput) -> list[dict[str, Any]]:
         degraded = _condition(prev, "Degraded", True, "AtQualityFloor",
                               f"budget at the quality floor {d.floor:.2f} and p95 still over the "
                               "SLO: add replicas or relax the SLO", gen, now)
+    elif d is not None and d.overloaded:
+        degraded = _condition(prev, "Degraded", True, "LoadBeyondFloor",
+                              f"{d.overloaded}: add replicas or relax the SLO", gen, now)
     elif lost:
         degraded = _condition(prev, "Degraded", True, "StreamLost",
                               f"no control stream to {', '.join(lost)}", gen, now)

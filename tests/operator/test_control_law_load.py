@@ -3,6 +3,7 @@ measured speed curve, panic on a jump, relaxing only on a window of lower load, 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -12,11 +13,13 @@ from dynasparse_operator.control_law import decide, violates_slo
 from dynasparse_operator.law_types import LawParams, LawState, LoadReport, PodFacts, PodReport
 from dynasparse_operator.miss_trim import wilson
 from dynasparse_operator.queueing import erlang_c, speed_for_tail, wait_tail
+from dynasparse_operator.status import StatusInput, status_patch
 from dynasparse_proto import control_pb2
 
 CURVE = ((0.3, 2.08), (0.5, 1.56), (0.75, 1.18), (1.0, 1.0))
 PARAMS = LawParams(ttft_slo_ms=500, min_budget=0.3)
 PODS = [PodFacts("a"), PodFacts("b"), PodFacts("c")]
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def load(rate, short=None, *, work=4.1, slots=32, oldest=0.0, samples=0, late=0, curve=CURVE):
@@ -71,9 +74,16 @@ def test_no_traffic_trusts_the_model_and_relaxes_to_the_ceiling_after_a_window()
     assert relaxed.to_budget == 1.0 and "no traffic" in relaxed.reason
 
 
-def test_a_load_the_floor_cannot_carry_holds_the_floor_and_says_so():
+def test_a_load_the_floor_cannot_carry_holds_the_floor_and_marks_the_model_degraded():
     d = run([30.0])[0]
     assert d.to_budget == pytest.approx(0.3) and "more than the floor gives" in d.reason
+    conds = {c["type"]: c for c in status_patch(StatusInput(
+        generation=1, desired_replicas=3, existing_pods=3, ready_pods=3, selector="s=1",
+        decision=d, pods=PODS, reports=reports(100.0, 30.0), connected={p.name: True for p in PODS},
+        ttft_slo_ms=500, previous_conditions=(), now=T0))["conditions"]}
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "LoadBeyondFloor"
+    assert "add replicas" in conds["Degraded"]["message"]
+    assert run([3.0])[0].overloaded == ""
 
 
 def test_without_a_measured_speed_curve_the_load_moves_nothing():
