@@ -1,7 +1,7 @@
 """The control law: reports + pod facts + parameters + previous state -> per-pod commands.
 
 Pure (no kopf, kubernetes, grpc, clock): the operator's daemon calls `decide` every control
-interval and at once when `violates_slo` says a fresh report broke the SLO; the local demo and the
+interval and at once when `needs_decision` says a fresh report calls for it; the local demo and the
 simulation tests (tests/operator/) call it the same way. Types live in law_types.py.
 
 The loop, in small steps:
@@ -70,9 +70,16 @@ def bounds(params: LawParams, reports: Iterable[PodReport]) -> tuple[float, floa
 
 
 def violates_slo(report: PodReport, params: LawParams) -> bool:
-    """True when this report alone warrants running the law now instead of at the next tick."""
+    """True when this report's p95 on an axis with enough samples is over its SLO."""
     ratio = slo_ratio(report, params)
-    if ratio is not None and ratio > 1.0:
+    return ratio is not None and ratio > 1.0
+
+
+def needs_decision(report: PodReport, params: LawParams) -> bool:
+    """True when this report alone warrants running the law now instead of at the next tick: a
+    p95 over the SLO, or a leading signal (a request waiting a good part of the TTFT SLO, first
+    tokens confidently late since the last change, an arrival jump)."""
+    if violates_slo(report, params):
         return True
     load, slo_s = report.load, params.ttft_slo_ms / 1000.0
     if load is None:

@@ -68,7 +68,8 @@ def trim(budget: float, level: float, floor: float, survivors: Sequence[PodFacts
     seen = f"{late} of {samples} first tokens over the SLO since the last change"
     if low > ALLOWED_MISS:
         if budget <= floor + 1e-9:
-            return Trim(budget, "hold", f"{seen}: at the floor {floor:.2f}, cannot cut further")
+            return Trim(budget, "hold", f"{seen}: budget {budget:.2f} at its floor, "
+                        "cannot cut further")
         if since_change < params.tighten_holdoff_s:
             # a report sent before the worker applied the last change still counts under the
             # budget before it

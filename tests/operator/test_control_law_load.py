@@ -9,7 +9,7 @@ import math
 import pytest
 
 from dynasparse_operator import wire
-from dynasparse_operator.control_law import decide, violates_slo
+from dynasparse_operator.control_law import decide, needs_decision, violates_slo
 from dynasparse_operator.law_types import LawParams, LawState, LoadReport, PodFacts, PodReport
 from dynasparse_operator.miss_trim import wilson
 from dynasparse_operator.queueing import erlang_c, speed_for_tail, wait_tail
@@ -102,14 +102,19 @@ def test_a_pre_emption_counts_the_draining_pods_load_against_the_survivors():
 
 def test_a_jump_in_the_short_window_tightens_at_once_and_wakes_the_law():
     jumped = reports(100.0, 3.5, short=10.0)
-    assert violates_slo(jumped["a"], PARAMS)
+    assert needs_decision(jumped["a"], PARAMS) and not violates_slo(jumped["a"], PARAMS)
     d = decide(jumped, PODS, PARAMS, LawState(), 100.0)
     assert d.kind == "panic" and d.to_budget < 0.7 and "arrivals jumped" in d.reason
 
 
 def test_a_waiting_request_aging_towards_the_slo_wakes_the_law():
-    assert violates_slo(reports(100.0, 3.0, oldest=0.3)["a"], PARAMS)
-    assert not violates_slo(reports(100.0, 3.0, oldest=0.05)["a"], PARAMS)
+    assert needs_decision(reports(100.0, 3.0, oldest=0.3)["a"], PARAMS)
+    assert not needs_decision(reports(100.0, 3.0, oldest=0.05)["a"], PARAMS)
+
+
+def test_first_tokens_confidently_late_wake_the_law_before_the_p95_has_five_samples():
+    few = reports(100.0, 0.1, samples=3, late=3)["a"]
+    assert needs_decision(few, PARAMS) and not violates_slo(few, PARAMS)
 
 
 def test_noise_inside_the_band_never_moves_the_budget():
@@ -156,7 +161,7 @@ def test_first_tokens_confidently_late_at_low_load_trim_the_budget():
 def test_the_trim_stops_at_the_floor_without_winding_up():
     state = LawState(budget=0.3, load_budget=1.0)
     d = decide(reports(100.0, 0.1, samples=9, late=9, work=0.0), PODS, PARAMS, state, 100.0)
-    assert d.to_budget == pytest.approx(0.3) and "cannot cut further" in d.reason
+    assert d.to_budget == pytest.approx(0.3) and "at its floor, cannot cut further" in d.reason
 
 
 def test_wilson_interval_needs_more_than_a_handful_to_be_sure():

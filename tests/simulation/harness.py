@@ -1,7 +1,7 @@
 """A request-level simulation of worker pods closed by the production control pieces.
 
 What is real: the operator's `control_law.decide` (with the daemon's timing: a decision every
-control interval and at once on a report that `violates_slo`, commands re-sent only when they
+control interval and at once on a report that `needs_decision`, commands re-sent only when they
 change or every five intervals), the wire conversions both ways (`wire.command_to_pb`,
 `service.update_from_pb`, `service.report_from_snapshot`, `wire.report_from_pb`), and each worker's
 `Supervisor` (bounds, fast loop, 30 s latency window) on an injected clock.
@@ -275,7 +275,7 @@ class Simulation:
                                          pod.name)
             first = pod.name not in self.reports
             self.reports[pod.name] = report
-            wake |= first or control_law.violates_slo(report, self.params)
+            wake |= first or control_law.needs_decision(report, self.params)
         for name in [n for n in self.reports if all(p.name != n or p.gone for p in self.pods)]:
             del self.reports[name]
         return wake
