@@ -126,8 +126,8 @@ class ControlLoop:
         self._warnings(pod, report.warnings)
         first = pod not in self.reports
         self.reports[pod] = rep
-        if first or control_law.violates_slo(rep, self.params()):
-            self.runtime.wake.set()  # a new pod's bounds, or an SLO violation: decide now
+        if first or control_law.needs_decision(rep, self.params()):
+            self.runtime.wake.set()  # a new pod's bounds, an SLO violation or a leading signal
 
     def _check_epoch(self, pod: str, applied: int) -> None:
         """A worker runs an epoch beyond ours (a lost status write, another operator's clock):

@@ -32,6 +32,21 @@ class PodReport:
     min_budget: float = 0.0  # sparsest budget the worker's calibration offers
     quality_curve: tuple[tuple[float, float], ...] = ()  # (budget, expected loss)
     mode: str = MODE_NORMAL
+    load: "LoadReport | None" = None  # None: the worker reports no load signals
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """A worker's offered load (its LoadSignals), checked by wire.py."""
+
+    arrival_rate_short: float = 0.0  # requests/s over a few seconds
+    arrival_rate_long: float = 0.0  # requests/s over the latency window
+    oldest_waiting_s: float = 0.0
+    work_per_request_s: float = 0.0  # dense decode slot-seconds per request; 0: not measured yet
+    slots: int = 0  # decode slots; 0: unknown
+    samples_since_change: int = 0  # first tokens since the budget last changed, plus late waiting
+    late_since_change: int = 0  # of them past the TTFT SLO
+    speed_curve: tuple[tuple[float, float], ...] = ()  # (budget, speed-up over dense)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +79,21 @@ class LawParams:
     episode_s: float = 10.0  # after a cut, how long the workers' windows still hold the late
     # samples it acted on (cuts within it belong to one violation)
     replace_disrupted_pods: bool = False
+    max_utilisation: float = 0.9  # of the decode slots, whatever the queueing model says
+    wait_slack: float = 0.8  # of the TTFT SLO, the wait for a slot the feed-forward plans for
+    tail_target: float = 0.02  # the modelled share of requests waiting longer, where a cut lands...
+    tail_tighten: float = 0.06  # ...once the current level's share would exceed this...
+    tail_relax: float = 0.01  # ...and the share a level must keep to be relaxed to
+    drain_s: float = 5.0  # a backlog is planned to drain over this long...
+    panic_drain_s: float = 1.0  # ...and this fast when the queue ages or the rate jumps
+    aging_fraction: float = 0.4  # a request waiting this fraction of the TTFT SLO wakes the law
+    jump_sigmas: float = 4.0  # a short-window count this many Poisson sigmas over the long rate
+    relax_window_s: float = 20.0  # relax only to the lowest recommendation of this long
+    relax_deadband: float = 0.05  # and only when that is this much above the current level
+    miss_confidence_z: float = 2.33  # the trim cuts on a miss fraction known at this confidence
+    relax_confidence_z: float = 1.64  # and gives back when the misses are under it at this one
+    trim_max_cut: float = 0.85  # the trim's largest cut in one decision (a factor)
+    trim_relax_factor: float = 1.05  # and its step back up
 
     @property
     def gain(self) -> float:
@@ -112,6 +142,8 @@ class LawState:
     last_error: float = 0.0
     draining: frozenset[str] = frozenset()  # pods already accounted as lost capacity
     cut_ratio: float = 0.0  # worst p95/SLO the last cut acted on (0: the last change was no cut)
+    load_budget: float = math.nan  # the feed-forward's level (nan: not known, e.g. after a restart)
+    recommendations: tuple[tuple[float, float], ...] = ()  # (time, budget) over the relax window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +168,7 @@ class Decision:
     from_budget: float
     to_budget: float
     reason: str  # one line a person understands
-    kind: str  # slo-violation | relax | hold | disruption | no-data | bounds
+    kind: str  # slo-violation | load | panic | relax | hold | disruption | no-data | bounds
     floor: float
     ceiling: float
     worst_ratio: float | None = None  # worst pod's p95 / SLO, over both axes
@@ -146,6 +178,7 @@ class Decision:
     surge_replicas: int = 0
     events: tuple[str, ...] = ()  # feed-forward messages (pressure, disruption)
     problems: tuple[str, ...] = ()  # spec errors a user must fix (maxBudget below the quality floor)
+    overloaded: str = ""  # why the load exceeds what the floor serves within the SLO ("" if not)
 
     @property
     def changed(self) -> bool:

@@ -78,6 +78,9 @@ def conditions(inp: StatusInput) -> list[dict[str, Any]]:
         degraded = _condition(prev, "Degraded", True, "AtQualityFloor",
                               f"budget at the quality floor {d.floor:.2f} and p95 still over the "
                               "SLO: add replicas or relax the SLO", gen, now)
+    elif d is not None and d.overloaded:
+        degraded = _condition(prev, "Degraded", True, "LoadBeyondFloor",
+                              f"{d.overloaded}: add replicas or relax the SLO", gen, now)
     elif lost:
         degraded = _condition(prev, "Degraded", True, "StreamLost",
                               f"no control stream to {', '.join(lost)}", gen, now)
@@ -162,7 +165,7 @@ def event_for(decision: Decision) -> tuple[str, str, str] | None:
         return None
     if decision.kind == "disruption":
         return "Warning", "Disruption", decision.reason
-    if decision.kind == "slo-violation":
+    if decision.kind in ("slo-violation", "panic"):  # misses measured, or an arrival jump
         return "Warning", "BudgetLowered", decision.reason
     if decision.kind == "bounds":
         return "Normal", "BudgetBounded", decision.reason

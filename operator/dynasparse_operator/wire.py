@@ -16,9 +16,11 @@ import logging
 import math
 import time
 
-from dynasparse_operator.law_types import MODE_DRAIN, LawParams, PodCommand, PodReport
+from dynasparse_operator.law_types import (MODE_DRAIN, LawParams, LoadReport, PodCommand,
+                                           PodReport)
 from dynasparse_proto import control_pb2
 from dynasparse_proto.quality import valid_curve
+from dynasparse_proto.speed import valid_speed_curve
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 2**31 - 1
@@ -45,6 +47,27 @@ def report_from_pb(report: control_pb2.Report, received_at: float, pod: str = ""
         min_budget=_within(report.min_budget, 0.0, 1.0, fallback=0.0),
         quality_curve=valid_curve((p.budget, p.expected_loss) for p in report.quality_curve),
         mode=MODE_DRAIN if report.mode == control_pb2.MODE_DRAIN else "normal",
+        load=_load(report.load) if report.HasField("load") else None,
+    )
+
+
+MAX_RATE = 1e6
+"""Requests/s beyond this are a broken counter, not a load."""
+
+
+def _load(load: control_pb2.LoadSignals) -> LoadReport:
+    """The load signals with every number clamped into a range the feed-forward can trust."""
+    return LoadReport(
+        arrival_rate_short=_within(load.arrival_rate_short, 0.0, MAX_RATE, fallback=0.0),
+        arrival_rate_long=_within(load.arrival_rate_long, 0.0, MAX_RATE, fallback=0.0),
+        oldest_waiting_s=_within(load.oldest_waiting_s, 0.0, MAX_LATENCY_MS / 1000, fallback=0.0),
+        work_per_request_s=_within(load.work_per_request_s, 0.0, MAX_LATENCY_MS / 1000,
+                                   fallback=0.0),
+        slots=min(int(load.slots), MAX_SAMPLES),
+        samples_since_change=min(int(load.samples_since_change), MAX_SAMPLES),
+        late_since_change=min(int(load.late_since_change), int(load.samples_since_change),
+                              MAX_SAMPLES),
+        speed_curve=valid_speed_curve((p.budget, p.speedup) for p in load.speed_curve),
     )
 
 

@@ -126,8 +126,9 @@ async def test_budget_change_reaches_the_worker_within_a_second_of_a_violating_r
         await wait_for(lambda: sup.control.epoch == loop.epoch)
         assert sup.budget == pytest.approx(0.9), "restart safety: the budget resumes from status"
         assert sup.control.floor == pytest.approx(0.4)
+        await asyncio.sleep(0.95)  # requests that arrived after the budget was applied...
         for _ in range(20):
-            sup.record_first_token(0.9)  # p95 TTFT 900 ms > SLO 500 ms
+            sup.record_first_token(0.9)  # ...all late: p95 TTFT 900 ms > SLO 500 ms
         await wait_for(lambda: sup.budget < 0.89, timeout=3.0)
         applied_at = time.monotonic()
         assert loop.violating_at is not None
@@ -135,7 +136,8 @@ async def test_budget_change_reaches_the_worker_within_a_second_of_a_violating_r
         assert applied_at - loop.violating_at < 1.0, applied_at - loop.violating_at
         await wait_for(lambda: any("lastDecision" in s for s in statuses))
         decision = next(s["lastDecision"] for s in statuses if "lastDecision" in s)
-        assert decision["reason"].startswith("p95 TTFT 900 ms > SLO 500 ms: budget 0.90 → ")
+        assert decision["reason"].startswith("p95 TTFT 900 ms > SLO 500 ms; 20 of 20 first tokens "
+                                             "over the SLO since the last change: budget 0.90 → ")
         assert ("Warning", "BudgetLowered", decision["reason"]) in events
         assert sup.control.sequence == loop.sequence_sent
     finally:

@@ -1,7 +1,7 @@
 """A request-level simulation of worker pods closed by the production control pieces.
 
 What is real: the operator's `control_law.decide` (with the daemon's timing: a decision every
-control interval and at once on a report that `violates_slo`, commands re-sent only when they
+control interval and at once on a report that `needs_decision`, commands re-sent only when they
 change or every five intervals), the wire conversions both ways (`wire.command_to_pb`,
 `service.update_from_pb`, `service.report_from_snapshot`, `wire.report_from_pb`), and each worker's
 `Supervisor` (bounds, fast loop, 30 s latency window) on an injected clock.
@@ -15,7 +15,6 @@ measured budget -> throughput curve. Time is simulated in ticks of `dt`; nothing
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import heapq
 import math
@@ -29,6 +28,7 @@ from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.memory import MemoryReading
 from dynasparse_worker.control.service import report_from_snapshot, update_from_pb
 from dynasparse_worker.control.supervisor import Supervisor
+from dynasparse_proto.speed import speedup_at
 from dynasparse_worker.engine.types import EngineStats
 
 H200_BATCH32 = ((0.3, 2.08), (0.5, 1.56), (0.75, 1.18), (1.0, 1.0))
@@ -37,16 +37,9 @@ QUALITY_CURVE = ((0.2, 0.05), (0.3, 0.03), (0.5, 0.015), (0.75, 0.005), (1.0, 0.
 SPOT = ("aws-node-termination-handler/spot-itn",)
 
 
-def speedup(budget: float, curve=H200_BATCH32) -> float:
-    """Throughput relative to dense at `budget`, linear between measured points, flat outside."""
-    budgets = [b for b, _ in curve]
-    if budget <= budgets[0]:
-        return curve[0][1]
-    if budget >= budgets[-1]:
-        return curve[-1][1]
-    i = bisect.bisect_right(budgets, budget)
-    (b0, s0), (b1, s1) = curve[i - 1], curve[i]
-    return s0 + (s1 - s0) * (budget - b0) / (b1 - b0)
+def speedup(budget: float) -> float:
+    """Throughput relative to dense at `budget` on the modelled device."""
+    return speedup_at(H200_BATCH32, budget)
 
 
 class _Actuator:
@@ -65,6 +58,9 @@ class _Actuator:
 
     def quality_curve(self) -> list[tuple[float, float]]:
         return list(QUALITY_CURVE)
+
+    def speed_curve(self) -> list[tuple[float, float]]:
+        return list(H200_BATCH32)
 
 
 class _NoMemoryPressure:
@@ -89,7 +85,8 @@ class Pod:
         self.actuator = _Actuator()
         self.sup = Supervisor(self.actuator, pod_name=name, model_name="sim",
                               config=FastLoopConfig(), memory=_NoMemoryPressure(),
-                              quality_min_budget=quality_min_budget, clock=lambda: sim.now)
+                              quality_min_budget=quality_min_budget, slots=slots,
+                              clock=lambda: sim.now)
         self.sup.model_loaded = True
         self.waiting: deque[Request] = deque()
         self.running: list[tuple[float, int]] = []  # heap of (finish work-clock, id)
@@ -155,9 +152,11 @@ class Outcome:
     windows_over: float  # fraction of 30 s windows whose p95 TTFT exceeds the SLO
     reversals_per_5min: float
     onset_to_applied_s: float | None  # None: no overload onset in this run
+    late_to_next_cut_s: float | None
     idle_relaxes_with_requests: int  # relaxes on "too few samples" while requests ran or waited
     relaxes_past_slo: int  # relaxes while a waiting request was already older than the SLO
     min_applied_budget: float
+    mean_applied_budget: float  # time average of the serving pods' lowest budget (quality kept)
     budget_changes: int
 
 
@@ -181,7 +180,8 @@ class Simulation:
         self.idle_relaxes_with_requests = 0
         self.relaxes_past_slo = 0
         self.min_applied = 1.0
-        self.applied_log: list[tuple[float, float]] = []  # (time, lowest applied budget)
+        self.applied_log: list[tuple[float, float]] = []  # (time, lowest budget a serving pod
+        # applies: a draining pod sits at the floor and serves nothing new)
 
     def noise_factor(self) -> float:
         sigma = self.sc.noise_sigma
@@ -239,7 +239,8 @@ class Simulation:
                 pod.tick(self.dt)
         applied = [p.actuator.budget for p in self.pods if not p.gone]
         self.min_applied = min([self.min_applied, *applied])
-        self.applied_log.append((self.now, min(applied)))
+        serving = [p.actuator.budget for p in self.pods if not p.gone and not p.sup.draining]
+        self.applied_log.append((self.now, min(serving or applied)))
         wake = self._reports()
         if self.operator_up and (wake or self.now >= self.next_decide - 1e-9):
             self._decide()
@@ -274,7 +275,7 @@ class Simulation:
                                          pod.name)
             first = pod.name not in self.reports
             self.reports[pod.name] = report
-            wake |= first or control_law.violates_slo(report, self.params)
+            wake |= first or control_law.needs_decision(report, self.params)
         for name in [n for n in self.reports if all(p.name != n or p.gone for p in self.pods)]:
             del self.reports[name]
         return wake
@@ -295,26 +296,46 @@ class Simulation:
             windows_over=windows_over(reqs, slo_s, self.sc.duration_s),
             reversals_per_5min=reversals(self.budget_series(), 0.15) * 300.0 / self.sc.duration_s,
             onset_to_applied_s=self.onset_to_applied(slo_s),
+            late_to_next_cut_s=self.late_to_next_cut(slo_s),
             idle_relaxes_with_requests=self.idle_relaxes_with_requests,
             relaxes_past_slo=self.relaxes_past_slo,
             min_applied_budget=self.min_applied,
+            mean_applied_budget=sum(b for _, b in self.applied_log) / max(1, len(self.applied_log)),
             budget_changes=sum(1 for d in self.decisions if d.changed),
         )
 
     def budget_series(self) -> list[float]:
         return [1.0] + [d.to_budget for d in self.decisions if d.changed]
 
+    def _first_late(self, slo_s: float) -> float | None:
+        """When the first request arriving after `overload_from` went past the SLO."""
+        return next((r.arrival + slo_s for r in sorted(self.finished, key=lambda r: r.arrival)
+                     if r.arrival >= self.sc.overload_from and r.ttft > slo_s), None)
+
     def onset_to_applied(self, slo_s: float) -> float | None:
-        """From the first request to wait past the SLO (after `overload_from`) to the first lower
-        budget any pod applies at or after that moment."""
-        onset = next((r.arrival + slo_s for r in sorted(self.finished, key=lambda r: r.arrival)
-                      if r.arrival >= self.sc.overload_from and r.ttft > slo_s), None)
+        """From the first request late after `overload_from` to the first lower budget a serving
+        pod applies after `overload_from`: 0 when that cut came before any request was late (the
+        budget moved ahead of the SLO), None when no request was late."""
+        onset = self._first_late(slo_s)
+        if onset is None:
+            return None
+        start = next((b for t, b in reversed(self.applied_log) if t <= self.sc.overload_from), 1.0)
+        cut = next((t for t, b in self.applied_log
+                    if t >= self.sc.overload_from and b < start - 1e-9), None)
+        if cut is None:
+            return math.inf if start > min(b for _, b in self.applied_log) + 1e-9 else 0.0
+        return max(0.0, cut - onset)
+
+    def late_to_next_cut(self, slo_s: float) -> float | None:
+        """From the first request late after `overload_from` to the next lower budget a serving
+        pod applies at or after that moment (stricter: a cut made before it does not count)."""
+        onset = self._first_late(slo_s)
         if onset is None:
             return None
         before = next((b for t, b in reversed(self.applied_log) if t <= onset), 1.0)
         after = next((t for t, b in self.applied_log if t >= onset and b < before - 1e-9), None)
         if after is None:
-            return math.inf if before > self.min_applied + 1e-9 else 0.0
+            return math.inf if before > min(b for _, b in self.applied_log) + 1e-9 else 0.0
         return after - onset
 
 

@@ -80,6 +80,34 @@ class LocalDecision(_message.Message):
     source: str
     def __init__(self, at_unix_ms: _Optional[int] = ..., from_budget: _Optional[float] = ..., to_budget: _Optional[float] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
+class SpeedPoint(_message.Message):
+    __slots__ = ("budget", "speedup")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    budget: float
+    speedup: float
+    def __init__(self, budget: _Optional[float] = ..., speedup: _Optional[float] = ...) -> None: ...
+
+class LoadSignals(_message.Message):
+    __slots__ = ("arrival_rate_short", "arrival_rate_long", "oldest_waiting_s", "work_per_request_s", "slots", "samples_since_change", "late_since_change", "speed_curve")
+    ARRIVAL_RATE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_RATE_LONG_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAITING_S_FIELD_NUMBER: _ClassVar[int]
+    WORK_PER_REQUEST_S_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_SINCE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    LATE_SINCE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SPEED_CURVE_FIELD_NUMBER: _ClassVar[int]
+    arrival_rate_short: float
+    arrival_rate_long: float
+    oldest_waiting_s: float
+    work_per_request_s: float
+    slots: int
+    samples_since_change: int
+    late_since_change: int
+    speed_curve: _containers.RepeatedCompositeFieldContainer[SpeedPoint]
+    def __init__(self, arrival_rate_short: _Optional[float] = ..., arrival_rate_long: _Optional[float] = ..., oldest_waiting_s: _Optional[float] = ..., work_per_request_s: _Optional[float] = ..., slots: _Optional[int] = ..., samples_since_change: _Optional[int] = ..., late_since_change: _Optional[int] = ..., speed_curve: _Optional[_Iterable[_Union[SpeedPoint, _Mapping]]] = ...) -> None: ...
+
 class QualityPoint(_message.Message):
     __slots__ = ("budget", "expected_loss")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -89,7 +117,7 @@ class QualityPoint(_message.Message):
     def __init__(self, budget: _Optional[float] = ..., expected_loss: _Optional[float] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("pod_name", "model", "sent_at_unix_ms", "ttft", "inter_token", "queue_depth", "running_sequences", "tokens_per_s", "applied_budget", "expected_quality_loss", "floor", "ceiling", "mode", "ready", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "memory_source", "kv_usage", "last_decision", "applied_epoch", "applied_sequence", "min_budget", "quality_curve", "requests_total", "requests_failed", "warnings")
+    __slots__ = ("pod_name", "model", "sent_at_unix_ms", "ttft", "inter_token", "queue_depth", "running_sequences", "tokens_per_s", "applied_budget", "expected_quality_loss", "floor", "ceiling", "mode", "ready", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "memory_source", "kv_usage", "last_decision", "applied_epoch", "applied_sequence", "min_budget", "quality_curve", "requests_total", "requests_failed", "warnings", "load")
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +144,7 @@ class Report(_message.Message):
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     pod_name: str
     model: str
     sent_at_unix_ms: int
@@ -142,4 +171,5 @@ class Report(_message.Message):
     requests_total: int
     requests_failed: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pod_name: _Optional[str] = ..., model: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., inter_token: _Optional[_Union[LatencySummary, _Mapping]] = ..., queue_depth: _Optional[int] = ..., running_sequences: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., applied_budget: _Optional[float] = ..., expected_quality_loss: _Optional[float] = ..., floor: _Optional[float] = ..., ceiling: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., ready: _Optional[bool] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., kv_usage: _Optional[float] = ..., last_decision: _Optional[_Union[LocalDecision, _Mapping]] = ..., applied_epoch: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., min_budget: _Optional[float] = ..., quality_curve: _Optional[_Iterable[_Union[QualityPoint, _Mapping]]] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    load: LoadSignals
+    def __init__(self, pod_name: _Optional[str] = ..., model: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., inter_token: _Optional[_Union[LatencySummary, _Mapping]] = ..., queue_depth: _Optional[int] = ..., running_sequences: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., applied_budget: _Optional[float] = ..., expected_quality_loss: _Optional[float] = ..., floor: _Optional[float] = ..., ceiling: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., ready: _Optional[bool] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., kv_usage: _Optional[float] = ..., last_decision: _Optional[_Union[LocalDecision, _Mapping]] = ..., applied_epoch: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., min_budget: _Optional[float] = ..., quality_curve: _Optional[_Iterable[_Union[QualityPoint, _Mapping]]] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[LoadSignals, _Mapping]] = ...) -> None: ...

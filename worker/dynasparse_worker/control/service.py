@@ -125,6 +125,15 @@ def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
         applied_sequence=s.control.sequence, min_budget=s.min_budget,
         requests_total=s.requests_total, requests_failed=s.requests_failed,
         warnings=s.warnings,
+        load=control_pb2.LoadSignals(
+            arrival_rate_short=s.load.arrival_rate_short,
+            arrival_rate_long=s.load.arrival_rate_long,
+            oldest_waiting_s=s.load.oldest_waiting_s,
+            work_per_request_s=s.load.work_per_request_s, slots=s.load.slots,
+            samples_since_change=s.load.samples_since_change,
+            late_since_change=s.load.late_since_change,
+            speed_curve=[control_pb2.SpeedPoint(budget=b, speedup=x) for b, x in s.speed_curve],
+        ),
     )
     report.quality_curve.extend(
         control_pb2.QualityPoint(budget=b, expected_loss=loss) for b, loss in s.quality_curve

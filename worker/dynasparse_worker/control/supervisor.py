@@ -20,10 +20,12 @@ from typing import Callable, Protocol
 
 from dynasparse_proto.limits import MAX_WARNINGS, REPORT_INTERVAL_RANGE_S, clipped
 from dynasparse_proto.quality import budget_for_loss, valid_curve
+from dynasparse_proto.speed import speedup_at, valid_speed_curve
 from dynasparse_worker.control import bounds as B
 from dynasparse_worker.control.fast_loop import (
     Decision, FastLoopConfig, LoopState, Signals, decide, follow_operator,
 )
+from dynasparse_worker.control.load import LoadSummary, LoadTracker
 from dynasparse_worker.control.memory import MemoryProbe, MemoryReading
 from dynasparse_worker.control.window import LatencyWindows, Summary
 from dynasparse_worker.engine.types import EngineStats
@@ -44,6 +46,10 @@ class BudgetActuator(Protocol):
 
     def quality_curve(self) -> list[tuple[float, float]]:
         """(budget, expected loss) points, ascending budget."""
+
+    # Optional: `speed_curve() -> list[tuple[float, float]]`, (budget, decode speed-up over dense)
+    # as measured on this device; without it the worker reports none and the operator assumes a
+    # cut buys no speed.
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,14 @@ class Snapshot:
     requests_total: int = 0
     requests_failed: int = 0
     warnings: tuple[str, ...] = ()
+    load: LoadSummary = field(default_factory=LoadSummary)
+    speed_curve: tuple[tuple[float, float], ...] = ()
+
+
+def _measured_speed(actuator: BudgetActuator) -> tuple[tuple[float, float], ...]:
+    """The actuator's measured speed curve (measured once at start-up), or none."""
+    measured = getattr(actuator, "speed_curve", None)
+    return valid_speed_curve(measured()) if measured is not None else ()
 
 
 class Supervisor:
@@ -84,7 +98,7 @@ class Supervisor:
                  initial_budget: float = 1.0, report_interval_s: float = 0.5,
                  drain_grace_s: float = 30.0, deregister_s: float = 0.0, window_s: float = 30.0,
                  quality_min_budget: float | None = None, quality_max_loss: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 slots: int = 0, clock: Callable[[], float] = time.monotonic):
         """`deregister_s`: how long a draining worker, already reporting not-ready, still admits
         requests, so that clients routed here before the endpoints dropped this pod are served
         rather than refused (Kubernetes removes a pod from a Service only after its readiness probe
@@ -92,7 +106,10 @@ class Supervisor:
 
         `quality_min_budget` / `quality_max_loss`: the AdaptiveModel's quality bound, given at pod
         creation, so that the floor holds from the first request on, not only once the operator's
-        first update arrives (see `lowest_budget`)."""
+        first update arrives (see `lowest_budget`).
+
+        `slots`: the decode batch's size (the most requests that run at once); 0 learns it as the
+        most seen running."""
         self.quality_min_budget = quality_min_budget
         self.quality_max_loss = quality_max_loss
         self.actuator = actuator
@@ -105,10 +122,12 @@ class Supervisor:
         self.deregister_s = deregister_s
         self._drain_started_at: float | None = None
         self.windows = LatencyWindows(window_s)
+        self.load = LoadTracker(latency_s=window_s, slots=slots)
         self.clock = clock
         self._lock = threading.Lock()
         self._calibration_min = actuator.min_budget()
         self._min_budget = self.lowest_budget(actuator)
+        self._speed = _measured_speed(actuator)
         self._control = B.initial_state(self._min_budget, initial_budget)
         self._loop = LoopState(budget=self._control.target)
         self._expected_loss = actuator.set_budget(self._loop.budget)
@@ -173,6 +192,7 @@ class Supervisor:
         """Swap in the model's actuator once it is loaded; the floor rises to its min_budget."""
         with self._lock:
             self.actuator = actuator
+            self._speed = _measured_speed(actuator)
             self._calibration_min = actuator.min_budget()
             self._min_budget = self.lowest_budget(actuator)
             floor = max(self._control.floor, self._min_budget)
@@ -271,10 +291,14 @@ class Supervisor:
             )
             self._loop, decision = decide(signals, self._control, self._loop, self.config)
             self._apply(decision, on_engine_thread=True)
+            self.load.on_step(now, stats.queue_depth, stats.running,
+                              speedup_at(self._speed, self._loop.budget))
 
     def record_first_token(self, ttft_s: float) -> None:
         with self._lock:
-            self.windows.ttft.add(self.clock(), ttft_s)
+            now = self.clock()
+            self.windows.ttft.add(now, ttft_s)
+            self.load.on_first_token(now, ttft_s, self._control.ttft_p95_ms / 1000.0)
 
     def record_tokens(self, count: int, inter_token_s: float | None) -> None:
         with self._lock:
@@ -287,6 +311,7 @@ class Supervisor:
         with self._lock:
             self.requests_total += 1
             self.requests_failed += 0 if ok else 1
+            self.load.on_finished(self.clock())
 
     # ---- reports ---------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -306,6 +331,8 @@ class Supervisor:
                 quality_curve=list(self.actuator.quality_curve()),
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
                 warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
+                load=self.load.summary(now, self._control.ttft_p95_ms / 1000.0),
+                speed_curve=self._speed,
             )
 
     # ---- internals -------------------------------------------------------------------------------
@@ -322,6 +349,8 @@ class Supervisor:
             self._pending_budget = None
             self._expected_loss = self.actuator.set_budget(decision.to_budget)
             self._applied.set()
+        if abs(decision.to_budget - decision.from_budget) >= 0.01:
+            self.load.on_budget_changed(self.clock())
         timed = TimedDecision(decision, int(time.time() * 1000))
         self._last_decision = timed
         for listener in self.decision_listeners:

@@ -66,6 +66,19 @@ class GatedActuator:
     def min_budget(self) -> float:
         return float(self.gated.floor)
 
+    def speed_curve(self) -> list[tuple[float, float]]:
+        """(budget, decode speed-up over dense) the engine measured at start-up for its largest
+        batch bucket (a loaded server runs full batches), offered levels only; none when it
+        measured nothing (the CPU without a timer)."""
+        speed = getattr(self.engine, "speed", None)
+        if speed is None or not speed.levels:
+            return []
+        bucket = max(speed.levels)
+        dense = speed.dense_ms[bucket]
+        points = [(float(lv.budget), dense / lv.ms) for lv in speed.levels[bucket]
+                  if lv.offered and lv.ms > 0]
+        return sorted(set(points) | {(1.0, 1.0)})
+
     def quality_curve(self) -> list[tuple[float, float]]:
         table = getattr(self.gated, "table", None)
         if table is None:
