@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from dynasparse_worker.commands.bench import SHAPES
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine import attention, fused
 from dynasparse_worker.engine.types import SamplingParams
+from dynasparse_worker.models.shapes import SHAPES
 
 
 def build(shape: str):

@@ -118,14 +118,13 @@ def gated_check(device: str, gen: int, prompts: list[list[int]]) -> dict:
     """Gemma 2 under a gated plan at budget 0.35 of a synthetic calibrated table (width thresholds
     and skipped halves; the engine, built after calibration, captures a graph per depth plan) with
     the default gated ops (sparse kernels on CUDA), against the gated HF model under that plan."""
-    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
-    from dynasparse_worker.engine.synthetic_plan import synthetic_table
     from dynasparse_worker.gating import install_gates
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
 
     family, extra = CONFIGS["gemma2"]
     model = build(family, extra, device, torch.float32)
     gated = install_gates(model)
-    synthetic_table(gated, half_bytes_of(gated), [0.6, 0.35], SIZES["vocab_size"], torch.device(device))
+    synthetic_table(gated, gated.half_bytes(), [0.6, 0.35], SIZES["vocab_size"], torch.device(device))
     engine = Engine(gated, None, EngineConfig(max_batch_size=8, max_seq_len=256,
                                               kv_memory_fraction=0.05, kv_capacity_tokens=2048,
                                               max_prefill_tokens=16, batch_buckets=(1, 2, 4, 8)))

@@ -26,22 +26,19 @@ def main() -> None:
     parser.add_argument("--out", default="profile-b1.json")
     parser.add_argument("--force-sparse", action="store_true", help="sparse kernel for every group")
     args = parser.parse_args()
-    from types import SimpleNamespace
-
-    from dynasparse_worker.commands.bench import _load
-    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
+    from dynasparse_worker.benchmarks.engine_bench import load_for_bench
     from dynasparse_worker.engine import Engine, EngineConfig
-    from dynasparse_worker.engine.synthetic_plan import synthetic_table
     from dynasparse_worker.engine.types import SamplingParams
     from dynasparse_worker.gating import install_gates
-    from dynasparse_worker.kernels.engine_ops import GROUP_NAMES
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
+    from dynasparse_worker.sparsity import GROUP_NAMES, MLP_IN, keep_mask
 
     device = torch.device(args.device)
-    model, _, name, _ = _load(SimpleNamespace(shape=args.shape), device)
+    model, _, name, _ = load_for_bench(args.shape, None, device)
     gated = install_gates(model)
     budgets = [float(b) for b in args.budgets.split(",")]
     vocab = model.config.vocab_size
-    synthetic_table(gated, half_bytes_of(gated), budgets, vocab, device, None)
+    synthetic_table(gated, gated.half_bytes(), budgets, vocab, device, None)
     engine = Engine(gated, None, EngineConfig(max_batch_size=1, max_seq_len=256, kv_capacity_tokens=256,
                                               cuda_graphs=False, batch_buckets=(1,)))
     ops = engine.runner.gated_ops
@@ -52,9 +49,9 @@ def main() -> None:
 
     def project(x, weight, bias, layer, group, bucket):
         if recording[0]:
-            threshold, scale = ops._gate(bucket, layer, group)
-            score = x.abs().float() * (scale if scale is not None else 1.0)
-            seen[group].append(float((score <= threshold).all(0).float().mean()))
+            threshold, scale = ops.gate(bucket, layer, group)
+            skipped = ~keep_mask(x, threshold, scale)  # [N, in]
+            seen[group].append(float(skipped.all(0).float().mean()))
             modes[group][ops.policy(x.shape[0], GROUP_NAMES[group])] += 1
         return original(x, weight, bias, layer, group, bucket)
 
@@ -74,9 +71,9 @@ def main() -> None:
 
         def annotated_gated(x, gate_up, act, layer, bucket):
             if recording[0]:
-                threshold, scale = ops._gate(bucket, layer, 2)
-                score = x.abs().float() * (scale if scale is not None else 1.0)
-                seen[2].append(float((score <= threshold).all(0).float().mean()))
+                threshold, scale = ops.gate(bucket, layer, MLP_IN)
+                skipped = ~keep_mask(x, threshold, scale)  # [N, in]
+                seen[MLP_IN].append(float(skipped.all(0).float().mean()))
             with torch.profiler.record_function("group/mlp_in"):
                 return fused(x, gate_up, act, layer, bucket)
 

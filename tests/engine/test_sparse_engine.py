@@ -137,12 +137,10 @@ def test_a_denser_plan_after_a_skipped_attention_half_attends_over_the_whole_pro
 
 
 def test_budget_change_reaches_the_next_step_without_captures_or_new_packs():
-    from dynasparse_worker.engine.synthetic_plan import synthetic_table
-
-    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
 
     gated = install_gates(_tiny(2))
-    synthetic_table(gated, half_bytes_of(gated), [0.6, 0.35], 97, torch.device("cpu"))
+    synthetic_table(gated, gated.half_bytes(), [0.6, 0.35], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)  # built after calibration: graphs know the depth plans
     runner = engine.runner
     engine.add_request("r", PROMPT, SamplingParams(max_tokens=30, ignore_eos=True))
@@ -259,12 +257,10 @@ def test_gemma_engine_gives_the_gated_hf_models_tokens_under_width_and_depth_pla
 
 
 def test_gemma_budget_change_reaches_the_next_step_without_captures_or_new_packs():
-    from dynasparse_worker.engine.synthetic_plan import synthetic_table
-
-    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
 
     gated = install_gates(_tiny_gemma2(1))
-    synthetic_table(gated, half_bytes_of(gated), [0.6, 0.35], 97, torch.device("cpu"))
+    synthetic_table(gated, gated.half_bytes(), [0.6, 0.35], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)  # the default sparse-kernel ops, as Llama gets them
     runner = engine.runner
     engine.apply_budget(1.0)
@@ -302,8 +298,7 @@ def test_a_prompt_chunk_follows_the_plan_of_the_batch_bucket_its_length_falls_in
 
 
 def test_the_synthetic_plan_follows_the_planner_width_at_one_sequence_depth_at_many():
-    from dynasparse_worker.engine.synthetic_plan import half_bytes_of
-    from dynasparse_worker.engine.synthetic_plan import synthetic_table
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
 
     config = _tiny(3).config
     config.num_hidden_layers = 6
@@ -311,7 +306,7 @@ def test_the_synthetic_plan_follows_the_planner_width_at_one_sequence_depth_at_m
     from transformers import LlamaForCausalLM
 
     gated = install_gates(LlamaForCausalLM(config).eval())
-    half_bytes = half_bytes_of(gated)
+    half_bytes = gated.half_bytes()
     table = synthetic_table(gated, half_bytes, [0.5], 97, torch.device("cpu"), depth_share=None)
     level = table.budgets.tolist().index(0.5)
     edges = list(table.bucket_edges)

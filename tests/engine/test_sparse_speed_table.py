@@ -10,12 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynasparse_worker.engine.synthetic_plan import half_bytes_of
 from dynasparse_worker.engine import Engine, EngineConfig
 from dynasparse_worker.engine.plans import DENSE
-from dynasparse_worker.engine.synthetic_plan import synthetic_table
 from dynasparse_worker.engine.types import SamplingParams
 from dynasparse_worker.gating import install_gates
+from dynasparse_worker.gating.synthetic_plan import synthetic_table
 
 CONFIG = EngineConfig(max_batch_size=2, max_seq_len=48, kv_capacity_tokens=96)
 LEVELS = [0.75, 0.5, 0.35]
@@ -44,7 +43,7 @@ def _engine(timer, depth_share: float = 0.5):
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                          max_position_embeddings=256, eos_token_id=96)
     gated = install_gates(LlamaForCausalLM(config).eval())
-    synthetic_table(gated, half_bytes_of(gated), LEVELS, 97, torch.device("cpu"), depth_share)
+    synthetic_table(gated, gated.half_bytes(), LEVELS, 97, torch.device("cpu"), depth_share)
     return gated, Engine(gated, None, CONFIG, speed_timer=timer)
 
 
@@ -161,7 +160,7 @@ def test_without_a_timer_a_cpu_engine_measures_nothing_and_offers_every_level():
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                          max_position_embeddings=256, eos_token_id=96)
     gated = install_gates(LlamaForCausalLM(config).eval())
-    synthetic_table(gated, half_bytes_of(gated), [0.5], 97, torch.device("cpu"))
+    synthetic_table(gated, gated.half_bytes(), [0.5], 97, torch.device("cpu"))
     engine = Engine(gated, None, CONFIG)
     assert engine.speed is None and gated.table.offered is None
     assert "speed_levels_offered_b1" not in engine.stats().extra

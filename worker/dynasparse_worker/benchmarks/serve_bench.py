@@ -1,7 +1,7 @@
 """`dynasparse bench --serve`: what clients get from `dynasparse serve`, next to what the engine can do.
 
 In one run: (1) the engine alone, in this process, decodes `batch` sequences at each level and
-budget (`commands.bench.bench_engine`: decode-only tok/s and ms per step), then frees the device;
+budget (`benchmarks.engine_bench.bench_engine`: decode-only tok/s and ms per step), then frees the device;
 (2) `dynasparse serve` starts as a subprocess on the same model (`--model shape:NAME` for random
 weights of a real shape), with dev mTLS certificates so this benchmark can set the budget as the
 operator does (target = floor = ceiling, so the fast loop holds it); (3) per budget and level,
@@ -34,7 +34,7 @@ def engine_alone(spec: str, device: Any, levels: list[int], budgets: list[float]
     token ids a prompt may use (the tokenizer's and the model's vocabularies both hold them)."""
     import torch
 
-    from dynasparse_worker.commands.bench import bench_engine, engine_config
+    from dynasparse_worker.benchmarks.engine_bench import bench_engine, engine_config
     from dynasparse_worker.engine import Engine
     from dynasparse_worker.models import load_model
     from dynasparse_worker.server.runtime import load_gated

@@ -21,6 +21,8 @@ from dynasparse_worker.engine.scheduler import Batch, Scheduler, SchedulerConfig
 from dynasparse_worker.engine.sequence import Sequence, Status
 from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent
 from dynasparse_worker.errors import UserError
+from dynasparse_worker.gating.controller import GatedModel
+from dynasparse_worker.sparsity import PlanState
 
 
 @dataclass(frozen=True)
@@ -54,21 +56,21 @@ class EngineConfig:
 
 class Engine:
     def __init__(self, model: Any, tokenizer: Any | None = None, config: EngineConfig | None = None,
-                 state: Any | None = None, ops: Any | None = None, speed_timer: Any | None = None):
+                 state: PlanState | None = None, ops: Any | None = None,
+                 speed_timer: Any | None = None):
         """`model`: a HF causal LM (eval mode, on its device) or a `gating.GatedModel`; `state`: the
         gated model's `SparsityState` (taken from a GatedModel when not given); `ops`: a
         `model.LinearOps`-like dispatch (default: `kernels.SparseLinearOps` when there is a state).
         A GatedModel's calibrated table decides which depth plans get a CUDA graph each; each level
         is then timed (`engine.speed`: on CUDA always, elsewhere with `speed_timer`) and only
         levels faster than every denser one are offered."""
-        self.gated = None
-        table = None
-        if hasattr(model, "set_budget") and hasattr(model, "state"):
-            self.gated, table = model, getattr(model, "table", None)  # a gating.GatedModel
+        self.gated: GatedModel | None = None
+        if isinstance(model, GatedModel):
+            self.gated = model
             state, model = state if state is not None else model.state, model.model
         elif state is not None and getattr(model, "dynasparse_gated", None) is not None:
             self.gated = model.dynasparse_gated  # a gated HF model (install_gates' back-reference)
-            table = getattr(self.gated, "table", None)
+        table = self.gated.table if self.gated is not None else None
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config.runner_config(), state=state, ops=ops,
@@ -96,7 +98,8 @@ class Engine:
         self._steps_total = 0
 
     @classmethod
-    def from_loaded(cls, loaded: Any, config: EngineConfig | None = None, state: Any | None = None,
+    def from_loaded(cls, loaded: Any, config: EngineConfig | None = None,
+                    state: PlanState | None = None,
                     ops: Any | None = None) -> "Engine":
         """Build from `dynasparse_worker.models.load_model(spec, device)`'s `LoadedModel`."""
         return cls(loaded.model, loaded.tokenizer, config, state=state, ops=ops)

@@ -36,13 +36,11 @@ from torch import Tensor
 
 from dynasparse_worker.engine.fused import (add_rms_norm, offset_rms_norm_torch, rms_norm_torch,
                                             rope_and_cache, silu_mul)
-
-GROUP_ATTN_IN, GROUP_ATTN_OUT, GROUP_MLP_IN, GROUP_MLP_OUT = 0, 1, 2, 3
+from dynasparse_worker.sparsity import (ATTN_IN, ATTN_OUT, MLP_IN, MLP_OUT, Depth, HalfBytes,
+                                        PlanState, keep_mask, tensor_bytes)
 
 # attend(layer, q [N, H, D]) -> [N, H, D], over the cache that `forward` has just written
 AttendFn = Callable[[int, Tensor], Tensor]
-# per layer: (run the attention half, run the MLP half), read on the host
-Depth = tuple[tuple[bool, bool], ...]
 
 
 @dataclass(frozen=True)
@@ -84,15 +82,15 @@ class LinearOps:
     `bucket` are Python ints fixed per captured graph, the thresholds are read from device tensors.
     """
 
-    def __init__(self, state: Any | None = None):
+    def __init__(self, state: PlanState | None = None):
         self.state = state
 
     def project(self, x: Tensor, weight: Tensor, bias: Tensor | None, layer: int, group: int,
                 bucket: int) -> Tensor:
         if self.state is not None:
             threshold = self.state.thresholds[bucket, layer, group]  # [] float32
-            score = x.abs() * _col_scale(self.state, layer, group)  # [N, in] float32
-            x = x * (score > threshold).to(x.dtype)  # [N, in]
+            keep = keep_mask(x, threshold, self.state.col_scale(layer, group))  # [N, in] bool
+            x = x * keep.to(x.dtype)  # [N, in]
         return F.linear(x, weight, bias)
 
     def project_gated(self, x: Tensor, gate_up: Tensor, act: Callable[[Tensor], Tensor], layer: int,
@@ -102,7 +100,7 @@ class LinearOps:
         Override to run a kernel that fuses the activation (e.g. `pack_projection(gated=True)`);
         an override may return None for calls it leaves to `project` plus the SiLU·up kernel.
         """
-        return silu_mul(self.project(x, gate_up, None, layer, GROUP_MLP_IN, bucket), act)  # [N, I]
+        return silu_mul(self.project(x, gate_up, None, layer, MLP_IN, bucket), act)  # [N, I]
 
 
 def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int) -> Tensor:
@@ -112,7 +110,7 @@ def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int
     out = fused(h, w.gate_up, w.act, layer, bucket) if fused is not None else None
     if out is not None:  # None: the ops have no fused kernel for this call
         return out
-    return silu_mul(ops.project(h, w.gate_up, None, layer, GROUP_MLP_IN, bucket), w.act)  # [N, I]
+    return silu_mul(ops.project(h, w.gate_up, None, layer, MLP_IN, bucket), w.act)  # [N, I]
 
 
 def _input_gate(ops: Any, layer: int, group: int, bucket: int, x: Tensor) -> tuple | None:
@@ -120,12 +118,6 @@ def _input_gate(ops: Any, layer: int, group: int, bucket: int, x: Tensor) -> tup
     list (`ops.input_gate`, where the ops have a listed sparse kernel that reads it), or None."""
     fn = getattr(ops, "input_gate", None)
     return fn(layer, group, bucket, x.shape[0], x.device) if fn is not None else None
-
-
-def _col_scale(state: Any, layer: int, group: int) -> Tensor:
-    """`SparsityState.col_scale(layer, group)` (or a nested list of tensors)."""
-    scale = state.col_scale
-    return scale(layer, group) if callable(scale) else scale[layer][group]
 
 
 def _linear_of(module: Any) -> torch.nn.Module:
@@ -281,10 +273,10 @@ class DecoderModel:
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads (all projections and the LM head)."""
-        total = self.lm_head.numel() * self.lm_head.element_size()
+        total = tensor_bytes(self.lm_head)
         for w in self.layers:
             for t in (w.qkv, w.o, w.gate_up, w.down):
-                total += t.numel() * t.element_size()
+                total += tensor_bytes(t)
         return total
 
     # -- the forward ---------------------------------------------------------------------------
@@ -309,7 +301,7 @@ class DecoderModel:
         delta = None  # the previous half's output, added to x by the next fused norm
         for index, w in enumerate(self.layers):
             run_attn, run_mlp = depth[index] if depth is not None else (True, True)
-            gate = _input_gate(ops, index, GROUP_ATTN_IN, bucket, x) if run_attn else None
+            gate = _input_gate(ops, index, ATTN_IN, bucket, x) if run_attn else None
             h, x = add_rms_norm(delta, x, w.attn_norm, s.eps, gate=gate)  # [N, hidden] each
             if run_attn:
                 delta = self._attention(ops, h, w, index, positions, slots, k_cache, v_cache,
@@ -318,10 +310,10 @@ class DecoderModel:
                 self._write_kv(h, w, index, positions, slots, k_cache, v_cache)
                 delta = None
             if run_mlp:
-                gate = _input_gate(ops, index, GROUP_MLP_IN, bucket, x)
+                gate = _input_gate(ops, index, MLP_IN, bucket, x)
                 h, x = add_rms_norm(delta, x, w.mlp_norm, s.eps, gate=gate)  # [N, hidden] each
                 a = _project_gated(ops, h, w, index, bucket)  # [N, I]
-                delta = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
+                delta = ops.project(a, w.down, None, index, MLP_OUT, bucket)  # [N, hidden]
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
 
     def _forward_sandwich(self, x: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
@@ -346,7 +338,7 @@ class DecoderModel:
             if run_mlp:
                 h = offset_rms_norm_torch(x, w.mlp_norm, eps)  # [N, hidden]
                 a = _project_gated(ops, h, w, index, bucket)  # [N, I]
-                m = ops.project(a, w.down, None, index, GROUP_MLP_OUT, bucket)  # [N, hidden]
+                m = ops.project(a, w.down, None, index, MLP_OUT, bucket)  # [N, hidden]
                 x = x + offset_rms_norm_torch(m, w.post_mlp_norm, eps)  # [N, hidden]
         return offset_rms_norm_torch(x, self.final_norm, eps)
 
@@ -356,7 +348,7 @@ class DecoderModel:
         """The attention half of layer `index` on the normed input h [N, hidden] -> [N, hidden]."""
         s = self.shape
         n_q, n_kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        qkv = ops.project(h, w.qkv, w.qkv_bias, index, GROUP_ATTN_IN, bucket)  # [N, (H+2Hkv)D]
+        qkv = ops.project(h, w.qkv, w.qkv_bias, index, ATTN_IN, bucket)  # [N, (H+2Hkv)D]
         if w.q_norm is not None:  # Qwen3, Gemma 3: per-head RMSNorm of q and k before RoPE
             rows = qkv.shape[0]
             q = self.head_norm(qkv[:, :n_q].view(rows, -1, s.head_dim), w.q_norm, s.eps)
@@ -366,7 +358,7 @@ class DecoderModel:
         q = rope_and_cache(qkv, cos, sin, positions, slots, k_cache[index],
                            v_cache[index], s.num_heads, s.num_kv_heads, s.head_dim)  # [N, H, D]
         o = attend(index, q).reshape(-1, n_q)  # [N, H D]
-        return ops.project(o, w.o, None, index, GROUP_ATTN_OUT, bucket)  # [N, hidden]
+        return ops.project(o, w.o, None, index, ATTN_OUT, bucket)  # [N, hidden]
 
     def _write_kv(self, h: Tensor, w: LayerWeights, index: int, positions: Tensor, slots: Tensor,
                   k_cache: Tensor, v_cache: Tensor) -> None:
@@ -386,12 +378,12 @@ class DecoderModel:
         rope_and_cache(qkv, cos, sin, positions, slots, k_cache[index], v_cache[index],
                        s.num_heads, s.num_kv_heads, s.head_dim)
 
-    def half_bytes(self) -> list[tuple[int, int]]:
+    def half_bytes(self) -> HalfBytes:
         """Weight bytes each layer's (attention, MLP) half saves when skipped: a skipped attention
         half still reads its key/value rows (see `_write_kv`)."""
-        size = lambda t: t.numel() * t.element_size()  # noqa: E731
         n_q = self.shape.num_heads * self.shape.head_dim
-        return [(size(w.qkv[:n_q]) + size(w.o), size(w.gate_up) + size(w.down)) for w in self.layers]
+        return [(tensor_bytes(w.qkv[:n_q]) + tensor_bytes(w.o),
+                 tensor_bytes(w.gate_up) + tensor_bytes(w.down)) for w in self.layers]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """[N, hidden] -> [N, V] float32 (Gemma 2: soft-capped in the model dtype, as HF does)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,6 +36,10 @@ from dynasparse_worker.engine.plans import (DENSE, GraphKey, HostPlan, Signature
 from dynasparse_worker.engine.sampling import sample
 from dynasparse_worker.engine.scheduler import Batch, PrefillChunk
 from dynasparse_worker.engine.sequence import Sequence
+from dynasparse_worker.sparsity import GROUP_NAMES, PlanState, bucket_index
+
+if TYPE_CHECKING:
+    from dynasparse_worker.gating.planner import PlanTable
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
 
@@ -55,8 +59,8 @@ class RunnerConfig:
 
 
 class ModelRunner:
-    def __init__(self, hf_model: Any, config: RunnerConfig, state: Any | None = None,
-                 ops: Any | None = None, table: Any | None = None):
+    def __init__(self, hf_model: Any, config: RunnerConfig, state: PlanState | None = None,
+                 ops: Any | None = None, table: PlanTable | None = None):
         """`state`: a `SparsityState` (None: the plain dense engine); `ops`: the gated projection
         dispatch (default `kernels.SparseLinearOps`); `table`: the calibrated `PlanTable` whose
         depth plans get a graph each."""
@@ -89,7 +93,7 @@ class ModelRunner:
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
-    def _sparse_ops(self, state: Any) -> Any:
+    def _sparse_ops(self, state: PlanState) -> Any:
         from dynasparse_worker.kernels.engine_ops import SparseLinearOps
 
         cpu_dtype = getattr(torch, self.config.cpu_sparse_dtype) if self.device.type == "cpu" else None
@@ -202,7 +206,7 @@ class ModelRunner:
         # sequences does, so they follow the plan of that batch bucket: at a low budget prefill
         # gets cheaper too (depth), where the batch-1 plan's width gates would save little.
         plan = self.current_plan()
-        plan_bucket = self._plan_bucket(len(ids_host))
+        plan_bucket = self.plan_bucket(len(ids_host))
         variant = plan.variants[plan_bucket] if plan is not None else DENSE
         ops = self._ops_for(variant, plan.width_sparsity[plan_bucket] if plan is not None else 0.0)
         hidden = self.model.forward(ids, positions, slots, cache.k, cache.v, attend,
@@ -235,7 +239,7 @@ class ModelRunner:
             if chunk.completes_prompt:
                 picked.append(rows - 1)
                 done.append(seq)
-        bucket = self.buckets[bisect.bisect_left(self.buckets, rows)] if self.graphs else rows
+        bucket = self.graph_bucket(rows) if self.graphs else rows
         host[:, rows:bucket] = [[0], [0], [self.cache.scratch_slot], [1]]  # padded rows
         # async from pinned memory: the host buffer is next written after this step's sync
         self.inputs[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
@@ -249,7 +253,7 @@ class ModelRunner:
         """Run the first `bucket` rows of `self.inputs` under the current plan -> logits
         [bucket, V] and their argmax [bucket]: the captured graph's replay, else eagerly."""
         plan = self.current_plan()
-        plan_bucket = self._plan_bucket(bucket)
+        plan_bucket = self.plan_bucket(bucket)
         variant = plan.variants[plan_bucket] if plan is not None else DENSE
         width = plan.width_sparsity[plan_bucket] if plan is not None else 0.0
         chosen = self.chosen_signature(bucket, variant, width)
@@ -261,20 +265,20 @@ class ModelRunner:
                 graph.replay()
                 return out, top
         self.last_variant = (bucket, variant)  # eager: CPU, or a plan no graph was captured for
-        out = self._decode_forward(bucket, variant, width, chosen)  # [bucket, V]
+        out = self.decode_forward(bucket, variant, width, chosen)  # [bucket, V]
         return out, out.argmax(dim=-1)
 
-    def _decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0,
-                        signature: Signature | None = None) -> Tensor:
+    def decode_forward(self, bucket: int, variant: Variant = DENSE, width: float = 0.0,
+                       signature: Signature | None = None) -> Tensor:
         """Decode one token for the first `bucket` rows of `self.inputs` -> logits [bucket, V].
 
         `variant` = (width gates on, depth plan); the KV cap and thresholds are read from the
         state's device tensors, so one capture serves every budget with this depth plan."""
         tokens, positions, slots, lens = self.inputs[:, :bucket]  # [bucket] each
         cache, shape = self.cache, self.model.shape
-        plan_bucket = self._plan_bucket(bucket)
+        plan_bucket = self.plan_bucket(bucket)
         starts, sinks = None, 0
-        if self.state is not None and hasattr(self.state, "kv_cap"):
+        if self.state is not None:
             cap = self.state.kv_cap[plan_bucket]  # [] int64, 0 = unlimited
             sinks = self.config.kv_sinks
             # the window keeps `cap` entries: `sinks` first ones + the most recent cap - sinks
@@ -322,13 +326,15 @@ class ModelRunner:
             out[window] = first if starts is None else torch.maximum(first, starts)
         return out
 
-    def _plan_bucket(self, batch_size: int) -> int:
+    def plan_bucket(self, batch_size: int) -> int:
         """Index of the sparsity plan's batch bucket for this batch size (0 without a plan)."""
-        edges = getattr(self.state, "bucket_edges", None) if self.state is not None else None
-        if not edges:
+        if self.state is None:
             return 0
-        edges = [int(e) for e in edges]
-        return min(bisect.bisect_left(edges, batch_size), len(edges) - 1)
+        return bucket_index(self.state.bucket_edges, batch_size)
+
+    def graph_bucket(self, rows: int) -> int:
+        """The smallest engine batch bucket (a captured graph's batch) that holds `rows` rows."""
+        return self.buckets[bisect.bisect_left(self.buckets, rows)]
 
     def _sample(self, rows: list[Sequence], logits: Tensor) -> list[int]:
         if all(s.params.temperature <= 0 for s in rows):
@@ -343,7 +349,7 @@ class ModelRunner:
         """(variant, signature) pairs captured for an engine batch bucket -> width each is built for."""
         if self.state is None:
             return {(DENSE, ()): 0.0}
-        return variants_of(self.table, self._plan_bucket(bucket), self.half_bytes,
+        return variants_of(self.table, self.plan_bucket(bucket), self.half_bytes,
                            lambda width: self.signature(bucket, width), alternatives=True)
 
     def signature(self, rows: int, width: float) -> Signature:
@@ -356,8 +362,6 @@ class ModelRunner:
             if policy is None or not hasattr(ops, "expected_sparsity"):
                 sig = ()
             else:
-                from dynasparse_worker.kernels.engine_ops import GROUP_NAMES
-
                 saved = ops.expected_sparsity
                 ops.expected_sparsity = width
                 try:
@@ -367,9 +371,13 @@ class ModelRunner:
             self._signatures[key] = sig
         return sig
 
+    def captured(self, bucket: int) -> set[GraphKey]:
+        """The keys of the graphs captured for engine batch bucket `bucket` (empty on the CPU)."""
+        return self._captured.get(bucket, set())
+
     def graph_for(self, bucket: int, variant: Variant, width: float) -> GraphKey | None:
         """The captured graph of engine bucket `bucket` that serves `variant` at `width`, or None."""
-        captured = self._captured.get(bucket, set())
+        captured = self.captured(bucket)
         signature = self.chosen_signature(bucket, variant, width) or self.signature(
             bucket, width if variant[0] else 0.0)
         return fallback(variant, signature, captured)
@@ -384,14 +392,14 @@ class ModelRunner:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for bucket, (variant, sig), width in todo:  # warm-up: packing, compiles, cuBLAS picks
-                self._decode_forward(bucket, variant, width, sig or None)
+                self.decode_forward(bucket, variant, width, sig or None)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         pool = None
         for bucket, key, width in sorted(todo, key=lambda t: -t[0]):  # largest first: shared pool
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self._decode_forward(bucket, key[0], width, key[1] or None)  # [bucket, V]
+                out = self.decode_forward(bucket, key[0], width, key[1] or None)  # [bucket, V]
                 top = out.argmax(dim=-1)  # [bucket]
             pool = graph.pool()
             self.graphs[bucket, key] = (graph, out, top)

@@ -15,11 +15,14 @@ run the sparse kernel below its crossover. Pure functions over small CPU tensors
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from dynasparse_worker.engine.model import Depth
+from dynasparse_worker.sparsity import Depth, HalfBytes, PlanState, width_sparsity
+
+if TYPE_CHECKING:
+    from dynasparse_worker.gating.planner import PlanTable
 
 Variant = tuple[bool, Depth | None]  # (width gates on, depth plan or None = all halves run)
 DENSE: Variant = (False, None)
@@ -42,24 +45,7 @@ def depth_of(keep: torch.Tensor) -> Depth | None:
     return None if all(a and m for a, m in flags) else flags
 
 
-def kept_fraction(depth: Depth | None, half_bytes: list[tuple[int, int]]) -> float:
-    """Fraction of the projections' weight bytes that the depth plan still reads."""
-    total = sum(a + m for a, m in half_bytes)
-    if depth is None:
-        return 1.0
-    kept = sum(a * ka + m * km for (a, m), (ka, km) in zip(half_bytes, depth))
-    return kept / total
-
-
-def width_sparsity(budget: float, depth: Depth | None, half_bytes: list[tuple[int, int]]) -> float:
-    """The width sparsity that, on top of `depth`, meets `budget` (bytes read / dense bytes)."""
-    kept = kept_fraction(depth, half_bytes)
-    if kept <= 0.0:
-        return 0.0
-    return float(min(0.95, max(0.0, 1.0 - budget / kept)))
-
-
-def read_plan(state: Any, half_bytes: list[tuple[int, int]]) -> HostPlan:
+def read_plan(state: PlanState, half_bytes: HalfBytes) -> HostPlan:
     """Copy the state's plan to the host (one small device->host read) and classify it."""
     thresholds = state.thresholds.detach().float().cpu()  # [NB, L, 4]
     keep = state.layer_keep.detach().float().cpu()  # [NB, L, 2]
@@ -74,7 +60,7 @@ def read_plan(state: Any, half_bytes: list[tuple[int, int]]) -> HostPlan:
     return HostPlan(tuple(variants), tuple(widths), caps)
 
 
-def variants_of(table: Any | None, nb: int, half_bytes: list[tuple[int, int]],
+def variants_of(table: PlanTable | None, nb: int, half_bytes: HalfBytes,
                 signature: Callable[[float], Signature] | None = None,
                 alternatives: bool = False) -> dict[GraphKey, float]:
     """Every (variant, signature) plan bucket `nb` can take -> the width sparsity its graph is built for.

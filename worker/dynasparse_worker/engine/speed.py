@@ -152,14 +152,14 @@ def _step(runner: Any, bucket: int, key: GraphKey, width: float) -> Callable[[],
     captured = runner.graphs.get((bucket, key))
     if captured is not None:
         return captured[0].replay
-    return lambda: runner._decode_forward(bucket, key[0], width, key[1] or None)
+    return lambda: runner.decode_forward(bucket, key[0], width, key[1] or None)
 
 
 def _served_variant(runner: Any, bucket: int, variant: Variant) -> Variant:
     """The variant whose graph serves `variant`: itself, or for an ungated depth plan (no width
     gate on, some halves skipped) its gated twin where only that was captured (as
     `plans.fallback` picks it at run time; its thresholds are then all zero)."""
-    if runner.graphs and not any(v == variant for v, _ in runner._captured.get(bucket, set())):
+    if runner.graphs and not any(v == variant for v, _ in runner.captured(bucket)):
         return (True, variant[1])
     return variant
 
@@ -168,7 +168,7 @@ def _candidates(runner: Any, bucket: int, variant: Variant, width: float) -> lis
     """The kernel choices to time: the captured graphs of this variant (CUDA), else the
     candidates of the crossover's choice (eager)."""
     if runner.graphs:
-        found = sorted(sig for v, sig in runner._captured.get(bucket, set()) if v == variant)
+        found = sorted(sig for v, sig in runner.captured(bucket) if v == variant)
         if found:
             return found
     if not variant[0]:  # an ungated depth plan runs no gated kernel: one way to run it
@@ -191,7 +191,7 @@ def measure_speed(runner: Any, gated: Any, apply_budget: Callable[[float], Any],
     speed = SpeedTable(device=device, plan_bucket={})
     budgets = [float(b) for b in table.budgets.tolist()]
     for bucket in buckets or runner.buckets:
-        nb = runner._plan_bucket(bucket)
+        nb = runner.plan_bucket(bucket)
         speed.plan_bucket[bucket] = nb
         _timing_inputs(runner, bucket)
         apply_budget(1.0)

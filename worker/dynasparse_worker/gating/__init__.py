@@ -6,6 +6,7 @@ device buffers the engine reads); `calibration_for(loaded, gated)` (load or comp
 
 from dynasparse_worker.gating.controller import GatedModel
 from dynasparse_worker.gating.install import install_gates
-from dynasparse_worker.gating.state import DEFAULT_BUCKET_EDGES, SparsityState
+from dynasparse_worker.gating.state import SparsityState
+from dynasparse_worker.sparsity import DEFAULT_BUCKET_EDGES
 
 __all__ = ["DEFAULT_BUCKET_EDGES", "GatedModel", "SparsityState", "install_gates"]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dynasparse_worker.sparsity import groups_to_halves
+
 _POINTS = 4096  # quantile points kept per (layer, group, bucket) distribution
 
 
@@ -119,11 +121,10 @@ class Allocation:
         else:
             thresholds = torch.zeros(lam.numel(), share.numel(), dtype=torch.float64)
         frac, cost = _width(dist, bucket, thresholds.float())  # [K, G] x2
-        halves = lambda v: torch.stack([v[..., :2].sum(-1), v[..., 2:].sum(-1)], -1)  # noqa: E731
-        saved_w = halves((frac * share).view(-1, nl, 4))  # [K, L, 2]
-        cost_w = halves(cost.view(-1, nl, 4))  # [K, L, 2]
+        saved_w = groups_to_halves((frac * share).view(-1, nl, 4))  # [K, L, 2]
+        cost_w = groups_to_halves(cost.view(-1, nl, 4))  # [K, L, 2]
         if self.skip_elements is None:
-            half_share = halves(share.view(nl, 4))  # [L, 2]
+            half_share = groups_to_halves(share.view(nl, 4))  # [L, 2]
         else:
             half_share = self.skip_elements.double() / float(self.group_elements.sum())  # [L, 2]
         half_cost = self.half_cost.double()  # [L, 2]

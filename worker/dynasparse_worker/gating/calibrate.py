@@ -26,7 +26,7 @@ from dynasparse_worker.gating.allocation import Allocation, summarise, uniform_t
 from dynasparse_worker.gating.measured import (BlockProbe, build_levels, capture_blocks, greedy_path, half_costs,
                                                level_thresholds)
 from dynasparse_worker.gating.planner import PlanTable
-from dynasparse_worker.gating.state import DEFAULT_BUCKET_EDGES
+from dynasparse_worker.sparsity import DEFAULT_BUCKET_EDGES
 
 UNIFORM_SPARSITIES = [i / 20 for i in range(20)]  # 0.00 .. 0.95, the baseline's grid
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dynasparse_worker.errors import UserError
+from dynasparse_worker.sparsity import NUM_GROUPS, HalfBytes, groups_to_halves, half_bytes_of
 
 if TYPE_CHECKING:
     from dynasparse_worker.gating.planner import Plan, PlanTable
@@ -40,7 +41,7 @@ class GatedModel:
         self.table = table
         with torch.no_grad():
             for layer in range(self.structure.num_layers):
-                for group in range(4):
+                for group in range(NUM_GROUPS):
                     self.state.col_scale(layer, group).copy_(table.col_scale[layer][group])
         self.set_budget(1.0)
 
@@ -110,6 +111,12 @@ class GatedModel:
         bucket = self.state.bucket_index(batch_size)
         return float(self.table.plan_for(self.check_budget(budget)).expected_loss[bucket])
 
+    def half_bytes(self) -> HalfBytes:
+        """Weight bytes each layer's (attention, MLP) half saves when skipped (a skipped attention
+        half still reads its key/value rows), from the model's structure."""
+        element = self.structure.blocks[0].groups[0][0].module.weight.element_size()
+        return half_bytes_of(self.structure.skip_elements(), element)
+
     # ----- measurement ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def counting(self):
@@ -130,10 +137,11 @@ class GatedModel:
         if tokens == 0:
             return 0.0
         per_channel = self.group_elements / torch.tensor(
-            [[b.in_features(g) for g in range(4)] for b in self.structure.blocks], dtype=torch.float64
+            [[b.in_features(g) for g in range(NUM_GROUPS)] for b in self.structure.blocks],
+            dtype=torch.float64
         )  # [L, 4] elements per skipped channel
         width = self.state.skipped_channels.cpu() / tokens * per_channel  # [L, 4]
-        width_halves = torch.stack([width[:, :2].sum(1), width[:, 2:].sum(1)], 1)  # [L, 2]
+        width_halves = groups_to_halves(width)  # [L, 2]
         keep = self.state.active_layer_keep.cpu().double()  # [L, 2]
         skipped = width_halves * keep + self.skip_elements * (1 - keep)  # [L, 2]
         return float(skipped.sum()) / self.total_elements

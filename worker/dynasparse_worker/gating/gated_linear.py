@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynasparse_worker.gating.state import SparsityState
+from dynasparse_worker.sparsity import ATTENTION, ATTN_IN, keep_mask
 
 
 class GatedLinear(nn.Module):
@@ -37,15 +38,14 @@ class GatedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         state = self._state
         threshold = state.active_thresholds[self.layer, self.group]  # []
-        if self.group == 0:
+        if self.group == ATTN_IN:
             # a skipped attention half still computes its keys and values for the cache, ungated,
             # as the engine does (its queries and output are dropped by the `layer_keep` below)
-            threshold = threshold * state.active_layer_keep[self.layer, 0]  # []
-        score = x.abs() * state.col_scale(self.layer, self.group)  # [..., in]
-        keep = score > threshold  # [..., in] bool
+            threshold = threshold * state.active_layer_keep[self.layer, ATTENTION]  # []
+        keep = keep_mask(x, threshold, state.col_scale(self.layer, self.group))  # [..., in] bool
         if self.track:
             state.skipped_channels[self.layer, self.group] += (~keep).sum(dtype=torch.float64)
-            if self.layer == 0 and self.group == 0:
+            if self.layer == 0 and self.group == ATTN_IN:
                 state.tokens_seen += keep.numel() // self.in_features
         y = F.linear(x * keep, self.weight, self.bias)  # [..., out]
         if self.half is not None:

@@ -12,10 +12,12 @@ from torch import nn
 
 from dynasparse_worker.gating.controller import GatedModel
 from dynasparse_worker.gating.gated_linear import GatedLinear
-from dynasparse_worker.gating.state import DEFAULT_BUCKET_EDGES, SparsityState
+from dynasparse_worker.gating.state import SparsityState
 from dynasparse_worker.models.structure import find_structure
+from dynasparse_worker.sparsity import CLOSING_GROUP, DEFAULT_BUCKET_EDGES, NUM_GROUPS
 
-_HALF_OF_GROUP = {1: 0, 3: 1}  # attn_out closes the attention half, mlp_out the MLP half
+# attn_out closes the attention half, mlp_out the MLP half
+_HALF_CLOSED_BY = {group: half for half, group in CLOSING_GROUP.items()}
 
 
 def install_gates(model: nn.Module, bucket_edges=DEFAULT_BUCKET_EDGES) -> GatedModel:
@@ -24,7 +26,7 @@ def install_gates(model: nn.Module, bucket_edges=DEFAULT_BUCKET_EDGES) -> GatedM
     if existing is not None:
         return existing
     structure = find_structure(model)
-    widths = [[block.in_features(g) for g in range(4)] for block in structure.blocks]
+    widths = [[block.in_features(g) for g in range(NUM_GROUPS)] for block in structure.blocks]
     reference = next(model.parameters())
     state = SparsityState(widths, bucket_edges).to(reference.device)
     model.add_module("dynasparse_state", state)
@@ -32,7 +34,7 @@ def install_gates(model: nn.Module, bucket_edges=DEFAULT_BUCKET_EDGES) -> GatedM
         for group, members in enumerate(block.groups):
             for position, proj in enumerate(members):
                 gated = GatedLinear(proj.module, state, layer, group, leader=position == 0,
-                                    half=_HALF_OF_GROUP.get(group))
+                                    half=_HALF_CLOSED_BY.get(group))
                 setattr(proj.parent, proj.name, gated)
                 proj.module = gated
     gated_model = GatedModel(model, structure, state)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dynasparse_worker.sparsity import NUM_GROUPS, NUM_HALVES
+
 
 @dataclass
 class Plan:
@@ -30,7 +32,7 @@ class Plan:
 
 def dense_plan(state) -> Plan:
     nb, nl = len(state.bucket_edges), state.num_layers
-    return Plan(1.0, torch.zeros(nb, nl, 4), torch.ones(nb, nl, 2),
+    return Plan(1.0, torch.zeros(nb, nl, NUM_GROUPS), torch.ones(nb, nl, NUM_HALVES),
                 torch.zeros(nb, dtype=torch.int64), torch.zeros(nb))
 
 

@@ -11,25 +11,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-DEFAULT_BUCKET_EDGES = (1, 2, 4, 8, 16, 32, 64, 128)
+from dynasparse_worker.sparsity import DEFAULT_BUCKET_EDGES, NUM_GROUPS, NUM_HALVES, bucket_index
 
 
 class SparsityState(nn.Module):
-    """Buffers for the active plan. Shapes: NB buckets, L layers, 4 groups, 2 halves."""
+    """Buffers for the active plan (the engine's `sparsity.PlanState`). Shapes: NB buckets,
+    L layers, 4 groups, 2 halves (`sparsity.GROUP_NAMES`, `sparsity.ATTENTION` / `MLP`)."""
 
     def __init__(self, in_features: list[list[int]], bucket_edges=DEFAULT_BUCKET_EDGES):
         super().__init__()
         self.bucket_edges = tuple(int(e) for e in bucket_edges)
         self.num_layers = len(in_features)
         nb, nl = len(self.bucket_edges), self.num_layers
-        self._buf("thresholds", torch.zeros(nb, nl, 4))  # [NB, L, 4] keep iff score > threshold
-        self._buf("layer_keep", torch.ones(nb, nl, 2))  # [NB, L, 2] 1 = run attention / MLP half
+        self._buf("thresholds", torch.zeros(nb, nl, NUM_GROUPS))  # [NB, L, 4] keep iff score > threshold
+        self._buf("layer_keep", torch.ones(nb, nl, NUM_HALVES))  # [NB, L, 2] 1 = run attention / MLP half
         self._buf("kv_cap", torch.zeros(nb, dtype=torch.int64))  # [NB] 0 = unlimited
         self._buf("budget", torch.ones(()))  # [] active budget
         self._buf("expected_loss", torch.zeros(()))  # [] expected KL(dense‖sparse) per token
-        self._buf("active_thresholds", torch.zeros(nl, 4))  # [L, 4] row of `thresholds` in use (HF path)
-        self._buf("active_layer_keep", torch.ones(nl, 2))  # [L, 2]
-        self._buf("skipped_channels", torch.zeros(nl, 4, dtype=torch.float64))  # [L, 4] eval counters
+        self._buf("active_thresholds", torch.zeros(nl, NUM_GROUPS))  # [L, 4] the HF path's row
+        self._buf("active_layer_keep", torch.ones(nl, NUM_HALVES))  # [L, 2]
+        self._buf("skipped_channels", torch.zeros(nl, NUM_GROUPS, dtype=torch.float64))  # [L, 4] eval counters
         self._buf("tokens_seen", torch.zeros((), dtype=torch.float64))  # [] eval counter
         for layer, widths in enumerate(in_features):
             for group, width in enumerate(widths):
@@ -44,11 +45,8 @@ class SparsityState(nn.Module):
         return getattr(self, f"col_scale_{layer}_{group}")
 
     def bucket_index(self, batch_size: int) -> int:
-        """The smallest bucket whose edge is >= batch_size (the last one beyond)."""
-        for index, edge in enumerate(self.bucket_edges):
-            if batch_size <= edge:
-                return index
-        return len(self.bucket_edges) - 1
+        """The plan bucket serving `batch_size` sequences (`sparsity.bucket_index`)."""
+        return bucket_index(self.bucket_edges, batch_size)
 
     @torch.no_grad()
     def select_bucket(self, index: int) -> None:

@@ -29,12 +29,8 @@ from dynasparse_worker.kernels.layout import (
     pack_projection,
     split_outputs,
 )
-from dynasparse_worker.kernels.torch_ops import (
-    dense_matmul,
-    keep_mask,
-    masked_reference,
-    sparse_matmul_torch,
-)
+from dynasparse_worker.kernels.torch_ops import dense_matmul, masked_reference, sparse_matmul_torch
+from dynasparse_worker.sparsity import keep_mask
 
 __all__ = [
     "KernelConfig", "PackedWeight", "SplitKWorkspace", "choose", "crossover", "dense_matmul",

@@ -27,7 +27,6 @@ plain path and the engine's own SiLU·up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +34,13 @@ import torch.nn.functional as F
 from dynasparse_worker.kernels import sparse_matmul
 from dynasparse_worker.kernels.configs import KernelConfig, choose, listed_config
 from dynasparse_worker.kernels.layout import PackedWeight, SplitKWorkspace, pack_projection
-from dynasparse_worker.kernels.torch_ops import keep_mask
-
-GROUP_NAMES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+from dynasparse_worker.sparsity import GROUP_NAMES, MLP_IN, PlanState, keep_mask
 
 
 class SparseLinearOps:
     """Projection dispatch over input-major packed weights: Triton on CUDA, embedding_bag on CPU."""
 
-    def __init__(self, state: Any | None = None, expected_sparsity: float = 0.5,
+    def __init__(self, state: PlanState | None = None, expected_sparsity: float = 0.5,
                  policy: Callable[[int, str], str] | None = None,
                  cpu_dtype: torch.dtype | None = None, max_batch: int = 64,
                  device_type: str = "cpu", kernel: str = "compact"):
@@ -100,16 +97,16 @@ class SparseLinearOps:
             self._packed[key] = pw
         return pw
 
-    def _gate(self, bucket: int, layer: int, group: int
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The threshold view `thresholds[bucket, layer, group]` and the column scale, cached."""
+    def gate(self, bucket: int, layer: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The threshold view `thresholds[bucket, layer, group]` `[]` and the column scale `[in]`
+        that (bucket, layer, group)'s projection reads, cached."""
         if self._gates_of is not self.state.thresholds:  # a new tensor, not an in-place write
             self._gates.clear()
             self._gates_of = self.state.thresholds
         key = (bucket, layer, group)
         gate = self._gates.get(key)
         if gate is None:
-            gate = (self.state.thresholds[bucket, layer, group], _col_scale(self.state, layer, group))
+            gate = (self.state.thresholds[bucket, layer, group], self.state.col_scale(layer, group))
             self._gates[key] = gate
         return gate
 
@@ -120,7 +117,7 @@ class SparseLinearOps:
         if self.state is None:  # no gates: plain dense projection
             y = x @ weight.t()  # [N, out]
             return y if bias is None else y + bias
-        threshold, scale = self._gate(bucket, layer, group)  # [] float32 view, [in] or None
+        threshold, scale = self.gate(bucket, layer, group)  # [] float32 view, [in]
         rows = x.shape[0]
         mode = self._mode(rows, group)
         prelisted = self._take_prelisted(layer, group)
@@ -138,13 +135,13 @@ class SparseLinearOps:
         through the sparse kernel with SiLU·up in its epilogue (CUDA), or None where that does not
         apply (CPU, another activation, a dense call): the engine then calls `project` and applies
         its own SiLU·up kernel."""
-        group = GROUP_NAMES.index("mlp_in")
+        group = MLP_IN
         self.device_type = x.device.type
         rows = x.shape[0]
         if (self.state is None or x.device.type != "cuda" or not _is_silu(act)
                 or self._mode(rows, group) != "sparse"):
             return None
-        threshold, scale = self._gate(bucket, layer, group)
+        threshold, scale = self.gate(bucket, layer, group)
         pw = self._pack(gate_up, layer, group, gated=True)
         return sparse_matmul(x.contiguous(), pw, threshold, scale,
                              prelisted=self._take_prelisted(layer, group),
@@ -162,7 +159,7 @@ class SparseLinearOps:
                 or ws.rows is None or self._mode(rows, group) != "sparse"):
             self._prelisted = None
             return None
-        threshold, scale = self._gate(bucket, layer, group)
+        threshold, scale = self.gate(bucket, layer, group)
         self._prelisted = (layer, group)
         return threshold, scale, ws.rows, ws.row_counts[:1]
 
@@ -189,11 +186,3 @@ def _masked(x: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor | None
 
         return mask_input_triton(x.contiguous(), threshold, scale)
     return torch.where(keep_mask(x, threshold, scale), x, torch.zeros_like(x))
-
-
-def _col_scale(state: Any, layer: int, group: int) -> torch.Tensor | None:
-    """`SparsityState.col_scale(layer, group)` (or a nested list of tensors), if it has one."""
-    scale = getattr(state, "col_scale", None)
-    if scale is None:
-        return None
-    return scale(layer, group) if callable(scale) else scale[layer][group]

@@ -21,15 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dynasparse_worker.kernels.layout import PackedWeight
-
-
-def keep_mask(x: torch.Tensor, threshold: torch.Tensor,
-              col_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """`[B, in]` bool: channel j of token b is kept iff `|x_bj|·col_scale_j > threshold`."""
-    score = x.abs() if x.dtype == torch.float32 else x.abs().float()  # [B, in]
-    if col_scale is not None:
-        score = score * col_scale
-    return score > threshold
+from dynasparse_worker.sparsity import gate_score, keep_mask
 
 
 def _epilogue(pw: PackedWeight, y: torch.Tensor) -> torch.Tensor:
@@ -113,10 +105,7 @@ def kept_rows(x_row: torch.Tensor, threshold: torch.Tensor,
     Three small ops on float32 (abs, in-place scale, compare) and one nonzero: at batch 1 these
     run 120 times per step on the default model, so each avoided op is ~0.5 ms per step.
     """
-    score = x_row.abs() if x_row.dtype == torch.float32 else x_row.float().abs_()  # [in]
-    if col_scale is not None:
-        score.mul_(col_scale)
-    return torch.nonzero(score > threshold).squeeze(1)  # [kept]
+    return torch.nonzero(gate_score(x_row, col_scale) > threshold).squeeze(1)  # [kept]
 
 
 def masked_reference(x: torch.Tensor, pw: PackedWeight, threshold: torch.Tensor,

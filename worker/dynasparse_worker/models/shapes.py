@@ -6,7 +6,7 @@ shape:NAME` build; `random_model(name, device)` makes one (bf16 on CUDA, fp32 on
 one in `$DYNASPARSE_SHAPE_TOKENIZER`, a directory), so a GPU without model files can serve it.
 The output rows of token ids the tokenizer does not know (and of its special tokens) are zeroed, so
 greedy decoding picks tokens that print; every row is still read, so the step costs the same.
-Called by `models.loading`, `commands/bench.py` and the serving benchmark.
+Called by `models.loading`, `benchmarks.engine_bench` and the serving benchmark.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from torch import nn
 
 from dynasparse_worker.errors import UserError
 
-GROUPS = ("attn_in", "attn_out", "mlp_in", "mlp_out")  # index = group id of the contract
 _OUT_NAMES = ("o_proj", "out_proj", "dense", "wo", "o")
 _QUERY_NAMES = ("q_proj", "wq", "query", "q")
 _DOWN_NAMES = ("down_proj", "w2", "fc2", "down")
@@ -41,7 +40,7 @@ class Projection:
 
 @dataclass
 class BlockProjections:
-    """The four input groups of one decoder block (see GROUPS)."""
+    """The four input groups of one decoder block (`sparsity.GROUP_NAMES`)."""
 
     groups: list[list[Projection]] = field(default_factory=list)  # [4][members]
 

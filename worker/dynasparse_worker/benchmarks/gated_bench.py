@@ -1,10 +1,10 @@
 """The `--budgets` part of `dynasparse bench`: the gated engine beside the dense one, and the frontier.
 
-Called by `commands/bench.py` after its dense rows (the dense engine and HF must run before the
-gates go in). Gates the same HF model, calibrates it (cached artifact for `--model`, a synthetic
-plan for `--shape`), builds the gated engine, and returns the JSON additions: gated rows (issue-3
-keys plus `speedup`, `expected_loss`, `gate_overhead` at 1.0), `budget_switch`, `frontier`,
-`calibration`. `plot_frontier` draws speed-up against expected loss, one line per batch size.
+Called by `commands/bench.py` after the dense rows of `engine_bench.bench` (the dense engine and HF
+must run before the gates go in). Gates the same HF model, calibrates it (cached artifact for
+`--model`, a synthetic plan for `--shape`), builds the gated engine, and returns the JSON additions:
+gated rows (the dense rows' keys plus `speedup`, `expected_loss`, `gate_overhead` at 1.0),
+`budget_switch`, `frontier`, `calibration`. `plot_frontier` draws speed-up against expected loss, one line per batch size.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from dynasparse_worker.benchmarks.budget_bench import DecodeTimer, budget_rows, switch_costs
+from dynasparse_worker.benchmarks.engine_bench import engine_config
+from dynasparse_worker.engine import Engine
+from dynasparse_worker.gating import install_gates
+from dynasparse_worker.gating.synthetic_plan import bucket_depth_share, synthetic_table
+
 
 def bench_gated(model: Any, tokenizer: Any, loaded: Any, device: Any, batch_sizes: list[int],
-                budgets: list[float], args: Any, dense_rows: list[dict], timer: Any) -> dict:
-    import torch
-
-    from dynasparse_worker.commands.bench import engine_config
-    from dynasparse_worker.engine import Engine
-    from dynasparse_worker.engine.budget_bench import budget_rows, switch_costs
-    from dynasparse_worker.gating import install_gates
-
+                budgets: list[float], args: Any, dense_rows: list[dict], timer: DecodeTimer) -> dict:
     gated = install_gates(model)
     started = time.perf_counter()
     calibration = _calibrate(gated, loaded, device, budgets, args)
@@ -55,15 +56,10 @@ def bench_gated(model: Any, tokenizer: Any, loaded: Any, device: Any, batch_size
 def _calibrate(gated: Any, loaded: Any, device: Any, budgets: list[float], args: Any) -> dict:
     """Attach a plan table to `gated`; describe where it came from (goes into the JSON)."""
     if loaded is None:  # --shape: random weights
-        from dynasparse_worker.engine.synthetic_plan import half_bytes_of, synthetic_table
-
-        half_bytes = half_bytes_of(gated)
         levels = [args.floor if b == -1.0 else b for b in budgets] + [args.floor]
         vocab = gated.model.config.vocab_size
-        synthetic_table(gated, half_bytes, levels, vocab, device, args.depth_share)
+        synthetic_table(gated, gated.half_bytes(), levels, vocab, device, args.depth_share)
         if args.depth_share is None:
-            from dynasparse_worker.engine.synthetic_plan import bucket_depth_share
-
             share = {str(e): bucket_depth_share(e) for e in gated.state.bucket_edges}
             how_much = "a per-bucket share (as the calibrated planner chose on the default model)"
         else:

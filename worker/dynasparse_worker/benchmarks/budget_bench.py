@@ -1,30 +1,25 @@
-"""Measurements of the gated engine per budget, for `dynasparse bench --budgets` (issue 4).
+"""Measurements of the gated engine per budget, for `dynasparse bench --budgets`.
 
 Per batch size and budget: decode tok/s of the gated engine, its speed-up over our own dense engine
 (the same engine built without a state), the gate overhead at budget 1.0, and the cost of a budget
 change: the `set_budget` call, the first decode step after it (which must already use the new
 plan), graph captures and `torch.cuda.memory_allocated` before and after (both must not move).
-`bench_decode` is the shared timing loop (passed in by the command, which owns it).
+The decode timing loop is passed in (`engine_bench.bench_engine`, shared by every benchmark).
 """
 
 from __future__ import annotations
 
-import bisect
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
 
+from dynasparse_worker.benchmarks.engine_bench import graph_replay_ms, sync_device
 from dynasparse_worker.engine.types import SamplingParams
 
 # bench_decode(engine, batch, prompt_len, gen_len, vocab) -> (tok/s, ms per step)
 DecodeTimer = Callable[[Any, int, int, int, int], tuple[float, float]]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def plan_summary(engine: Any, batch: int) -> dict:
@@ -33,7 +28,7 @@ def plan_summary(engine: Any, batch: int) -> dict:
     plan = runner.current_plan()
     if plan is None:
         return {}
-    nb = runner._plan_bucket(batch)
+    nb = runner.plan_bucket(batch)
     gated, depth = plan.variants[nb]
     skipped = 0 if depth is None else sum((not a) + (not m) for a, m in depth)
     summary = dict(width_gates=gated, halves_skipped=skipped,
@@ -49,7 +44,7 @@ def level_speed(engine: Any, batch: int, budget: float) -> dict:
     runner = engine.runner
     if speed is None or not runner.buckets:
         return {}
-    bucket = runner.buckets[min(bisect.bisect_left(runner.buckets, batch), len(runner.buckets) - 1)]
+    bucket = runner.graph_bucket(min(batch, runner.buckets[-1]))
     for level in speed.levels.get(bucket, []):
         if abs(level.budget - budget) < 1e-6:
             return dict(level_offered=level.offered, level_measured_ms=level.ms,
@@ -90,31 +85,6 @@ def budget_rows(engine: Any, dense_rates: dict[int, float], batch_sizes: list[in
     return rows
 
 
-def graph_replay_ms(engine: Any, batch: int) -> float | None:
-    """GPU time of one replay of the graph the active plan uses at `batch` (None on the CPU)."""
-    runner = engine.runner
-    if not runner.graphs:
-        return None
-    bucket = runner.buckets[bisect.bisect_left(runner.buckets, batch)]
-    plan, plan_bucket = runner.current_plan(), runner._plan_bucket(bucket)
-    key = runner.graph_for(bucket, plan.variants[plan_bucket], plan.width_sparsity[plan_bucket])
-    if key is None:
-        return None
-    return replay_ms(runner.graphs[bucket, key][0])
-
-
-def replay_ms(graph, repeats: int = 20) -> float:
-    """Mean time of one CUDA graph replay (ms) over `repeats`, after one warm-up replay."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / repeats
-
-
 def _alloc_count(device: torch.device) -> int | None:
     """Device allocation requests so far (the caching allocator's counter; None on the CPU)."""
     if device.type != "cuda":
@@ -146,22 +116,22 @@ def switch_costs(engine: Any, batch: int, budgets: list[float], prompt_len: int 
         engine.step()
     rows = []
     for budget in budgets:
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         engine.step()
-        _sync(device)
+        sync_device(device)
         steady = time.perf_counter() - start
         captures = runner.captures
         allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         allocs = _alloc_count(device)
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         engine.apply_budget(budget)  # the path the server's actuator takes
         called = time.perf_counter() - start
         engine.step()
-        _sync(device)
+        sync_device(device)
         first = time.perf_counter() - start
-        wanted = runner.plan.variants[runner._plan_bucket(runner.last_variant[0])]
+        wanted = runner.plan.variants[runner.plan_bucket(runner.last_variant[0])]
         rows.append(dict(
             budget=budget, batch_size=batch, set_budget_ms=1000 * called, first_step_ms=1000 * first,
             steady_step_ms=1000 * steady, switch_overhead_ms=1000 * (first - steady),
