@@ -28,7 +28,7 @@ Built by `ModelRunner`; nothing else calls it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,15 +75,38 @@ class LayerWeights:
     rope: int = 0  # index into DecoderModel.rope_tables (Gemma 3: local layers have their own)
 
 
-class LinearOps:
-    """Default projection dispatch: dense gates (if a sparsity state is set), then `F.linear`.
+class ProjectionOps(Protocol):
+    """The projection dispatch the forward calls (`LinearOps`, `kernels.SparseLinearOps`).
 
-    The sparse-kernel engineer subclasses this and overrides `project`; `layer`, `group` and
-    `bucket` are Python ints fixed per captured graph, the thresholds are read from device tensors.
+    `layer`, `group` and `bucket` are Python ints fixed per captured graph; the thresholds are
+    read from the state's device tensors. The runner sets `expected_sparsity` (the width the graph
+    is built for) and `forced` (a kernel per group it measured fastest, or None) before a forward,
+    and asks `policy(rows, group name)` which kernel a call shape runs (None: no choice to make).
     """
+
+    expected_sparsity: float
+    forced: tuple[str, ...] | None
+    policy: Callable[[int, str], str] | None
+
+    def project(self, x: Tensor, weight: Tensor, bias: Tensor | None, layer: int, group: int,
+                bucket: int) -> Tensor: ...
+
+    def project_gated(self, x: Tensor, gate_up: Tensor, act: Callable[[Tensor], Tensor],
+                      layer: int, bucket: int) -> Tensor | None: ...
+
+    def input_gate(self, layer: int, group: int, bucket: int, rows: int, device: torch.device
+                   ) -> tuple | None: ...
+
+
+class LinearOps:
+    """Default projection dispatch (`ProjectionOps`): dense gates (if a sparsity state is set),
+    then `F.linear`. One way to run every call, so no kernel choice and no kept-channel lists."""
 
     def __init__(self, state: PlanState | None = None):
         self.state = state
+        self.expected_sparsity = 0.0
+        self.forced: tuple[str, ...] | None = None
+        self.policy: Callable[[int, str], str] | None = None
 
     def project(self, x: Tensor, weight: Tensor, bias: Tensor | None, layer: int, group: int,
                 bucket: int) -> Tensor:
@@ -102,22 +125,26 @@ class LinearOps:
         """
         return silu_mul(self.project(x, gate_up, None, layer, MLP_IN, bucket), act)  # [N, I]
 
+    def input_gate(self, layer: int, group: int, bucket: int, rows: int, device: torch.device
+                   ) -> tuple | None:
+        """No kept-channel list: `project` masks its own input."""
+        return None
 
-def _project_gated(ops: Any, h: Tensor, w: LayerWeights, layer: int, bucket: int) -> Tensor:
-    """act(h Wg) * (h Wu) [N, I] through `ops.project_gated` when the ops define it and it takes
-    the call (it returns None otherwise)."""
-    fused = getattr(ops, "project_gated", None)
-    out = fused(h, w.gate_up, w.act, layer, bucket) if fused is not None else None
+
+def _project_gated(ops: ProjectionOps, h: Tensor, w: LayerWeights, layer: int,
+                   bucket: int) -> Tensor:
+    """act(h Wg) * (h Wu) [N, I] through `ops.project_gated` where it takes the call (it returns
+    None otherwise: then `project` plus the SiLU·up kernel)."""
+    out = ops.project_gated(h, w.gate_up, w.act, layer, bucket)
     if out is not None:  # None: the ops have no fused kernel for this call
         return out
     return silu_mul(ops.project(h, w.gate_up, None, layer, MLP_IN, bucket), w.act)  # [N, I]
 
 
-def _input_gate(ops: Any, layer: int, group: int, bucket: int, x: Tensor) -> tuple | None:
+def _input_gate(ops: ProjectionOps, layer: int, group: int, bucket: int, x: Tensor) -> tuple | None:
     """What the norm producing (layer, group)'s input needs to also write the group's kept-channel
     list (`ops.input_gate`, where the ops have a listed sparse kernel that reads it), or None."""
-    fn = getattr(ops, "input_gate", None)
-    return fn(layer, group, bucket, x.shape[0], x.device) if fn is not None else None
+    return ops.input_gate(layer, group, bucket, x.shape[0], x.device)
 
 
 def _linear_of(module: Any) -> torch.nn.Module:
@@ -177,7 +204,7 @@ def _plus_one(norm: Any) -> Tensor:
 class DecoderModel:
     """Weights and the forward of a Llama- or Gemma-family decoder; no state beyond weights."""
 
-    def __init__(self, hf_model: Any, max_positions: int, ops: LinearOps | None = None,
+    def __init__(self, hf_model: Any, max_positions: int, ops: ProjectionOps | None = None,
                  share_weights: bool = True):
         cfg = hf_model.config
         check_supported(cfg, max_positions)
@@ -281,7 +308,7 @@ class DecoderModel:
 
     # -- the forward ---------------------------------------------------------------------------
     def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
-                v_cache: Tensor, attend: AttendFn, bucket: int = 0, ops: Any | None = None,
+                v_cache: Tensor, attend: AttendFn, bucket: int = 0, ops: ProjectionOps | None = None,
                 depth: Depth | None = None) -> Tensor:
         """tokens/positions/slots [N]; caches [L, slots, T, Hkv, D] -> normed hidden [N, hidden].
 
@@ -317,7 +344,7 @@ class DecoderModel:
         return add_rms_norm(delta, x, self.final_norm, s.eps)[0]
 
     def _forward_sandwich(self, x: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
-                          v_cache: Tensor, attend: AttendFn, bucket: int, ops: Any,
+                          v_cache: Tensor, attend: AttendFn, bucket: int, ops: ProjectionOps,
                           depth: Depth | None) -> Tensor:
         """Gemma's blocks on the scaled embeddings x [N, hidden] -> normed hidden [N, hidden].
 
@@ -342,7 +369,7 @@ class DecoderModel:
                 x = x + offset_rms_norm_torch(m, w.post_mlp_norm, eps)  # [N, hidden]
         return offset_rms_norm_torch(x, self.final_norm, eps)
 
-    def _attention(self, ops: Any, h: Tensor, w: LayerWeights, index: int, positions: Tensor,
+    def _attention(self, ops: ProjectionOps, h: Tensor, w: LayerWeights, index: int, positions: Tensor,
                    slots: Tensor, k_cache: Tensor, v_cache: Tensor, attend: AttendFn,
                    bucket: int) -> Tensor:
         """The attention half of layer `index` on the normed input h [N, hidden] -> [N, hidden]."""

@@ -30,9 +30,9 @@ from torch import Tensor
 from dynasparse_worker.engine.attention import (decode_attention, decode_attention_one,
                                                 pick_num_splits, prefill_attention)
 from dynasparse_worker.engine.kv_cache import KVCache, allocate, plan_slots
-from dynasparse_worker.engine.model import DecoderModel, LinearOps
+from dynasparse_worker.engine.model import DecoderModel, LinearOps, ProjectionOps
 from dynasparse_worker.engine.plans import (DENSE, GraphKey, HostPlan, Signature, Variant, fallback,
-                                            read_plan, variants_of)
+                                            variants_of)
 from dynasparse_worker.engine.sampling import sample
 from dynasparse_worker.engine.scheduler import Batch, PrefillChunk
 from dynasparse_worker.engine.sequence import Sequence
@@ -60,7 +60,7 @@ class RunnerConfig:
 
 class ModelRunner:
     def __init__(self, hf_model: Any, config: RunnerConfig, state: PlanState | None = None,
-                 ops: Any | None = None, table: PlanTable | None = None):
+                 ops: ProjectionOps | None = None, table: PlanTable | None = None):
         """`state`: a `SparsityState` (None: the plain dense engine); `ops`: the gated projection
         dispatch (default `kernels.SparseLinearOps`); `table`: the calibrated `PlanTable` whose
         depth plans get a graph each."""
@@ -70,7 +70,8 @@ class ModelRunner:
         self.dense_ops = LinearOps(None)
         self.model = DecoderModel(hf_model, config.max_seq_len, self.dense_ops)
         self.device, self.dtype = self.model.device, self.model.dtype
-        self.gated_ops = ops if ops is not None or state is None else self._sparse_ops(state)
+        self.gated_ops: ProjectionOps | None = (
+            ops if ops is not None or state is None else self._sparse_ops(state))
         self.half_bytes = self.model.half_bytes()  # [L] (attention, MLP) weight bytes
         self.plan: HostPlan | None = None
         self.captures = 0  # CUDA graphs captured so far (all at start-up)
@@ -93,7 +94,7 @@ class ModelRunner:
         if self.device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
-    def _sparse_ops(self, state: PlanState) -> Any:
+    def _sparse_ops(self, state: PlanState) -> ProjectionOps:
         from dynasparse_worker.kernels.engine_ops import SparseLinearOps
 
         cpu_dtype = getattr(torch, self.config.cpu_sparse_dtype) if self.device.type == "cpu" else None
@@ -109,14 +110,13 @@ class ModelRunner:
         """The host view of the plan the state holds (None for the plain dense engine)."""
         return self.plan if self.state is not None else None
 
-    def _ops_for(self, variant: Variant, width: float, signature: Signature | None = None) -> Any:
+    def _ops_for(self, variant: Variant, width: float, signature: Signature | None = None
+                 ) -> ProjectionOps:
         if not variant[0]:
             return self.dense_ops
         ops = self.gated_ops
-        if hasattr(ops, "expected_sparsity"):
-            ops.expected_sparsity = width  # what `choose` compares with the measured crossover
-        if hasattr(ops, "forced"):
-            ops.forced = signature or None  # kernels fixed per group (a measured choice)
+        ops.expected_sparsity = width  # what `choose` compares with the measured crossover
+        ops.forced = signature or None  # kernels fixed per group (a measured choice)
         return ops
 
     def chosen_signature(self, bucket: int, variant: Variant, width: float) -> Signature | None:
@@ -358,8 +358,8 @@ class ModelRunner:
         sig = self._signatures.get(key)
         if sig is None:
             ops = self.gated_ops
-            policy = getattr(ops, "policy", None)
-            if policy is None or not hasattr(ops, "expected_sparsity"):
+            policy = ops.policy if ops is not None else None
+            if policy is None:
                 sig = ()
             else:
                 saved = ops.expected_sparsity

@@ -26,7 +26,8 @@ from dynasparse_worker.gating.allocation import Allocation, summarise, uniform_t
 from dynasparse_worker.gating.measured import (BlockProbe, build_levels, capture_blocks, greedy_path, half_costs,
                                                level_thresholds)
 from dynasparse_worker.gating.planner import PlanTable
-from dynasparse_worker.sparsity import DEFAULT_BUCKET_EDGES
+from dynasparse_worker.sparsity import (CLOSING_GROUP, DEFAULT_BUCKET_EDGES, NUM_GROUPS, NUM_HALVES,
+                                        gate_score)
 
 UNIFORM_SPARSITIES = [i / 20 for i in range(20)]  # 0.00 .. 0.95, the baseline's grid
 
@@ -83,19 +84,20 @@ class _Collector:
     def __init__(self, gated, samples_per_batch: int, generator: torch.Generator):
         self.gated, self.samples_per_batch, self.generator = gated, samples_per_batch, generator
         blocks = gated.structure.blocks
-        self.samples = [[[] for _ in range(4)] for _ in blocks]
-        self.grad_sq = [[torch.zeros(b.in_features(g), dtype=torch.float64) for g in range(4)] for b in blocks]
-        self.half_cost = torch.zeros(len(blocks), 2, dtype=torch.float64)
+        self.samples = [[[] for _ in range(NUM_GROUPS)] for _ in blocks]
+        self.grad_sq = [[torch.zeros(b.in_features(g), dtype=torch.float64) for g in range(NUM_GROUPS)]
+                        for b in blocks]
+        self.half_cost = torch.zeros(len(blocks), NUM_HALVES, dtype=torch.float64)
         self.out_fisher = [torch.zeros(gated.structure.hidden, dtype=torch.float64) for _ in blocks]
         self.tokens = 0
         self.rows: torch.Tensor | None = None
         self.handles = []
         for layer, block in enumerate(blocks):
-            for group in range(4):
+            for group in range(NUM_GROUPS):
                 leader = block.groups[group][0].module
                 self.handles.append(leader.register_forward_pre_hook(self._input_hook(layer, group)))
             self.handles.append(gated.structure.layers[layer].register_forward_hook(self._block_hook(layer)))
-            for half, group in ((0, 1), (1, 3)):
+            for half, group in CLOSING_GROUP.items():
                 closer = block.groups[group][0].module
                 self.handles.append(closer.register_forward_hook(self._output_hook(layer, half)))
 
@@ -175,11 +177,13 @@ def calibrate(gated, calib_ids: torch.Tensor, valid_ids: torch.Tensor, settings:
     torch.manual_seed(settings.seed)
     stats, generator = collect_statistics(gated, calib_ids, settings, progress)
     nl = gated.structure.num_layers
-    abs_samples = [torch.cat(stats.samples[l][g]) for l in range(nl) for g in range(4)]  # G x [S, in]
-    col_scale = [[(stats.grad_sq[l][g] / stats.tokens).sqrt().float().clamp(min=1e-12) for g in range(4)]
-                 for l in range(nl)]
+    abs_samples = [torch.cat(stats.samples[l][g])
+                   for l in range(nl) for g in range(NUM_GROUPS)]  # G x [S, in]
+    col_scale = [[(stats.grad_sq[l][g] / stats.tokens).sqrt().float().clamp(min=1e-12)
+                  for g in range(NUM_GROUPS)] for l in range(nl)]
     col_scale = _score_scales(gated, settings.score, col_scale)
-    scores = [abs_samples[i].float() * col_scale[i // 4][i % 4] for i in range(len(abs_samples))]
+    scores = [gate_score(abs_samples[i], col_scale[i // NUM_GROUPS][i % NUM_GROUPS])
+              for i in range(len(abs_samples))]  # G x [S, in] float32
     dist = summarise(scores, settings.bucket_edges, generator)
     budgets = settings.budgets()
     if settings.allocation == "measured":
@@ -208,7 +212,7 @@ def _score_scales(gated, score: str, fisher: list[list[torch.Tensor]]) -> list[l
         return [[torch.ones_like(s) for s in row] for row in fisher]
     if score == "wina":  # ‖column j‖₂ over every member of the group: the output change per unit x_j
         return [[torch.stack([p.module.weight.detach().float().pow(2).sum(0) for p in block.groups[g]]).sum(0)
-                 .sqrt().cpu() for g in range(4)] for block in gated.structure.blocks]
+                 .sqrt().cpu() for g in range(NUM_GROUPS)] for block in gated.structure.blocks]
     raise ValueError(f"unknown score {score!r}: use fisher, abs or wina")
 
 
