@@ -8,7 +8,7 @@ where an eager forward costs no launch overhead) they are prefilled together in 
 (attention per chunk: SDPA over its slot's cached prefix). The rows that need a token are sampled
 together, with one device→host sync per step.
 
-With a `SparsityState` the runner serves the gated model's plan (issue 4): per batch bucket it
+With a `SparsityState` the runner serves the gated model's plan: per batch bucket it
 captures the ungated dense graph (budget 1.0: no gate cost at all) and one gated graph per depth
 plan the calibrated `PlanTable` offers (skipped attention/MLP halves are not in the graph; width
 gates read the state's thresholds inside it, through `kernels.SparseLinearOps`, whose measured

@@ -4,7 +4,8 @@ by the input-sparse kernels of this package.
 The engine's `DecoderModel` calls `ops.project(x, weight, bias, layer, group, bucket)` for every
 projection group, with `weight` in `nn.Linear` layout (`[out, in]`, q|k|v and gate|up already fused
 by the engine) and `layer`, `group`, `bucket` fixed per captured graph. This class has the same
-interface as `engine.model.LinearOps` (duck-typed, so the kernels never import the engine):
+interface as `engine.model.LinearOps` (it satisfies `engine.model.ProjectionOps` structurally, so the
+kernels never import the engine):
 
 * sparse calls pack the weight input-major once, on their first call (the engine's warm-up, before
   graph capture), and keep that copy; dense calls mask x (one fused launch on CUDA) and run
