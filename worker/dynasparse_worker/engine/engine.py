@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dynasparse_worker.engine.detokenizer import Detokenizer, TextState, Update
+from dynasparse_worker.engine.model import ProjectionOps
 from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS, ModelRunner, RunnerConfig
 from dynasparse_worker.engine.plans import HostPlan, read_plan
 from dynasparse_worker.engine.scheduler import Batch, Scheduler, SchedulerConfig
@@ -56,11 +57,11 @@ class EngineConfig:
 
 class Engine:
     def __init__(self, model: Any, tokenizer: Any | None = None, config: EngineConfig | None = None,
-                 state: PlanState | None = None, ops: Any | None = None,
+                 state: PlanState | None = None, ops: ProjectionOps | None = None,
                  speed_timer: Any | None = None):
         """`model`: a HF causal LM (eval mode, on its device) or a `gating.GatedModel`; `state`: the
         gated model's `SparsityState` (taken from a GatedModel when not given); `ops`: a
-        `model.LinearOps`-like dispatch (default: `kernels.SparseLinearOps` when there is a state).
+        `model.ProjectionOps` dispatch (default: `kernels.SparseLinearOps` when there is a state).
         A GatedModel's calibrated table decides which depth plans get a CUDA graph each; each level
         is then timed (`engine.speed`: on CUDA always, elsewhere with `speed_timer`) and only
         levels faster than every denser one are offered."""
@@ -100,7 +101,7 @@ class Engine:
     @classmethod
     def from_loaded(cls, loaded: Any, config: EngineConfig | None = None,
                     state: PlanState | None = None,
-                    ops: Any | None = None) -> "Engine":
+                    ops: ProjectionOps | None = None) -> "Engine":
         """Build from `dynasparse_worker.models.load_model(spec, device)`'s `LoadedModel`."""
         return cls(loaded.model, loaded.tokenizer, config, state=state, ops=ops)
 
