@@ -316,7 +316,7 @@ def load_gated(loaded: Any, calibration: str) -> Any:
 
     gated = install_gates(loaded.model)
     if getattr(loaded, "synthetic", False) and calibration == "auto":
-        from dynasparse_worker.engine.synthetic_plan import synthetic_calibration
+        from dynasparse_worker.gating.synthetic_plan import synthetic_calibration
 
         synthetic_calibration(gated, loaded.model.device)
         return gated
