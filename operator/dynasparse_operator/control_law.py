@@ -15,8 +15,9 @@ The loop, in small steps:
    an arrival jump, a request waiting past the SLO) and relaxes only to the lowest recommendation
    of the last window. Node pressure lowers that pod's ceiling.
 3. Under that level, the miss trim (miss_trim.py) on the misses measured since the last change.
-   Workers that report no load are steered by the p95 feedback (p95_feedback.py) instead, and
-   their survivors' budget drops in proportion to the capacity lost on a disruption notice.
+   Workers that report no load, or no measured speed curve, are steered by the p95 feedback
+   (p95_feedback.py) instead, and their survivors' budget drops in proportion to the capacity lost
+   on a disruption notice.
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 
 Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as

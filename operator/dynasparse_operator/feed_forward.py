@@ -89,8 +89,9 @@ def recommend(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params
     weights = [max(load.arrival_rate_long, 1e-9) for load in known]
     work = sum(w * load.work_per_request_s for w, load in zip(weights, known)) / sum(weights)
     curve = next((load.speed_curve for load in known if load.speed_curve), ())
-    if not curve:  # no measured speed: the model cannot say what a cut buys; the trim steers
-        return LoadView(None, panic=panic, late_in_flight=late, reported=True)
+    if not curve:  # no measured speed (a CPU worker): the model cannot say what a cut buys, so
+        # the p95 feedback steers, as it does for workers that send no load signals
+        return LoadView(None, panic=panic, late_in_flight=late, reported=False)
     # in a panic, plan on the short window's rate less one sigma of its count: still well above the
     # long rate (the jump was four sigmas), yet a lucky burst is not taken for the new load
     rate = max(rate_long, rate_short - math.sqrt(rate_short / SHORT_WINDOW_S)) if panic \
