@@ -3,8 +3,6 @@ block, measured half costs under Gemma's post-norms, and the levels built from t
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from dynasparse_worker.gating import install_gates
@@ -80,23 +78,3 @@ def test_measured_levels_beat_uniform_sparsity_at_equal_bytes_on_a_tiny_model(ma
     _, rows = evaluate(gated, calibration, held_out, [1.0, 0.8, 0.6, 0.45], batch_size=4, progress=False)
     levels = {(e["method"], e["bytes_skipped"]): e["kl"] for e in at_bytes_skipped(rows, levels=(0.4,))}
     assert levels[("dynasparse", 0.4)] < levels[("uniform", 0.4)]
-
-
-def _measured_thresholds(make_tiny, calib_ids, probe_sequences: int) -> torch.Tensor:
-    model = make_tiny("llama")
-    settings = dataclasses.replace(_settings("measured"), probe_sequences=probe_sequences)
-    gated = install_gates(model, bucket_edges=settings.bucket_edges)
-    calibrate(gated, calib_ids, _ids()[4:], settings, model_fingerprint(model), "tiny", progress=False)
-    return gated.table.thresholds.clone()  # [K, NB, L, 4]
-
-
-def test_replayed_sequences_shape_the_levels_only_through_their_content(make_tiny):
-    """The measured error is per token: replaying a second copy of one sequence chooses the levels
-    that replaying it once does, while replaying other sequences changes them."""
-    ids = _ids()
-    calib = torch.cat([ids[:1], ids[:1], ids[1:3]])  # [4, T]: sequence 0 twice, then two others
-    once = _measured_thresholds(make_tiny, calib, probe_sequences=1)
-    twice = _measured_thresholds(make_tiny, calib, probe_sequences=2)
-    four = _measured_thresholds(make_tiny, calib, probe_sequences=4)
-    assert torch.allclose(once, twice, atol=1e-6)
-    assert not torch.allclose(once, four)

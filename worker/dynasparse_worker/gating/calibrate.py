@@ -47,8 +47,7 @@ class CalibrationSettings:
     allocation: str = "measured"
     score: str = "fisher"  # channel score |x|·s: s = Fisher scale | 1 ("abs") | ‖W column‖ ("wina")
     steps: int = 10  # skipped-fraction steps per group on the measured paths (1/steps each)
-    probe_tokens: int = 128  # leading tokens of each replayed calibration sequence (measured paths)
-    probe_sequences: int = 1  # calibration sequences the measured paths replay (more: less noisy choices)
+    probe_tokens: int = 128  # tokens of the first calibration sequence the measured paths replay
     version: int = 3  # bump when the algorithm changes: invalidates cached artifacts (3: BOS, measured)
 
     def key(self) -> str:
@@ -216,7 +215,7 @@ def _score_scales(gated, score: str, fisher: list[list[torch.Tensor]]) -> list[l
 def _measured_levels(gated, stats, calib_ids, scores, dist, settings: CalibrationSettings, progress: bool):
     """Greedy per-block paths by measured output error, then levels (see gating.measured)."""
     nl = gated.structure.num_layers
-    captured = capture_blocks(gated, calib_ids[: settings.probe_sequences, : settings.probe_tokens])
+    captured = capture_blocks(gated, calib_ids[:1, : settings.probe_tokens])
     grid = level_thresholds(scores, settings.steps).view(nl, 4, settings.steps)  # [L, 4, steps]
     paths_t, paths_c, halves = [], [], []
     for layer in tqdm(range(nl), desc="calibrating (measured paths)", disable=not progress):
