@@ -161,6 +161,25 @@ def test_budget_change_reaches_the_next_step_without_captures_or_new_packs():
     assert runner.plan.variants[0][1] is not None, "the floor's plan skips halves"
 
 
+def test_apply_budget_hands_the_runner_the_plan_the_device_state_holds():
+    """The host plan is built from the planner's CPU plan, without reading the device back: it
+    must describe exactly what the state's tensors now hold, at every level and with a KV cap."""
+    from dynasparse_worker.engine.plans import read_plan
+    from dynasparse_worker.gating.synthetic_plan import synthetic_table
+
+    gated = install_gates(_tiny(2))
+    synthetic_table(gated, gated.half_bytes(), [0.6, 0.35], 97, torch.device("cpu"))
+    engine = Engine(gated, None, CONFIG)
+    state = engine.runner.state
+    for budget, cap in ((0.6, None), (0.35, None), (0.45, 16), (1.0, None)):
+        applied = engine.apply_budget(budget, cap)
+        assert applied.plan == read_plan(state, engine.runner.half_bytes)
+        assert engine.runner.plan == applied.plan
+        assert applied.budget == pytest.approx(float(state.budget))
+        assert applied.expected_loss == pytest.approx(float(state.expected_loss))
+    assert engine.apply_budget(0.35).plan.variants != engine.apply_budget(1.0).plan.variants
+
+
 def test_kv_cap_keeps_the_sinks_and_the_most_recent_entries():
     torch.manual_seed(0)
     q = torch.randn(2, 4, 16)  # [B, H, D]

@@ -14,10 +14,12 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+
 from dynasparse_worker.engine.detokenizer import Detokenizer, TextState, Update
 from dynasparse_worker.engine.model import ProjectionOps
 from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS, ModelRunner, RunnerConfig
-from dynasparse_worker.engine.plans import HostPlan, read_plan
+from dynasparse_worker.engine.plans import HostPlan, host_plan, read_plan
 from dynasparse_worker.engine.scheduler import Batch, Scheduler, SchedulerConfig
 from dynasparse_worker.engine.sequence import Sequence, Status
 from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent
@@ -112,9 +114,15 @@ class Engine:
         if self.gated is None:
             raise UserError("this engine has no gated model: build it from a GatedModel "
                             "(gating.install_gates) to change the budget")
-        self.gated.set_budget(budget, kv_cap)
-        plan, state = self.refresh_plan(), self.runner.state
-        return AppliedBudget(float(state.budget), plan, float(state.expected_loss))
+        plan = self.gated.set_budget(budget, kv_cap)  # a CPU plan, already copied to the device
+        state = self.runner.state
+        # The values as the state's tensors hold them (float32), so host and device plans agree.
+        stored = float(torch.tensor(plan.budget, dtype=state.budget.dtype))
+        host = host_plan(plan.thresholds, plan.layer_keep, stored, plan.kv_cap.tolist(),
+                         self.runner.half_bytes)
+        self.runner.use_plan(host)
+        loss = float(plan.expected_loss[state.active_bucket].to(state.expected_loss.dtype))
+        return AppliedBudget(stored, host, loss)
 
     def refresh_plan(self) -> HostPlan | None:
         """Read the state's plan to the host and hand it to the runner: after writing the

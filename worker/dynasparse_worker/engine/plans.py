@@ -46,18 +46,24 @@ def depth_of(keep: torch.Tensor) -> Depth | None:
 
 
 def read_plan(state: PlanState, half_bytes: HalfBytes) -> HostPlan:
-    """Copy the state's plan to the host (one small device->host read) and classify it."""
-    thresholds = state.thresholds.detach().float().cpu()  # [NB, L, 4]
-    keep = state.layer_keep.detach().float().cpu()  # [NB, L, 2]
-    budget = float(state.budget.detach().cpu())
-    caps = tuple(int(c) for c in state.kv_cap.detach().cpu().tolist())
+    """Copy the state's plan to the host (small device->host reads) and classify it."""
+    caps = [int(c) for c in state.kv_cap.detach().cpu().tolist()]
+    return host_plan(state.thresholds.detach().cpu(), state.layer_keep.detach().cpu(),
+                     float(state.budget.detach().cpu()), caps, half_bytes)
+
+
+def host_plan(thresholds: torch.Tensor, keep: torch.Tensor, budget: float, kv_cap: list[int],
+              half_bytes: HalfBytes) -> HostPlan:
+    """Classify a plan given as CPU tensors (thresholds [NB, L, 4], keep flags [NB, L, 2]) per
+    plan bucket: without a device read, so a budget change costs no synchronisation."""
+    thresholds, keep = thresholds.float(), keep.float()
     variants, widths = [], []
     for nb in range(thresholds.shape[0]):
         depth = depth_of(keep[nb])
         gated = bool((thresholds[nb] > 0).any())
         variants.append((gated, depth))
         widths.append(width_sparsity(budget, depth, half_bytes) if gated else 0.0)
-    return HostPlan(tuple(variants), tuple(widths), caps)
+    return HostPlan(tuple(variants), tuple(widths), tuple(int(c) for c in kv_cap))
 
 
 def variants_of(table: PlanTable | None, nb: int, half_bytes: HalfBytes,
