@@ -37,7 +37,7 @@ def engine_alone(spec: str, device: Any, levels: list[int], budgets: list[float]
     from dynasparse_worker.benchmarks.engine_bench import bench_engine, engine_config
     from dynasparse_worker.engine import Engine
     from dynasparse_worker.models import load_model
-    from dynasparse_worker.server.runtime import load_gated
+    from dynasparse_worker.server.engine_build import load_gated
 
     loaded = load_model(spec, device=device)
     gated = load_gated(loaded, "auto") if any(b != 1.0 for b in budgets) else None
