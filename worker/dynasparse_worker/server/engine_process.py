@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -188,10 +191,10 @@ class ProcessStage:
 
 # ---- the child ---------------------------------------------------------------------------------
 def child_main(settings: Any, conn: Any) -> None:
-    """Entry point of the engine process. Signals are the HTTP process's business (it drains on
-    SIGTERM and then sends "stop"), so the child ignores SIGINT and SIGTERM from the terminal."""
+    """Entry point of the engine process. A Ctrl-C reaches the whole process group, but stopping
+    is the HTTP process's business (it drains, then sends "stop"), so the child ignores SIGINT;
+    SIGTERM keeps its default, so the HTTP process can still end a child that is busy loading."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine, loaded, gated = build_engine(settings)
         actuator = GatedActuator(engine) if gated is not None else None
@@ -206,6 +209,14 @@ def child_main(settings: Any, conn: Any) -> None:
         _ChildLoop(engine, actuator, conn).run()
     except (EOFError, OSError):  # the HTTP process went away
         pass
+    # Nothing here needs an orderly interpreter shutdown (the OS frees the model, the KV cache and
+    # the device context), and tearing down torch and the model object by object can take
+    # seconds, which the drain would spend waiting: leave at once.
+    # Finalizers still run: they release the named semaphores that libraries made in this process.
+    multiprocessing.util._run_finalizers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class _ChildLoop:
