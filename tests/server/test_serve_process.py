@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -22,9 +23,11 @@ def _running(url: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("engine_process", ["off", "on"])
+def test_sigterm_drains_admitted_requests_and_exits_cleanly(engine_process):
     with serve_process("--control-port", "0", "--max-seq-len", "256", "--kv-tokens", "1024",
                        "--max-batch-size", "2", "--drain-grace", "180",  # generous: CI is slow
+                       "--engine-process", engine_process,
                        env={"POD_NAME": "pod-under-test"}) as served:
         proc, url, lines = served.proc, served.url, served.lines
         deadline = time.monotonic() + 180
@@ -43,11 +46,29 @@ def test_sigterm_drains_admitted_requests_and_exits_cleanly(tmp_path):
         assert [r.status_code for r in results] == [200, 200], "".join(lines[-40:])
         assert [r.json()["usage"]["completion_tokens"] for r in results] == [10, 10]
         assert proc.wait(timeout=60) == 0
+        engines = _engine_process_ids(lines)
+        assert len(engines) == (engine_process == "on")
+        for pid in engines:
+            assert not _exists(pid), "the engine process stopped with the server"
 
 
-def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load():
+def _engine_process_ids(lines: list[str]) -> list[int]:
+    return [int(m.group(1)) for line in lines
+            if (m := re.search(r"engine process (\d+) has loaded", line))]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("engine_process", ["off", "on"])
+def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load(engine_process):
     with serve_process("--control-port", "0", "--max-seq-len", "256", "--kv-tokens", "1024",
-                       ready=False) as served:
+                       "--engine-process", engine_process, ready=False) as served:
         assert httpx.get(f"{served.url}/readyz").json() == {"ready": False,
                                                             "reason": "loading the model"}
         served.proc.send_signal(signal.SIGTERM)

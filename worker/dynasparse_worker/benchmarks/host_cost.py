@@ -111,8 +111,10 @@ def _serve_pump(tokenizer: Any, slots: int, step_s: float) -> tuple[Any, threadi
                 config=SimpleNamespace(max_position_embeddings=2048, vocab_size=len(tokenizer))))
             return TokenPump(tokenizer, slots, step_s), loaded, None
 
+    # the engine stage stays a thread: an engine process builds its engine from the settings
+    # alone, and the pump is no model it could load
     runtime = PumpRuntime(ServeSettings(model="pump", port=0, device="cpu", max_queue=4 * slots,
-                                        max_connections=4 * slots + 64))
+                                        max_connections=4 * slots + 64, engine_process="off"))
     thread = threading.Thread(target=lambda: asyncio.run(runtime.run()), daemon=True)
     thread.start()
     if not runtime.loaded.wait(60):

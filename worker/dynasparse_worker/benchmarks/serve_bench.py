@@ -37,7 +37,7 @@ def engine_alone(spec: str, device: Any, levels: list[int], budgets: list[float]
     from dynasparse_worker.benchmarks.engine_bench import bench_engine, engine_config
     from dynasparse_worker.engine import Engine
     from dynasparse_worker.models import load_model
-    from dynasparse_worker.server.runtime import load_gated
+    from dynasparse_worker.server.engine_build import load_gated
 
     loaded = load_model(spec, device=device)
     gated = load_gated(loaded, "auto") if any(b != 1.0 for b in budgets) else None
@@ -146,10 +146,10 @@ class ServerProcess:
 
 
 def serve_args(spec: str, device: str, levels: list[int], max_seq_len: int, gated: bool,
-               tls_dir: Path | None) -> list[str]:
+               tls_dir: Path | None, engine_process: str = "auto") -> list[str]:
     args = ["--model", spec, "--device", device, "--port", "0", "--control-port", "0",
             "--max-batch-size", str(max(levels)), "--max-seq-len", str(max_seq_len),
-            "--drain-grace", "5", "--log-level", "info"]
+            "--drain-grace", "5", "--log-level", "info", "--engine-process", engine_process]
     if gated:
         args += ["--calibration", "auto"]
     if tls_dir is not None:
@@ -158,8 +158,9 @@ def serve_args(spec: str, device: str, levels: list[int], max_seq_len: int, gate
 
 
 def serve_bench(spec: str, device: Any, levels: list[int], budgets: list[float], seconds: float,
-                prompt_len: int, gen_len: int) -> dict:
-    """The whole measurement (see module docstring); returns the JSON document."""
+                prompt_len: int, gen_len: int, engine_process: str = "auto") -> dict:
+    """The whole measurement (see module docstring); returns the JSON document. `engine_process`:
+    the server's `--engine-process`; the JSON records it and the stage the server chose."""
     import random
 
     from dynasparse_worker.benchmarks.stream_client import run_level, summarize
@@ -171,7 +172,7 @@ def serve_bench(spec: str, device: Any, levels: list[int], budgets: list[float],
     workdir = Path(tempfile.mkdtemp(prefix="dynasparse-serve-bench-"))
     tls_dir = write_bundle(make_dev_bundle(), workdir / "tls")[0].parent if gated else None
     server = ServerProcess(serve_args(spec, device.type, levels, prompt_len + gen_len + 16, gated,
-                                      tls_dir), tls_dir)
+                                      tls_dir, engine_process), tls_dir)
     rows = []
     try:
         server.wait_ready()
@@ -202,10 +203,16 @@ def serve_bench(spec: str, device: Any, levels: list[int], budgets: list[float],
     for row in rows:
         base = dense.get(row["streams"])
         row["served_speedup"] = row["served_tokens_per_s"] / base if base else None
+    stages = [line for _, line in server.lines if "engine (own process)" in line
+              or "engine (thread)" in line]
     return dict(model=spec, device=_device_name(device), levels=levels, seconds=seconds,
                 prompt_len=prompt_len, gen_len=gen_len, floor=floor, server_ready_s=ready_s,
+                engine_process=engine_process,
+                engine_stage=("process" if "own process" in stages[0] else "thread") if stages
+                else None,
                 rows=rows, server_log=[f"{t:.3f} {line}" for t, line in server.lines
-                                       if "engine loop" in line or "engine:" in line])
+                                       if "engine loop" in line or "engine (" in line
+                                       or "engine process" in line])
 
 
 def _device_name(device: Any) -> str:
@@ -229,7 +236,8 @@ def _row_text(row: dict) -> str:
 
 def print_table(result: dict) -> None:
     print(f"{result['model']} on {result['device']}: served vs engine, {result['seconds']:g} s per "
-          f"level, prompt {result['prompt_len']}, {result['gen_len']} tokens out")
+          f"level, prompt {result['prompt_len']}, {result['gen_len']} tokens out, engine stage "
+          f"{result.get('engine_stage')} (--engine-process {result.get('engine_process')})")
     for row in result["rows"]:
         print(_row_text(row))
 

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", default="1,16,64,128",
                         help="--serve: concurrent streams per level, comma-separated")
     parser.add_argument("--seconds", type=float, default=20.0, help="--serve: seconds per level")
+    parser.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
+                        help="--serve: the server's --engine-process (the engine in a child "
+                             "process, or on a thread of the HTTP process)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw tok/s per batch size (PNG)")
 
@@ -127,7 +130,7 @@ def _run_serve(args, device, budgets: list[float]) -> int:
         raise UserError("--levels must be >= 1 and --seconds > 0, e.g. --levels 1,16 --seconds 10")
     spec = f"shape:{args.shape}" if args.shape else (args.model or "default")
     result = serve_bench.serve_bench(spec, device, levels, budgets, args.seconds,
-                                     args.prompt_len, args.gen_len)
+                                     args.prompt_len, args.gen_len, args.engine_process)
     serve_bench.print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

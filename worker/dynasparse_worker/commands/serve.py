@@ -96,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="prompt + completion tokens per sequence")
     a("--kv-tokens", type=int, default=int(_env("DYNASPARSE_KV_TOKENS", 8192)),
       help="KV cache capacity in tokens on the CPU")
+    a("--engine-process", choices=("auto", "on", "off"),
+      default=_env("DYNASPARSE_ENGINE_PROCESS", "auto"),
+      help="run the engine in a child process of its own, so its thread never waits for the HTTP "
+           "side's interpreter lock (auto: on with CUDA, off on the CPU)")
     a("--queue-high", type=int, default=int(_env("DYNASPARSE_QUEUE_HIGH", 8)),
       help="fast loop: waiting requests that tighten the budget")
     a("--log-level", default=_env("DYNASPARSE_LOG_LEVEL", "info"))
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         quality_min_budget=args.min_budget, quality_max_loss=args.max_loss,
         max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
         kv_tokens=args.kv_tokens, kv_memory_fraction=args.kv_memory_fraction,
+        engine_process=args.engine_process,
         fast_loop=dataclasses.replace(FastLoopConfig(), queue_high=args.queue_high,
                                       queue_low=args.queue_high // 4),
     )

@@ -6,7 +6,8 @@ One `Supervisor` per worker process, shared by three callers on two threads:
 * the gRPC service (asyncio thread) calls `apply_update`, `stream_opened/closed` and `snapshot`;
 * the HTTP app reads `ready`/`draining` and counts requests.
 A lock guards the state; the budget itself is applied through a `BudgetActuator` (the engine
-adapter in server/engine_adapter.py), which writes it into the model's device tensors.
+actuators in server/actuators.py), which write it into the model's device tensors, in this
+process or, for an engine in a child process, by a command the child confirms (`record_applied`).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class Supervisor:
                                     ceiling=max(self._control.ceiling, floor))
             self._control = replace(self._control, target=self._control.clamp(self._control.target))
             self._loop = replace(self._loop, budget=self._control.clamp(self._loop.budget))
-            self._expected_loss = actuator.set_budget(self._loop.budget)
+            self._set_budget(self._loop.budget)
 
     def lowest_budget(self, actuator: BudgetActuator) -> float:
         """The floor no update can lower: the calibration's minimum raised to the quality bound
@@ -294,6 +295,12 @@ class Supervisor:
             self.load.on_step(now, stats.queue_depth, stats.running,
                               speedup_at(self._speed, self._loop.budget))
 
+    def record_applied(self, expected_loss: float) -> None:
+        """A deferred actuator's engine applied the latest budget, at this expected loss."""
+        with self._lock:
+            self._expected_loss = expected_loss
+            self._applied.set()
+
     def record_first_token(self, ttft_s: float) -> None:
         with self._lock:
             now = self.clock()
@@ -347,8 +354,7 @@ class Supervisor:
             self._wake_engine()
         else:
             self._pending_budget = None
-            self._expected_loss = self.actuator.set_budget(decision.to_budget)
-            self._applied.set()
+            self._set_budget(decision.to_budget)
         if abs(decision.to_budget - decision.from_budget) >= 0.01:
             self.load.on_budget_changed(self.clock())
         timed = TimedDecision(decision, int(time.time() * 1000))
@@ -358,8 +364,16 @@ class Supervisor:
 
     def _flush_pending(self) -> None:
         if self._pending_budget is not None:
-            self._expected_loss = self.actuator.set_budget(self._pending_budget)
+            self._set_budget(self._pending_budget)
             self._pending_budget = None
+
+    def _set_budget(self, budget: float) -> None:
+        """With the lock held: hand `budget` to the actuator; a deferred one (an engine in another
+        process) counts as applied only once `record_applied` confirms it."""
+        self._expected_loss = self.actuator.set_budget(budget)
+        if getattr(self.actuator, "deferred", False):
+            self._applied.clear()
+        else:
             self._applied.set()
 
     def _notify_drain(self) -> None:

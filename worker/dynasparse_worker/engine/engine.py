@@ -22,7 +22,7 @@ from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS, ModelRunner, 
 from dynasparse_worker.engine.plans import HostPlan, host_plan, read_plan
 from dynasparse_worker.engine.scheduler import Batch, Scheduler, SchedulerConfig
 from dynasparse_worker.engine.sequence import Sequence, Status
-from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent
+from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent, stop_ids_for
 from dynasparse_worker.errors import UserError
 from dynasparse_worker.gating.controller import GatedModel
 from dynasparse_worker.sparsity import PlanState
@@ -157,7 +157,7 @@ class Engine:
 
     def stop_ids(self, params: SamplingParams) -> frozenset[int]:
         """Token ids that end a request with these parameters (EOS unless ignored)."""
-        return frozenset(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids))
+        return stop_ids_for(params, self.eos_ids)
 
     def cancel(self, request_id: str) -> bool:
         """Drop a request; its final event (finish_reason "cancelled") comes with the next step."""

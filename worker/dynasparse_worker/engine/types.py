@@ -42,6 +42,11 @@ class SamplingParams:
         return found
 
 
+def stop_ids_for(params: SamplingParams, eos_ids: frozenset[int]) -> frozenset[int]:
+    """Token ids that end a request with these parameters: its own, and EOS unless ignored."""
+    return frozenset(set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids)))
+
+
 @dataclass
 class TokenEvent:
     """What one engine step produced for one request: new tokens, and whether it finished."""

@@ -7,6 +7,11 @@
 * `PendingActuator` stands in while a calibrated model loads: its floor is not known yet, so it
   lets any budget through; attaching the `GatedActuator` then raises the floor to the calibrated
   one and keeps a `--budget` at or above it.
+* `RemoteActuator` drives the `GatedActuator` of an engine running in a child process
+  (server/engine_process.py): `set_budget` sends the budget as a command, the child applies it
+  before its next step, and `confirm` records what it applied; floor and curves are the ones the
+  child measured once after loading. It is `deferred`: the supervisor reports a budget as applied
+  only once the child confirmed it.
 * `UncalibratedActuator` is used when no calibration is given: the model runs dense, so the budget
   is recorded (reports, metrics and the fast loop still work) but not applied; its `applies` flag
   is False and the server logs that at start-up.
@@ -16,7 +21,7 @@ Built by server/runtime.py; read by control/supervisor.py through the `BudgetAct
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 _SMALLEST_BUDGET = 1e-6  # a floor below any calibrated one: the placeholder's "not known yet"
 
@@ -87,3 +92,38 @@ class GatedActuator:
         stride = max(1, len(budgets) // self.curve_points)
         picked = sorted(set(budgets[::stride]) | {budgets[0], budgets[-1]})
         return [(b, self.gated.expected_loss(b)) for b in picked]
+
+
+class RemoteActuator:
+    applies = True
+    deferred = True  # applied by another process: confirmed later through `confirm`
+
+    def __init__(self, info: Any, send: Callable[[float], None]):
+        """`info`: the child's `EngineInfo` (floor and curves); `send(b)` posts a budget command."""
+        self._send = send
+        self._floor = float(info.floor)
+        self._quality = list(info.quality_curve)
+        self._speed = list(info.speed_curve)
+        self._sent: float | None = None
+        self.budget = 1.0  # what the child last applied
+        self.expected_loss = 0.0
+
+    def set_budget(self, budget: float) -> float:
+        """Post `budget`; returns the last applied expected loss until the child confirms."""
+        self._sent = max(budget, self._floor)
+        self._send(self._sent)
+        return self.expected_loss
+
+    def confirm(self, budget: float, expected_loss: float) -> bool:
+        """The child applied `budget`; True if it is the latest one sent."""
+        self.budget, self.expected_loss = float(budget), float(expected_loss)
+        return self._sent is not None and abs(self.budget - self._sent) < 1e-6
+
+    def min_budget(self) -> float:
+        return self._floor
+
+    def speed_curve(self) -> list[tuple[float, float]]:
+        return list(self._speed)
+
+    def quality_curve(self) -> list[tuple[float, float]]:
+        return list(self._quality)

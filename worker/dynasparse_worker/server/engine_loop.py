@@ -1,19 +1,22 @@
-"""Runs the synchronous `Engine` in one thread and adapts it to asyncio, with one hand-off per step.
+"""Adapts the synchronous `Engine` to asyncio, with one hand-off per step.
 
-Three stages, so the engine thread does nothing but engine work between two GPU steps:
+Three stages, so the engine's thread does nothing but engine work between two device steps:
 * the HTTP handlers (server/app.py) call `submit` (admission sized from the KV slots: at most
   `max_queue` requests waiting for a slot, else 429; none while draining) and read `TokenEvent`s
   from the handle's `EventQueue`; `release` cancels a sequence whose client went away;
-* the engine thread alone calls `add_request`, `cancel`, `step` and `stats`, and calls the
-  supervisor's fast-loop hook (`on_step`) between steps, so a budget change lands before the next
-  step; each step's token ids go, as one list, to
-* the output thread, which detokenizes every request of the step in one batch
-  (`engine.detokenizer`), applies stop strings (a hit cancels the sequence), records latencies, and
-  hands the whole step to the event loop with ONE `call_soon_threadsafe`. A client that reads slower
-  than the engine writes gets the tokens coalesced into one event (`EventQueue`).
+* the engine stage alone calls `add_request`, `cancel`, `step` and `stats`; the supervisor's
+  fast-loop hook (`on_step`) runs once per step, so a budget change lands before the next step.
+  The stage is a thread of this process (server/engine_stage.py) or a child process of its own
+  (server/engine_process.py, so the engine's thread never waits for this process's interpreter
+  lock); either way each step's token ids come, as one list, to
+* the output thread, which detokenizes every request of the step in one batch, applies stop
+  strings (a hit cancels the sequence), records latencies, and hands the whole step to the event
+  loop with ONE `call_soon_threadsafe`. A client that reads slower than the engine writes gets the
+  tokens coalesced into one event (`EventQueue`).
 
-Queue depth has one definition here (`queue_depth`): admitted requests beyond the KV slots. The
-429 admission, the metrics and the control reports all read it. Created by server/runtime.py.
+Admission, handles, queue depth and delivery have one implementation here, whatever the stage.
+Queue depth has one definition (`queue_depth`): admitted requests beyond the KV slots. The 429
+admission, the metrics and the control reports all read it. Created by server/runtime.py.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ import asyncio
 import itertools
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.engine.detokenizer import Detokenizer, TextState, Update
@@ -35,8 +37,6 @@ from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEve
 from dynasparse_worker.server.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-
-GIL_SWITCH_INTERVAL_S = 0.0002  # how soon a waiting thread may take the GIL from a running one
 
 
 class QueueFull(Exception):
@@ -82,6 +82,28 @@ class EventQueue:
                        text="".join(ev.text for ev in pending))
 
 
+class EngineStage(Protocol):
+    """Where the engine runs: a thread of this process (server/engine_stage.py) or a child process
+    (server/engine_process.py). `add` and `cancel` are called in order under the loop's lock and
+    must not block; the stage calls back the loop's `on_step`, `step_done`, `open_ids` and
+    `engine_died`."""
+
+    num_slots: int
+
+    def stop_ids(self, params: SamplingParams) -> frozenset[int]: ...
+
+    def start(self, host: EngineLoop) -> None: ...
+
+    def add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+
 @dataclass
 class RequestHandle:
     request_id: str
@@ -95,48 +117,44 @@ class RequestHandle:
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, supervisor: Supervisor, metrics: WorkerMetrics, *,
-                 max_queue: int | None = None, idle_tick_s: float = 0.05):
-        """`max_queue`: requests that may wait for a KV slot (default: as many as there are slots,
+    def __init__(self, stage: EngineStage, supervisor: Supervisor, metrics: WorkerMetrics, *,
+                 tokenizer: Any = None, max_queue: int | None = None):
+        """`stage`: where the engine runs (`ThreadStage` in this process, `ProcessStage` in a
+        child); `tokenizer`: for detokenization and stop strings (none: events carry no text).
+        `max_queue`: requests that may wait for a KV slot (default: as many as there are slots,
         so an admitted request waits at most about one generation before it starts)."""
-        self.engine = engine
+        self.stage = stage
         self.supervisor = supervisor
         self.metrics = metrics
-        self.num_slots = max(1, int(engine.runner.cache.num_slots))
+        self.num_slots = max(1, int(stage.num_slots))
         self.max_queue = max_queue if max_queue is not None else self.num_slots
-        self.idle_tick_s = idle_tick_s
-        tokenizer = getattr(engine, "tokenizer", None)
         self.detokenizer = Detokenizer(tokenizer) if tokenizer is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._inbox: deque[tuple[str, Any]] = deque()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # one list of events per step
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._handles: dict[str, RequestHandle] = {}
         self._open = 0  # admitted handles without their final event
         self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
         self._output: threading.Thread | None = None
         self._empty = asyncio.Event()
         self._empty.set()
         self.host_cpu = HostCpu()  # CPU seconds of the three stages, for the step profile
         self._clock: asyncio.Future | None = None
 
+    @property
+    def engine(self) -> Any:
+        """The engine object when it runs in this process (None when it runs in a child)."""
+        return getattr(self.stage, "engine", None)
+
     # ---- asyncio side ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        # The engine thread gives the GIL up in every torch call (and while the device runs a
-        # step) and needs it back at once; at the default 5 ms switch interval a busy output or
-        # event-loop thread could keep it for a whole step.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         loop.call_soon_threadsafe(lambda: setattr(self, "_clock", asyncio.ensure_future(
             self._clock_event_loop())))
-        self.supervisor.bind_engine_thread(self._wake.set)
         self._output = threading.Thread(target=self._run_output, name="engine-output", daemon=True)
         self._output.start()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
+        self.stage.start(self)
 
     async def _clock_event_loop(self) -> None:
         """Publish the event-loop thread's CPU time (HTTP, SSE) every `HostCpu.TICK_S`."""
@@ -148,16 +166,15 @@ class EngineLoop:
         self._stop.set()
         if self._clock is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._clock.cancel)
-        self._wake.set()
+        self.stage.stop(timeout)
         self._outbox.put(None)
-        for thread in (self._thread, self._output):
-            if thread is not None:
-                thread.join(timeout)
+        if self._output is not None:
+            self._output.join(timeout)
 
     @property
     def alive(self) -> bool:
-        """The engine thread is running (False before start, after stop, or if it died)."""
-        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        """The engine runs (False before start, after stop, or if its thread or process died)."""
+        return self.stage.alive and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -186,13 +203,12 @@ class EngineLoop:
             rid = f"req-{next(self._ids)}"
             handle = RequestHandle(rid, len(prompt_token_ids), EventQueue())
             if self.detokenizer is not None:
-                handle.text = TextState(params.stop_strings, self.engine.stop_ids(params))
+                handle.text = TextState(params.stop_strings, self.stage.stop_ids(params))
             self._handles[rid] = handle
             self._open += 1
-            self._inbox.append(("add", (rid, list(prompt_token_ids), params)))
+            self.stage.add(rid, list(prompt_token_ids), params)  # in order with the cancels
             self._empty.clear()
         self.metrics.prompt_tokens.inc(len(prompt_token_ids))
-        self._wake.set()
         return handle
 
     def release(self, handle: RequestHandle) -> None:
@@ -202,25 +218,23 @@ class EngineLoop:
             if known and not handle.finished:
                 handle.finished = True
                 self._open -= 1
-                self._inbox.append(("cancel", handle.request_id))
+                self.stage.cancel(handle.request_id)
             if not self._handles:
                 self._empty.set()
-        self._wake.set()
 
     def fail_all(self, message: str) -> int:
-        """End every unfinished request with an error event (the drain grace ran out); returns how
-        many. Call from the event loop thread."""
+        """End every unfinished request with an error event (the drain grace ran out, the engine
+        died); returns how many. Call from the event loop thread."""
         failed = []
         with self._lock:
             for handle in self._handles.values():
                 if not handle.finished:
                     handle.finished = True
                     self._open -= 1
-                    self._inbox.append(("cancel", handle.request_id))
+                    self.stage.cancel(handle.request_id)
                     failed.append(handle)
         for handle in failed:
             handle.events.put_nowait(TokenEvent(handle.request_id, [], "", True, f"error: {message}"))
-        self._wake.set()
         return len(failed)
 
     async def wait_empty(self, timeout: float | None) -> bool:
@@ -231,60 +245,21 @@ class EngineLoop:
         except asyncio.TimeoutError:
             return False
 
-    # ---- engine thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        profile = StepProfile(self.host_cpu)
-        try:
-            while not self._stop.is_set():
-                began = time.perf_counter()
-                self._drain_inbox()
-                self.supervisor.on_step(self._stats())  # the fast loop sees a spike before the step
-                if self.engine.has_work():
-                    stepped = time.perf_counter()
-                    events = self._step()
-                    ended = time.perf_counter()
-                    self._outbox.put(events)
-                    profile.add(stepped - began, ended - stepped, len(events), ended)
-                else:
-                    self._wake.wait(self.idle_tick_s)
-                    self._wake.clear()
-        except BaseException:  # noqa: BLE001 - the thread ends; /healthz and the streams say so
-            log.exception("the engine thread stopped")
-            self._outbox.put("died")
+    # ---- called by the engine stage --------------------------------------------------------------
+    def on_step(self, stats: EngineStats) -> None:
+        """Before each engine step: the supervisor's fast loop sees the worker's queue depth."""
+        self.supervisor.on_step(replace(stats, queue_depth=self.queue_depth))
 
-    def _drain_inbox(self) -> None:
-        while True:
-            with self._lock:
-                if not self._inbox:
-                    return
-                kind, payload = self._inbox.popleft()
-            try:
-                if kind == "add":
-                    self.engine.add_request(*payload)
-                else:
-                    self.engine.cancel(payload)
-            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the engine
-                log.warning("engine refused %s: %s", kind, exc)
-                if kind == "add":
-                    self._outbox.put([TokenEvent(payload[0], [], "", True, f"error: {exc}")])
+    def open_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._handles)
 
-    def _step(self) -> list[TokenEvent]:
-        try:
-            events = self.engine.step()
-        except Exception as exc:  # noqa: BLE001 - the engine isolates sequences; this is a last resort
-            log.exception("engine step failed")
-            with self._lock:
-                ids = list(self._handles)
-            for rid in ids:
-                try:
-                    self.engine.cancel(rid)
-                except Exception:  # noqa: BLE001
-                    pass
-            events = [TokenEvent(rid, [], "", True, f"error: {exc}") for rid in ids]
-        return events
+    def step_done(self, events: list[TokenEvent]) -> None:
+        """One step's events, handed to the output thread."""
+        self._outbox.put(events)
 
-    def _stats(self) -> EngineStats:
-        return replace(self.engine.stats(), queue_depth=self.queue_depth)
+    def engine_died(self) -> None:
+        self._outbox.put("died")
 
     # ---- output thread ---------------------------------------------------------------------------
     def _run_output(self) -> None:
@@ -326,17 +301,13 @@ class EngineLoop:
                 if handle.text.stopped and not ev.finished:
                     ev.finished, ev.finish_reason = True, "stop"
         now = time.monotonic()
-        stopped = []
         with self._lock:
             for handle, ev in live:
                 if ev.finished:
                     handle.finished = True
                     self._open -= 1
                     if ev.finish_reason == "stop" and handle.text is not None and handle.text.stopped:
-                        stopped.append(handle.request_id)
-            self._inbox.extend(("cancel", rid) for rid in stopped)
-        if stopped:
-            self._wake.set()
+                        self.stage.cancel(handle.request_id)  # a stop string: the engine stops too
         for handle, ev in live:
             self._observe(handle, ev, now)
         if live:
@@ -380,18 +351,22 @@ class StepProfile:
     thread, output thread, event loop): the three share one interpreter lock, so their sum per
     token bounds what one worker process can serve."""
 
-    def __init__(self, host: HostCpu | None = None, every_s: float = 5.0):
+    def __init__(self, host: HostCpu | None = None, every_s: float = 5.0,
+                 engine_cpu: Callable[[], float] = time.thread_time):
+        """`engine_cpu`: the engine thread's CPU seconds so far (default: the calling thread's, for
+        a profile kept on the engine thread itself; a child process's engine reports its own)."""
         self.every_s = every_s
         self.host = host or HostCpu()
+        self.engine_cpu = engine_cpu
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
         self.since, self.steps, self.step_s, self.between_s, self.events = now, 0, 0.0, 0.0, 0
-        self.cpu = (time.thread_time(), self.host.output_s, self.host.event_loop_s)
+        self.cpu = (self.engine_cpu(), self.host.output_s, self.host.event_loop_s)
 
     def cpu_us_per_token(self) -> tuple[float, float, float]:
         """(engine, output, event loop) CPU microseconds per token since the last log."""
-        now = (time.thread_time(), self.host.output_s, self.host.event_loop_s)
+        now = (self.engine_cpu(), self.host.output_s, self.host.event_loop_s)
         per = 1e6 / max(1, self.events)
         return tuple(max(0.0, (b - a) * per) for a, b in zip(self.cpu, now))  # type: ignore[return-value]
 

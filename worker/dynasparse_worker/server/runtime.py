@@ -1,9 +1,10 @@
-"""One worker process: HTTP API + gRPC control endpoint + engine thread, started and drained together.
+"""One worker: HTTP API + gRPC control endpoint + engine (a thread, or a child process), started and
+drained together.
 
 `WorkerRuntime(settings).run()` is what `dynasparse serve` awaits; tests start it in a thread with a
 pre-loaded model. Start-up order: HTTP (liveness answers at once, readiness 503 "loading") and the
-control port come up first, the model loads in a worker thread, then the engine thread starts and
-readiness turns true. Drain (SIGTERM or an operator drain): readiness false at once, admissions go on
+control port come up first, the model loads in a worker thread (or in the engine child process,
+see server/engine_process.py), then the engine starts and readiness turns true. Drain (SIGTERM or an operator drain): readiness false at once, admissions go on
 for the deregistration delay (while load balancers stop routing here), then are refused; in-flight
 requests finish at the floor budget, then everything stops when empty or after the grace.
 """
@@ -29,7 +30,10 @@ from dynasparse_worker.errors import UserError
 from dynasparse_worker.server.actuators import GatedActuator, PendingActuator, UncalibratedActuator
 from dynasparse_worker.server.app import WorkerContext, create_app
 from dynasparse_worker.server.auth import ApiKey
+from dynasparse_worker.server.engine_build import build_engine, engine_info
 from dynasparse_worker.server.engine_loop import EngineLoop
+from dynasparse_worker.server.engine_process import ProcessStage, engine_process_wanted
+from dynasparse_worker.server.engine_stage import ThreadStage
 from dynasparse_worker.server.http_protocol import HeadDeadlineH11Protocol
 from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpLimits
 from dynasparse_worker.server.metrics import WorkerMetrics
@@ -70,6 +74,7 @@ class ServeSettings:
     kv_tokens: int = 8192  # CPU KV capacity; CUDA sizes by memory fraction
     kv_memory_fraction: float = 0.5  # CUDA: of the free memory after the weights, for the KV cache
     default_max_tokens: int = 256
+    engine_process: str = "auto"  # the engine in a child process: on, off, auto (on for CUDA)
     fast_loop: FastLoopConfig = field(default_factory=FastLoopConfig)
 
 
@@ -205,7 +210,7 @@ class WorkerRuntime:
 
         def build() -> None:
             try:
-                result = self._build_engine()
+                result = self._build_stage()
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
                 loop.call_soon_threadsafe(_settle, built, None, exc)
             else:
@@ -221,55 +226,38 @@ class WorkerRuntime:
         self._start_engine(*built.result())
         return True
 
-    def _start_engine(self, engine: Any, loaded: Any, gated: Any) -> None:
-        if gated is not None:
-            self.actuator = GatedActuator(engine)
+    def _start_engine(self, stage: Any, info: Any, actuator: Any | None) -> None:
+        if actuator is not None:
+            self.actuator = actuator
             self.supervisor.attach(self.actuator)
         else:
             log.warning("no --calibration: the model runs dense; budgets are tracked, not applied")
-        self.ctx.tokenizer = loaded.tokenizer
-        self.ctx.context_len = min(engine.config.max_seq_len,
-                                   int(getattr(loaded.model.config, "max_position_embeddings",
-                                               engine.config.max_seq_len)))
-        self.ctx.model_name = self.supervisor.model_name = loaded.name
-        self.ctx.vocab_size = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
-        self.engine_loop = EngineLoop(engine, self.supervisor, self.metrics,
+        self.ctx.tokenizer = info.tokenizer
+        self.ctx.context_len = info.context_len
+        self.ctx.model_name = self.supervisor.model_name = info.model_name
+        self.ctx.vocab_size = info.vocab_size
+        self.engine_loop = EngineLoop(stage, self.supervisor, self.metrics, tokenizer=info.tokenizer,
                                       max_queue=self.settings.max_queue)
-        log.info("engine: %d KV slots of %d tokens, %d decode graphs, admission queue %d",
-                 engine.runner.cache.num_slots, engine.runner.cache.max_seq_len,
-                 len(engine.runner.graphs), self.engine_loop.max_queue)
+        log.info("engine (%s): %d KV slots of %d tokens, %d decode graphs, admission queue %d",
+                 "own process" if isinstance(stage, ProcessStage) else "thread", info.num_slots,
+                 info.max_seq_len, info.graphs, self.engine_loop.max_queue)
         self.engine_loop.start(asyncio.get_running_loop())
         self.ctx.engine_loop = self.engine_loop
         self.supervisor.model_loaded = True
 
-    def _build_engine(self):
-        import torch
-
-        from dynasparse_worker.engine.engine import Engine, EngineConfig
-        from dynasparse_worker.engine.model_runner import DEFAULT_BUCKETS
-
+    def _build_stage(self) -> tuple[Any, Any, Any | None]:
+        """(stage, `EngineInfo`, actuator or None): the engine in a child process, or built here
+        and run on a thread (`settings.engine_process`)."""
         s = self.settings
-        device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        loaded = self._preloaded
-        if loaded is None:
-            from dynasparse_worker.models.loading import load_model
+        if engine_process_wanted(s.engine_process, s.device, self._preloaded is not None):
+            stage = ProcessStage.launch(s)
+            return stage, stage.info, stage.actuator
+        engine, loaded, gated = self._build_engine()
+        actuator = GatedActuator(engine) if gated is not None else None
+        return ThreadStage(engine, self.supervisor), engine_info(engine, loaded, actuator), actuator
 
-            loaded = load_model(s.model, device=device)
-        gated = self._pregated
-        if gated is None and s.calibration:
-            gated = load_gated(loaded, s.calibration)
-        if gated is not None and s.initial_budget < float(gated.floor) - 1e-9:
-            raise UserError(f"--budget {s.initial_budget:g} is below the calibrated floor "
-                            f"{float(gated.floor):.3f} of {loaded.name}: pass --budget "
-                            f"{float(gated.floor):.3f} or more")
-        on_cuda = device.startswith("cuda")
-        max_batch = s.max_batch_size or (max(DEFAULT_BUCKETS) if on_cuda else 16)
-        config = EngineConfig(max_batch_size=max_batch, max_seq_len=s.max_seq_len,
-                              kv_capacity_tokens=s.kv_tokens, cuda_graphs=on_cuda,
-                              kv_memory_fraction=s.kv_memory_fraction,
-                              detokenize=False)  # the engine loop's output thread does it
-        state = gated.state if gated is not None else None
-        return Engine.from_loaded(loaded, config, state=state), loaded, gated
+    def _build_engine(self):
+        return build_engine(self.settings, self._preloaded, self._pregated)
 
     # ---- drain -----------------------------------------------------------------------------------
     def _on_drain_requested(self, grace_s: float) -> None:
@@ -304,24 +292,3 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-def load_gated(loaded: Any, calibration: str) -> Any:
-    """The calibrated `GatedModel` of `loaded`: gates installed, plan table attached.
-
-    `calibration` is "auto" (the cached artifact for this model, calibrated once on demand; for a
-    `shape:` model of random weights, a synthetic plan from its activations) or the path of an
-    artifact written by `dynasparse calibrate`."""
-    from dynasparse_worker.gating import install_gates
-
-    gated = install_gates(loaded.model)
-    if getattr(loaded, "synthetic", False) and calibration == "auto":
-        from dynasparse_worker.gating.synthetic_plan import synthetic_calibration
-
-        synthetic_calibration(gated, loaded.model.device)
-        return gated
-    from dynasparse_worker.gating.artifact import calibration_for
-
-    calibration_for(loaded, gated, path=None if calibration == "auto" else calibration,
-                    progress=False)
-    return gated
