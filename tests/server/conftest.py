@@ -3,7 +3,6 @@ real workers (`WorkerRuntime`) on loopback, each in its own thread with its own 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import queue
 import time
@@ -16,6 +15,7 @@ import pytest
 from dynasparse_proto import control_pb2, control_pb2_grpc
 from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
+from dynasparse_worker.server import event_loop
 from dynasparse_worker.server.runtime import ServeSettings, WorkerRuntime
 
 
@@ -47,7 +47,7 @@ class RunningWorker:
             raise RuntimeError("worker did not start")
 
     def _main(self) -> None:
-        self.exit_code = asyncio.run(self.runtime.run())
+        self.exit_code = event_loop.run(self.runtime.run())
 
     @property
     def url(self) -> str:

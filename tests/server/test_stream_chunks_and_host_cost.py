@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -10,23 +9,19 @@ import pytest
 
 from dynasparse_worker.engine.types import TokenEvent
 from dynasparse_worker.server.engine_loop import HostCpu, StepProfile
-from dynasparse_worker.server.responses import Shape, sse_stream
+from dynasparse_worker.server.responses import Shape, SseChunks
 
 TRICKY = ["plain", 'quotes " and \\ backslash', "wörld é 你好", "new\nline\ttab", "\x00text\x00", "🙂", " "]
 
 
 def _chunks(chat: bool) -> list[dict]:
-    async def events():
-        for text in TRICKY:
-            yield TokenEvent("r", [1], text, False, None, 3, 1)
-        yield TokenEvent("r", [1], "", True, "length", 3, len(TRICKY))
-
-    async def collect() -> list[bytes]:
-        return [c async for c in sse_stream(Shape(chat, 'm"odel', False), events(), 3)]
-
-    raw = asyncio.run(collect())
+    sse = SseChunks(Shape(chat, 'm"odel', False), 3)
+    pieces = [sse.opening()] + [sse.event(TokenEvent("r", [1], text, False, None, 3, 1))
+                                for text in TRICKY]
+    pieces.append(sse.event(TokenEvent("r", [1], "", True, "length", 3, len(TRICKY))))
+    raw = [c + b"\n\n" for c in b"".join(pieces).split(b"\n\n") if c]
     assert raw[-1] == b"data: [DONE]\n\n"
-    assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in raw)
+    assert all(c.startswith(b"data: ") for c in raw)
     return [json.loads(c[6:]) for c in raw[:-1]]
 
 

@@ -13,7 +13,6 @@ per token. Run: `python3 -m dynasparse_worker.benchmarks.host_cost --streams 16,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import threading
 import time
@@ -103,6 +102,7 @@ class TokenPump:
 
 def _serve_pump(tokenizer: Any, slots: int, step_s: float) -> tuple[Any, threading.Thread]:
     """The real worker runtime (HTTP, control, engine loop) around a `TokenPump`."""
+    from dynasparse_worker.server import event_loop
     from dynasparse_worker.server.runtime import ServeSettings, WorkerRuntime
 
     class PumpRuntime(WorkerRuntime):
@@ -115,7 +115,7 @@ def _serve_pump(tokenizer: Any, slots: int, step_s: float) -> tuple[Any, threadi
     # alone, and the pump is no model it could load
     runtime = PumpRuntime(ServeSettings(model="pump", port=0, device="cpu", max_queue=4 * slots,
                                         max_connections=4 * slots + 64, engine_process="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(runtime.run()), daemon=True)
+    thread = threading.Thread(target=lambda: event_loop.run(runtime.run()), daemon=True)
     thread.start()
     if not runtime.loaded.wait(60):
         raise RuntimeError("the pump worker did not start within 60 s")
@@ -143,6 +143,9 @@ def measure(streams: list[int], step_ms: float, seconds: float, prompt_len: int,
             tokens0 = runtime.engine_loop.engine._tokens
             t0 = time.time()
             records = run_level(url, level, seconds, prompt, gen_len, client_processes)
+            # The window opens when the clients began sending (starting their processes takes a
+            # while on a busy host), not when they were asked to.
+            t0 = min((r.sent for r in records), default=t0)
             warm = min(seconds * 0.25, 2.0)
             row = dict(streams=level, step_ms=step_ms, **summarize(records, t0 + warm, t0 + seconds))
             tokens = max(1, runtime.engine_loop.engine._tokens - tokens0)

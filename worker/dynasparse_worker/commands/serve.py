@@ -106,12 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     import dataclasses
     import logging
 
     from dynasparse_worker.control.fast_loop import FastLoopConfig
     from dynasparse_worker.errors import UserError
+    from dynasparse_worker.server import event_loop
     from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
     from dynasparse_worker.server.runtime import ServeSettings, WorkerRuntime
 
@@ -155,4 +155,4 @@ def run(args: argparse.Namespace) -> int:
     )
     if pod_ip:
         logging.getLogger(__name__).info("pod %s at %s", settings.pod_name, pod_ip)
-    return asyncio.run(WorkerRuntime(settings).run())
+    return event_loop.run(WorkerRuntime(settings).run())

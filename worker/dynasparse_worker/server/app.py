@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,7 +39,8 @@ from dynasparse_worker.server.metrics import CONTENT_TYPE, WorkerMetrics
 from dynasparse_worker.server.openai_schema import (
     ChatCompletionRequest, CompletionRequest, first_error,
 )
-from dynasparse_worker.server.responses import GenerationFailed, Shape, sse_stream, whole_response
+from dynasparse_worker.server.responses import GenerationFailed, Shape, SseChunks, whole_response
+from dynasparse_worker.server.sse_response import EventStreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,8 @@ async def _admit_and_run(ctx: WorkerContext, request: Request, chat: bool) -> tu
         raise ApiError(503, str(exc), type_="unavailable") from None
     shape = Shape(chat=chat, model=ctx.model_name, include_usage=req.include_usage)
     if req.stream:
-        return StreamingResponse(_released(loop, handle, sse_stream(shape, _events(handle),
-                                                                    handle.prompt_tokens)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"}), "streaming"
+        return EventStreamResponse(handle, SseChunks(shape, handle.prompt_tokens),
+                                   loop.release), "streaming"
     try:
         text, final = await _collect_unless_disconnected(request, handle)
     finally:
@@ -276,16 +275,6 @@ async def _events(handle: RequestHandle) -> AsyncIterator[TokenEvent]:
         yield ev
         if ev.finished:
             return
-
-
-async def _released(loop: EngineLoop, handle: RequestHandle, stream: AsyncIterator[bytes]
-                    ) -> AsyncIterator[bytes]:
-    """Wrap a stream so the handle is released however it ends (a disconnect cancels it)."""
-    try:
-        async for part in stream:
-            yield part
-    finally:
-        loop.release(handle)
 
 
 async def _collect_unless_disconnected(request: Request, handle: RequestHandle

@@ -11,8 +11,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
-
 from dynasparse_worker.engine.types import TokenEvent
 
 
@@ -83,42 +81,46 @@ def _text_chunk_writer(template: bytes):
     return render
 
 
-async def sse_stream(shape: Shape, events: AsyncIterator[TokenEvent], prompt_tokens: int
-                     ) -> AsyncIterator[bytes]:
-    """The SSE byte stream of one request; `events` ends after the finished event."""
-    rid, created = f"{shape.id_prefix}-{uuid.uuid4().hex}", int(time.time())
-    obj = "chat.completion.chunk" if shape.chat else "text_completion"
+class SseChunks:
+    """The SSE bytes of one request's stream, event by event: `opening()` before any event (the
+    chat role chunk), then `event(ev)` for each (merged) engine event, whose text chunk, or for the
+    finished one the closing chunks and `[DONE]`, come as one piece to write at once."""
 
-    def chunk(choices: list[dict], extra: dict | None = None) -> bytes:
-        body = {"id": rid, "object": obj, "created": created, "model": shape.model,
-                "choices": choices}
+    def __init__(self, shape: Shape, prompt_tokens: int):
+        self.shape, self.prompt_tokens = shape, prompt_tokens
+        self._rid, self._created = f"{shape.id_prefix}-{uuid.uuid4().hex}", int(time.time())
+        self._obj = "chat.completion.chunk" if shape.chat else "text_completion"
+        self._text_chunk = _text_chunk_writer(self._chunk([self._choice(_SLOT, None)]))
+
+    def _chunk(self, choices: list[dict], extra: dict | None = None) -> bytes:
+        body = {"id": self._rid, "object": self._obj, "created": self._created,
+                "model": self.shape.model, "choices": choices}
         return _sse({**body, **(extra or {})})
 
-    def choice(text: str | None, reason: str | None, first: bool = False) -> dict:
-        if shape.chat:
+    def _choice(self, text: str | None, reason: str | None, first: bool = False) -> dict:
+        if self.shape.chat:
             delta: dict = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
             return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
         return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
 
-    text_chunk = _text_chunk_writer(chunk([choice(_SLOT, None)]))
-    if shape.chat:
-        yield chunk([choice(None, None, first=True)])
-    async for ev in events:
+    def opening(self) -> bytes:
+        return self._chunk([self._choice(None, None, first=True)]) if self.shape.chat else b""
+
+    def event(self, ev: TokenEvent) -> bytes:
         if not ev.finished:
-            if ev.text:
-                yield text_chunk(ev.text)
-            continue
+            return self._text_chunk(ev.text) if ev.text else b""
         try:
             reason = finish_reason_of(ev)
         except GenerationFailed as exc:
-            yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None,
-                                  "code": None}})
-            break
-        used = usage(prompt_tokens, ev.completion_tokens)
-        yield chunk([choice(ev.text, reason)], {"usage": used})
-        if shape.include_usage:
-            yield chunk([], {"usage": used})
-        break
-    yield _sse("[DONE]")
+            return _sse({"error": {"message": str(exc), "type": "server_error", "param": None,
+                                   "code": None}}) + _DONE
+        used = usage(self.prompt_tokens, ev.completion_tokens)
+        closing = self._chunk([self._choice(ev.text, reason)], {"usage": used})
+        if self.shape.include_usage:
+            closing += self._chunk([], {"usage": used})
+        return closing + _DONE
+
+
+_DONE = _sse("[DONE]")

@@ -34,7 +34,7 @@ from dynasparse_worker.server.engine_build import build_engine, engine_info
 from dynasparse_worker.server.engine_loop import EngineLoop
 from dynasparse_worker.server.engine_process import ProcessStage, engine_process_wanted
 from dynasparse_worker.server.engine_stage import ThreadStage
-from dynasparse_worker.server.http_protocol import HeadDeadlineH11Protocol
+from dynasparse_worker.server.http_protocol import http_protocol_class
 from dynasparse_worker.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpLimits
 from dynasparse_worker.server.metrics import WorkerMetrics
 
@@ -182,7 +182,7 @@ class WorkerRuntime:
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.ctx), log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=5, access_log=False,
-                                http=HeadDeadlineH11Protocol, limit_concurrency=s.max_connections,
+                                http=http_protocol_class(), limit_concurrency=s.max_connections,
                                 timeout_keep_alive=s.keep_alive_s)
         server = _QuietServer(config)
         log.info("HTTP API on http://%s:%d", s.host, self.http_port)
