@@ -7,6 +7,6 @@ set -euo pipefail
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-  -d .whl fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 httptools pydantic==2.14.4 \
+  -d .whl fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 httptools uvloop pydantic==2.14.4 \
   grpcio==1.85.1 grpcio-health-checking==1.85.1 cryptography
 ls .whl
