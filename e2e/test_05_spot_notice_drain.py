@@ -1,7 +1,8 @@
 """Scenario 5: a termination handler taints and cordons a node (`aws-node-termination-handler/spot-itn`,
 or `karpenter.sh/disrupted`), then, after the notice period, evicts its pods through the eviction API.
-The doomed pods drain with zero failed requests, the survivors tighten first, and replacements are
-scheduled on other nodes."""
+The doomed pods drain with zero failed requests and stay down (drained, the container keeps running
+idle and not ready: no restart on the doomed node), the survivors tighten first, and replacements
+are scheduled on other nodes."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from e2e_load import OpenLoopLoad
 
 from dynasparse.devcluster import nodeops
 from dynasparse.devcluster.fixture import wait_until
+from dynasparse_operator.manifests import DEREGISTER_DELAY_S
 
 SPEC = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 3000}, "quality": {"minBudget": 0.3},
         "control": {"intervalSeconds": 1}, "worker": {"drainGraceSeconds": 20}}
-NOTICE_SECONDS = 5  # AWS gives 2 minutes; compressed so CI stays fast
+NOTICE_SECONDS = 5  # AWS gives 2 minutes; compressed so CI stays fast...
+# ...yet the doomed pod must outlive its drain (the deregistration delay, then its few in-flight
+# requests) by more than a restart's back-off would take to show, or a restart could not be seen
+DRAINED_FOR_SECONDS = DEREGISTER_DELAY_S + 12
 
 
 @pytest.mark.parametrize("notice_taint", ["aws-node-termination-handler/spot-itn", "karpenter.sh/disrupted"])
@@ -28,6 +33,7 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
     pods = wait_until(lambda: len(ready_worker_pods(cluster, namespace, name)) == 3
                       and ready_worker_pods(cluster, namespace, name), 420, "3 worker pods Ready", interval=2)
     doomed = pods[0]
+    doomed_name = doomed["metadata"]["name"]
     node = doomed["spec"]["nodeName"]
     survivors = {p["metadata"]["name"] for p in pods[1:]}
     # half the base load: this scenario is about draining and the feed-forward cut, so the survivors
@@ -48,6 +54,9 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
                          and p.get("budget", 1) < budgets_before[p["name"]]]
             time.sleep(0.5)
         time.sleep(NOTICE_SECONDS)
+        wait_until(lambda: not _ready(_pod(cluster, namespace, doomed_name)), 30,
+                   "the doomed pod to turn not-ready (draining)", interval=0.5)
+        seen = _watch_container(cluster, namespace, doomed_name, DRAINED_FOR_SECONDS)
         for pod in nodeops.pods_on(cluster.api, node, namespace):
             nodeops.evict(cluster.api, namespace, pod["metadata"]["name"])
         wait_until(lambda: len([p for p in ready_worker_pods(cluster, namespace, name)
@@ -60,6 +69,10 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
         nodeops.cordon(cluster.api, node, False)
     assert result.failed == 0, f"{result.failed} of {result.sent} requests failed: {result.errors[:5]}"
     assert result.ok > 0
+    # read from the API server all along the drain: the doomed pod's container never exited
+    assert seen["restarts"] == [0] and seen["states"] == ["running"], \
+        f"the doomed pod's container restarted on the doomed node: {seen}"
+    assert seen["ready"] == [False], f"the drained pod turned ready again: {seen}"
     assert any(node in m for m in events_for(cluster, namespace, name))
     assert tightened, f"the survivors' budgets did not tighten on the notice: {model_status(cluster, namespace, name).get('pods')}"
 
@@ -69,3 +82,28 @@ def _budgets(cluster, namespace: str, name: str, survivors: set[str]) -> dict[st
     found = {p["name"]: p["budget"] for p in model_status(cluster, namespace, name).get("pods") or []
              if p["name"] in survivors and p.get("budget") is not None}
     return found if set(found) == survivors else None
+
+
+def _pod(cluster, namespace: str, name: str) -> dict:
+    return cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+
+def _ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod["status"].get("conditions") or ())
+
+
+def _watch_container(cluster, namespace: str, name: str, seconds: float) -> dict[str, list]:
+    """The worker container's restartCount, state and the pod's readiness, as the API server saw
+    them every half second for `seconds` (each list holds the distinct values, in order)."""
+    seen: dict[str, list] = {"restarts": [], "states": [], "ready": []}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pod = _pod(cluster, namespace, name)
+        status = next(c for c in pod["status"].get("containerStatuses") or () if c["name"] == "worker")
+        for key, value in (("restarts", status["restartCount"]), ("states", next(iter(status["state"]))),
+                           ("ready", _ready(pod))):
+            if not seen[key] or seen[key][-1] != value:
+                seen[key].append(value)
+        time.sleep(0.5)
+    return seen

@@ -5,16 +5,20 @@ lead comes from, and the survivors' budget holding the notice's cut until the do
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import pathlib
 
 import pytest
 import yaml
 
+from dynasparse_operator import manifests, pki
 from dynasparse_operator.control_law import decide
+from dynasparse_operator.daemon import ControlLoop, LoopDeps, ModelRuntime
+from dynasparse_operator.grpc_client import ClientTls
 from dynasparse_operator.errors import UserError
 from dynasparse_operator.law_types import LawParams, LawState, LoadReport, PodFacts, PodReport
 from dynasparse_operator.replacement import decide_replacement, load_seconds, start_seconds
-from dynasparse_operator.settings import load_settings
+from dynasparse_operator.settings import OperatorSettings, load_settings
 from dynasparse_operator.spec import parse_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -149,3 +153,54 @@ def test_with_load_signals_the_doomed_pods_load_counts_against_the_survivors_whi
         levels.append(decision.to_budget)
     assert levels[0] < before.to_budget - 0.05  # cut on the notice, before any latency rose
     assert max(levels) <= levels[0] + 1e-9  # and never relaxed while the pod drains
+
+
+# --- the control loop scales the Deployment accordingly ------------------------------------------
+
+async def _one_step(notice: str, started_after_s: float) -> tuple[list[int], list[tuple]]:
+    """One step of the model's ControlLoop (as the kopf daemon runs it) with three ready pods, the
+    first on a node carrying `notice`; returns the replica counts it asked for and its events."""
+    ca = pki.make_ca()
+    client = pki.issue(ca, pki.OPERATOR_COMMON_NAME, server=False)
+    scaled, events = [], []
+
+    async def scale(namespace, name, replicas):
+        scaled.append(replicas)
+
+    async def patch_status(namespace, name, patch):
+        pass
+
+    deps = LoopDeps(settings=OperatorSettings(), tls=ClientTls(ca.cert_pem, client.cert_pem, client.key_pem),
+                    epoch=1, sequence=itertools.count(1), sender="op-test", patch_status=patch_status,
+                    emit_event=lambda *e: events.append(e), scale_workers=scale)
+    pods = {}
+    for i, name in enumerate("abc"):
+        body = pod(name, started_after_s)
+        body["metadata"]["labels"] = manifests.selector("chat")
+        body["spec"]["nodeName"] = f"n{i}"
+        body["status"]["podIP"] = f"127.0.0.{i + 2}"  # nothing listens: streams stay down
+        pods[name] = body
+    nodes = {"n0": {"metadata": {"name": "n0"},
+                    "spec": {"taints": [{"key": notice, "effect": "NoSchedule"}]}}}
+    spec = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 500},
+            "quality": {"minBudget": 0.4}, "control": {"intervalSeconds": 5}}
+    loop = ControlLoop(manifests.Owner("chat", "team-a", "uid-1"),
+                       {"spec": spec, "metadata": {"generation": 1}, "status": {}},
+                       ModelRuntime(pods=pods), nodes, deps)
+    try:
+        await loop.step()
+    finally:
+        await loop.pool.close()
+    return scaled, events
+
+
+async def test_a_spot_notice_longer_than_a_pod_start_adds_a_replica_and_says_why():
+    scaled, events = await _one_step(SPOT, started_after_s=45)
+    assert scaled == [4]
+    replacing = [e for e in events if e[1] == "ReplacingCapacity"]
+    assert replacing and "notice 120 s is longer than a pod's start (45 s)" in replacing[0][2]
+
+
+async def test_a_notice_of_unknown_lead_adds_no_replica():
+    scaled, _ = await _one_step("karpenter.sh/disrupted", started_after_s=45)
+    assert scaled == []
