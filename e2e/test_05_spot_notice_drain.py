@@ -6,8 +6,10 @@ are scheduled on other nodes."""
 
 from __future__ import annotations
 
+import re
 import time
 
+import httpx
 import pytest
 from e2e_support import BASE_RATE, apply_model, events_for, model_status, needs, ready_worker_pods
 from e2e_load import OpenLoopLoad
@@ -17,11 +19,11 @@ from dynasparse.devcluster.fixture import wait_until
 from dynasparse_operator.manifests import DEREGISTER_DELAY_S
 
 SPEC = {"model": "default", "replicas": 3, "slo": {"ttftP95Ms": 3000}, "quality": {"minBudget": 0.3},
-        "control": {"intervalSeconds": 1}, "worker": {"drainGraceSeconds": 20}}
+        "control": {"intervalSeconds": 1}, "worker": {"drainGraceSeconds": 60}}
 NOTICE_SECONDS = 5  # AWS gives 2 minutes; compressed so CI stays fast...
-# ...yet the doomed pod must outlive its drain (the deregistration delay, then its few in-flight
-# requests) by more than a restart's back-off would take to show, or a restart could not be seen
-DRAINED_FOR_SECONDS = DEREGISTER_DELAY_S + 12
+# ...yet the doomed pod must outlive its drain (the deregistration delay, then its in-flight
+# requests) by long enough for an exited container to show in its status
+AFTER_DRAIN_SECONDS = 12
 
 
 @pytest.mark.parametrize("notice_taint", ["aws-node-termination-handler/spot-itn", "karpenter.sh/disrupted"])
@@ -56,7 +58,9 @@ def test_a_spot_notice_drains_the_doomed_pod_without_failed_requests(operator_ru
         time.sleep(NOTICE_SECONDS)
         wait_until(lambda: not _ready(_pod(cluster, namespace, doomed_name)), 30,
                    "the doomed pod to turn not-ready (draining)", interval=0.5)
-        seen = _watch_container(cluster, namespace, doomed_name, DRAINED_FOR_SECONDS)
+        drain_ends = time.monotonic() + DEREGISTER_DELAY_S
+        seen = _watch_container(cluster, namespace, doomed_name, lambda: time.monotonic() > drain_ends
+                                and _idle(doomed["status"]["podIP"]), SPEC["worker"]["drainGraceSeconds"])
         for pod in nodeops.pods_on(cluster.api, node, namespace):
             nodeops.evict(cluster.api, namespace, pod["metadata"]["name"])
         wait_until(lambda: len([p for p in ready_worker_pods(cluster, namespace, name)
@@ -93,12 +97,26 @@ def _ready(pod: dict) -> bool:
                for c in pod["status"].get("conditions") or ())
 
 
-def _watch_container(cluster, namespace: str, name: str, seconds: float) -> dict[str, list]:
+def _idle(pod_ip: str) -> bool:
+    """The worker runs and queues nothing (or no longer answers: it exited)."""
+    try:
+        text = httpx.get(f"http://{pod_ip}:8000/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return True
+    busy = re.findall(r"^dynasparse_(?:running_sequences|queue_depth) (\S+)$", text, re.M)
+    return bool(busy) and all(float(v) == 0 for v in busy)
+
+
+def _watch_container(cluster, namespace: str, name: str, drained, grace_s: float) -> dict[str, list]:
     """The worker container's restartCount, state and the pod's readiness, as the API server saw
-    them every half second for `seconds` (each list holds the distinct values, in order)."""
+    them every half second until `drained()` (at most the drain grace) and AFTER_DRAIN_SECONDS
+    more; each list holds the distinct values, in order."""
     seen: dict[str, list] = {"restarts": [], "states": [], "ready": []}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + DEREGISTER_DELAY_S + grace_s
+    done_at = None
+    while done_at is None or time.monotonic() < done_at + AFTER_DRAIN_SECONDS:
+        if done_at is None and (drained() or time.monotonic() > deadline):
+            done_at = time.monotonic()
         pod = _pod(cluster, namespace, name)
         status = next(c for c in pod["status"].get("containerStatuses") or () if c["name"] == "worker")
         for key, value in (("restarts", status["restartCount"]), ("states", next(iter(status["state"]))),

@@ -17,11 +17,11 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from dynasparse_operator import control_law, epochs, signals, status as status_mod, wire
-from dynasparse_operator.replacement import Replacement, decide_replacement
 from dynasparse_operator.grpc_client import StreamPool, TlsSource
 from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
+from dynasparse_operator.replacement import Replacement, decide_replacement
 from dynasparse_operator.settings import OperatorSettings
 from dynasparse_operator.spec import AdaptiveModelSpec, parse_spec
 from dynasparse_proto import control_pb2
