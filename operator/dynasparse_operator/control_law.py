@@ -17,7 +17,7 @@ The loop, in small steps:
 3. Under that level, the miss trim (miss_trim.py) on the misses measured since the last change.
    Workers that report no load, or no measured speed curve, are steered by the p95 feedback
    (p95_feedback.py) instead, and their survivors' budget drops in proportion to the capacity lost
-   on a disruption notice.
+   on a disruption notice and does not relax until the draining pods are gone.
 4. Commands: each pod gets min(budget, its ceiling), its bounds, a mode and the reason.
 
 Inputs are sanitised once more here (wire.py already checks reports): a non-finite latency counts as
@@ -138,6 +138,12 @@ def decide(reports: Mapping[str, PodReport], pods: Sequence[PodFacts], params: L
                       f"{seen}; {t.reason}" if seen else t.reason, 0.0, ratio, observation=seen)
     else:
         fb = feedback(budget, floor, survivors, reports, params, state, now)
+        if draining and survivors and fb.budget > budget + 1e-9:
+            # the survivors' p95 still holds samples from before the notice, and the draining
+            # pods' load is not reported: the prior's cut holds until those pods are gone
+            fb = dataclasses.replace(fb, budget=budget, kind="hold", reason=(
+                f"{len(draining)} pod{'s' if len(draining) != 1 else ''} still draining: holding "
+                f"the survivors' budget {budget:.2f} until they are gone ({fb.reason})"))
     if move:
         pass  # the feed-forward moved the level: its reason stands
     elif ff_reason and fb.kind in ("hold", "relax", "no-data"):

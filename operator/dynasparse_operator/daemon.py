@@ -21,6 +21,7 @@ from dynasparse_operator.grpc_client import StreamPool, TlsSource
 from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
+from dynasparse_operator.replacement import Replacement, decide_replacement
 from dynasparse_operator.settings import OperatorSettings
 from dynasparse_operator.spec import AdaptiveModelSpec, parse_spec
 from dynasparse_proto import control_pb2
@@ -84,7 +85,7 @@ def law_params(spec: AdaptiveModelSpec, settings: OperatorSettings) -> LawParams
         responsiveness=spec.control.responsiveness, setpoint_ratio=c.setpoint_ratio,
         deadband=c.deadband, pressure_ceiling_factor=c.pressure_ceiling_factor,
         stale_after_s=c.stale_after_s, settle_s=c.settle_s, min_samples=c.min_samples,
-        replace_disrupted_pods=spec.control.replace_disrupted_pods)
+        replace_disrupted_pods=bool(spec.control.replace_disrupted_pods))
 
 
 class ControlLoop:
@@ -111,6 +112,7 @@ class ControlLoop:
         self.sequence_sent = 0
         self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
         self.decision: Decision | None = None
+        self.replacement = Replacement(self.surge > 0, "")
         self._params: LawParams | None = None  # as of the last step (see `params`)
         self.last_events: set[str] = set()
         self.last_problems: set[str] = set()
@@ -192,7 +194,6 @@ class ControlLoop:
 
     async def step(self) -> Decision:
         spec = self.spec()
-        params = self._params = law_params(spec, self.deps.settings)
         keys = signals.effective_signals(self.deps.settings.signals, spec.signals)
         pod_bodies = list(self.runtime.pods.values())
         ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pod_bodies if signals.pod_ready(p)}
@@ -202,6 +203,11 @@ class ControlLoop:
         nodes = {name: signals.node_facts(self.nodes[name], keys) for name in hosts
                  if name and name in self.nodes}
         facts = signals.pod_facts(pod_bodies, nodes, keys)
+        self.replacement = decide_replacement(
+            spec.control.replace_disrupted_pods, [f for f in facts if f.disruption], pod_bodies,
+            keys.notice_lead_s, replacing=self.surge > 0)
+        params = self._params = dataclasses.replace(law_params(spec, self.deps.settings),
+                                                    replace_disrupted_pods=self.replacement.on)
         addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
         await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
         for name in list(self.last_sent):
@@ -283,7 +289,8 @@ class ControlLoop:
         self.surge = decision.surge_replicas  # only once the Deployment has it
         self.deps.emit_event("Normal", "ReplacingCapacity", (
             f"{self.surge} draining pod{'s' if self.surge != 1 else ''}: replicas "
-            f"{spec.replicas} → {spec.replicas + self.surge} until they are gone") if self.surge
+            f"{spec.replicas} → {spec.replicas + self.surge} until they are gone "
+            f"({self.replacement.reason})") if self.surge
             else f"no pods draining: replicas back to {spec.replicas}")
 
     def _events(self, decision: Decision) -> None:

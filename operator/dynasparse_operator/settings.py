@@ -11,6 +11,7 @@ from values.yaml; docs/DESIGN.md "Operator configuration" lists the same names.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
@@ -68,6 +69,16 @@ class SignalSettings:
 
     disruption_pod_condition: str = "DisruptionTarget"
     """Pod condition type that marks a pod about to be evicted or preempted."""
+
+    notice_lead_s: dict[str, float] = dataclasses.field(default_factory=lambda: {
+        "aws-node-termination-handler/spot-itn": 120.0,
+        "aws-node-termination-handler/rebalance-recommendation": 120.0,
+        "aws-node-termination-handler/scheduled-maintenance": 120.0,
+        "aws-node-termination-handler/asg-lifecycle-termination": 120.0,
+        "cloud.google.com/impending-node-termination": 30.0,
+        "remediator.kubernetes.azure.com/unschedulable": 30.0})
+    """Seconds between a disruption notice (by key) and the node going away; an unset
+    replaceDisruptedPods replaces draining pods when this is longer than a pod takes to start."""
 
 
 @dataclasses.dataclass
@@ -254,6 +265,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DYNASPARSE_HEALTH_PORT": ("server", "health_port"),
     "DYNASPARSE_POD_NAME": ("server", "pod_name"),
     "DYNASPARSE_POD_NAMESPACE": ("server", "namespace"),
+    "DYNASPARSE_NOTICE_LEAD_SECONDS": ("signals", "notice_lead_s"),  # a JSON object
 }
 
 
@@ -271,6 +283,8 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         if isinstance(current, float):
             return float(value)
         if isinstance(current, dict):
+            if isinstance(value, str):  # an environment variable holds the mapping as JSON
+                value = json.loads(value)
             if not isinstance(value, Mapping):
                 raise TypeError("not a mapping")
             return dict(value)
@@ -316,4 +330,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         if env.get(var, "") != "":
             target = getattr(settings, section)
             setattr(target, field, _coerce(env[var], getattr(target, field), var))
+    _check_notice_leads(settings.signals.notice_lead_s)
     return settings
+
+
+def _check_notice_leads(leads: dict[str, Any]) -> None:
+    for key, value in list(leads.items()):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not seconds >= 0 or seconds == float("inf"):
+            raise UserError(f"operator setting signals.noticeLeadSeconds[{key!r}]={value!r} must "
+                            "be a number of seconds >= 0; fix it in the chart's noticeLeadSeconds "
+                            "or DYNASPARSE_NOTICE_LEAD_SECONDS")
+        leads[key] = seconds

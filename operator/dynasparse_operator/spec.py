@@ -50,7 +50,7 @@ class ControlSpec:
     interval_s: float = 2.0
     responsiveness: float = 0.5
     max_budget: float = 1.0
-    replace_disrupted_pods: bool = False
+    replace_disrupted_pods: bool | None = None  # None: when the notice outlasts a pod's start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,8 @@ def parse_spec(spec: Mapping[str, Any]) -> AdaptiveModelSpec:
             interval_s=float(control.get("intervalSeconds", 2.0)),
             responsiveness=float(control.get("responsiveness", 0.5)),
             max_budget=float(control.get("maxBudget", 1.0)),
-            replace_disrupted_pods=bool(control.get("replaceDisruptedPods", False)),
+            replace_disrupted_pods=(None if control.get("replaceDisruptedPods") is None
+                                    else bool(control["replaceDisruptedPods"])),
         ),
         scheduling=SchedulingSpec(
             node_selector=dict(scheduling.get("nodeSelector") or {}),

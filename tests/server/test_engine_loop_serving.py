@@ -147,7 +147,7 @@ def test_streams_cut_by_the_end_of_the_drain_grace_get_an_error_event_and_the_wo
         reader.start()
         assert first.wait(60)
         started = time.monotonic()
-        w.runtime.supervisor.request_drain("test")
+        w.runtime.terminate("test")
         w.thread.join(15)
         exited_after = time.monotonic() - started
         reader.join(10)

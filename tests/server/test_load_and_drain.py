@@ -1,5 +1,6 @@
 """Under load and at the end of life: 429 beyond the queue, the fast loop tightening under a queue
-spike through the real server, and a drain (operator message) that loses no admitted request."""
+spike through the real server, and a drain (operator message) that loses no admitted request and
+leaves the worker up, idle and not ready, until it is terminated."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_fast_loop_tightens_under_a_queue_spike_and_says_why(tight_worker, Sessi
     assert 'dynasparse_budget_decisions_total{source="fast-loop"}' in metrics
 
 
-def test_drain_finishes_every_admitted_request_then_stops(start_worker, Session):
+def test_an_operator_drain_finishes_every_admitted_request_then_stays_up_idle_until_terminated(
+        start_worker, Session):
     with start_worker(max_batch_size=2, drain_grace_s=60) as w:
         body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
                 "ignore_eos": True}
@@ -86,8 +88,17 @@ def test_drain_finishes_every_admitted_request_then_stops(start_worker, Session)
             session.close()
         assert [r.status_code for r in results] == [200] * 4
         assert all(r.json()["usage"]["completion_tokens"] == 24 for r in results)
-        w.thread.join(30)
-        assert not w.thread.is_alive() and w.exit_code == 0 and w.runtime.drained_clean
+        # drained, the process stays: an exit would have the kubelet restart it on the doomed node
+        assert w.runtime.drained.wait(30) and w.runtime.drained_clean
+        w.thread.join(1.0)
+        assert w.thread.is_alive()
+        assert httpx.get(f"{w.url}/healthz").status_code == 200  # liveness holds: no restart
+        assert httpx.get(f"{w.url}/readyz").json() == {"ready": False, "reason": "draining"}
+        terminated = time.monotonic()
+        assert not w.runtime.terminate()  # SIGTERM (the pod's deletion): already drained...
+        w.thread.join(10)
+        assert not w.thread.is_alive() and w.exit_code == 0  # ...so it exits at once
+        assert time.monotonic() - terminated < 5.0
 
 
 def test_a_draining_worker_serves_through_its_deregistration_delay_then_refuses(start_worker, Session):
@@ -118,5 +129,25 @@ def test_a_draining_worker_serves_through_its_deregistration_delay_then_refuses(
             finished = running.result()
         session.close()
         assert finished.status_code == 200 and finished.json()["usage"]["completion_tokens"] == 160
+        assert w.runtime.drained.wait(30) and w.runtime.drained_clean
+
+
+def test_a_sigterm_during_an_operator_drain_exits_once_the_admitted_requests_finish(
+        start_worker, Session):
+    body = {"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "ignore_eos": True}
+    with start_worker(max_batch_size=2, drain_grace_s=60) as w:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"{w.url}/v1/completions", json=body, timeout=120)
+            deadline = time.monotonic() + 30
+            while w.runtime.engine_loop.in_flight < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            session = Session(w.stub())
+            session.send(epoch=1, sequence=1, mode=control_pb2.MODE_DRAIN, floor=0.5,
+                         reason="node n3 has karpenter.sh/disrupted")
+            session.next_report(lambda r: r.mode == control_pb2.MODE_DRAIN)
+            w.runtime.terminate()  # the node's shutdown reaches the pod mid-drain
+            finished = running.result()
+            session.close()
+        assert finished.status_code == 200 and finished.json()["usage"]["completion_tokens"] == 48
         w.thread.join(30)
         assert not w.thread.is_alive() and w.exit_code == 0 and w.runtime.drained_clean

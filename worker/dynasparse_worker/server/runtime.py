@@ -6,7 +6,12 @@ pre-loaded model. Start-up order: HTTP (liveness answers at once, readiness 503 
 control port come up first, the model loads in a worker thread (or in the engine child process,
 see server/engine_process.py), then the engine starts and readiness turns true. Drain (SIGTERM or an operator drain): readiness false at once, admissions go on
 for the deregistration delay (while load balancers stop routing here), then are refused; in-flight
-requests finish at the floor budget, then everything stops when empty or after the grace.
+requests finish at the floor budget, when empty or after the grace the drain is over.
+
+After a SIGTERM the process then exits. After an operator drain (its node is about to go) it stays
+up, idle and not ready, with liveness still true, until a SIGTERM (the pod's deletion, or the
+node's shutdown) ends it: a container that exited would be restarted in place by the kubelet
+(restart policy Always), loading the model again on the doomed node only to be drained again.
 """
 
 from __future__ import annotations
@@ -117,7 +122,9 @@ class WorkerRuntime:
         self.started = threading.Event()  # HTTP and control are listening
         self.loaded = threading.Event()  # the model is loaded and the engine runs
         self.drained_clean: bool | None = None
+        self.drained = threading.Event()  # the drain is over: idle, not ready, nothing in flight
         self._done: asyncio.Event | None = None
+        self._exit_requested: asyncio.Event | None = None  # a SIGTERM: exit once drained
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health = None
 
@@ -125,6 +132,7 @@ class WorkerRuntime:
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
+        self._exit_requested = asyncio.Event()
         self.supervisor.drain_listeners.append(self._on_drain_requested)
         self.supervisor.decision_listeners.append(
             lambda timed: self.metrics.decisions.labels(timed.decision.source).inc())
@@ -158,14 +166,23 @@ class WorkerRuntime:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: already stopped
                 self._loop.call_soon_threadsafe(self._done.set)
 
+    def terminate(self, reason: str = "SIGTERM") -> bool:
+        """What SIGTERM does: drain, then exit (at once when an operator drain already finished).
+        Returns False when a drain was already under way. Thread-safe."""
+        if self._loop is None or self._exit_requested is None:
+            return False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: already stopped
+            self._loop.call_soon_threadsafe(self._exit_requested.set)
+        return self.supervisor.request_drain(reason)
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.supervisor.request_drain, "SIGTERM")
+        loop.add_signal_handler(signal.SIGTERM, self.terminate, "SIGTERM")
 
         def on_sigint() -> None:
-            if not self.supervisor.request_drain("SIGINT"):
+            if not self.terminate("SIGINT"):
                 self.shutdown_now()  # a second Ctrl-C: stop now
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
@@ -281,7 +298,12 @@ class WorkerRuntime:
             log.warning("grace period over: %d requests ended with an error event", cut)
             await loop.wait_empty(1.0)  # the streams send their error event and close
         await asyncio.sleep(0.2)  # let the last responses flush
-        assert self._done is not None
+        self.drained.set()
+        assert self._done is not None and self._exit_requested is not None
+        if not self._exit_requested.is_set():
+            log.info("drained: staying up, idle and not ready, until this pod is deleted "
+                     "(exiting now would only restart the container on the same node)")
+        await self._exit_requested.wait()
         self._done.set()
 
 
