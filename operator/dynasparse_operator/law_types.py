@@ -11,8 +11,7 @@ import dataclasses
 import math
 from typing import Mapping
 
-MODE_NORMAL = "normal"
-MODE_DRAIN = "drain"
+from dynasparse_proto.contract import Mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +30,7 @@ class PodReport:
     expected_loss: float = 0.0
     min_budget: float = 0.0  # sparsest budget the worker's calibration offers
     quality_curve: tuple[tuple[float, float], ...] = ()  # (budget, expected loss)
-    mode: str = MODE_NORMAL
+    mode: Mode = Mode.NORMAL
     load: "LoadReport | None" = None  # None: the worker reports no load signals
 
 
@@ -154,7 +153,7 @@ class PodCommand:
     target_budget: float
     floor: float
     ceiling: float
-    mode: str
+    mode: Mode
     reason: str
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from dynasparse_proto.contract import Command, Mode
 from dynasparse_proto.limits import MAX_WARNINGS, REPORT_INTERVAL_RANGE_S, clipped
 from dynasparse_proto.quality import budget_for_loss, valid_curve
 from dynasparse_proto.speed import speedup_at, valid_speed_curve
@@ -163,7 +164,7 @@ class Supervisor:
 
     @property
     def draining(self) -> bool:
-        return self._control.mode is B.Mode.DRAIN
+        return self._control.mode is Mode.DRAIN
 
     @property
     def admitting(self) -> bool:
@@ -226,7 +227,7 @@ class Supervisor:
         return self._applied.wait(timeout)
 
     # ---- operator side ---------------------------------------------------------------------------
-    def apply_update(self, update: B.OperatorUpdate) -> bool:
+    def apply_update(self, update: Command) -> bool:
         """Apply an operator update if newer than the last; a drain update starts the drain. An
         update `bounds.rejection` refuses is logged and named in the next reports' warnings."""
         now_ms = int(time.time() * 1000)
