@@ -13,13 +13,14 @@ are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
-from dynasparse_operator.law_types import LawParams, LoadReport, PodCommand, PodReport
+from dynasparse_operator.law_types import LawParams, PodCommand, PodReport
 from dynasparse_proto import control_pb2
-from dynasparse_proto.contract import (Command, command_to_pb as contract_command_to_pb,
-                                       mode_from_pb, quality_curve_from_pb, speed_curve_from_pb)
+from dynasparse_proto.contract import (Command, LoadSignals, command_to_pb as contract_command_to_pb,
+                                       load_signals_from_pb, mode_from_pb, quality_curve_from_pb)
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 2**31 - 1
@@ -54,19 +55,19 @@ MAX_RATE = 1e6
 """Requests/s beyond this are a broken counter, not a load."""
 
 
-def _load(load: control_pb2.LoadSignals) -> LoadReport:
+def _load(message: control_pb2.LoadSignals) -> LoadSignals:
     """The load signals with every number clamped into a range the feed-forward can trust."""
-    return LoadReport(
+    load = load_signals_from_pb(message)
+    return dataclasses.replace(
+        load,
         arrival_rate_short=_within(load.arrival_rate_short, 0.0, MAX_RATE, fallback=0.0),
         arrival_rate_long=_within(load.arrival_rate_long, 0.0, MAX_RATE, fallback=0.0),
         oldest_waiting_s=_within(load.oldest_waiting_s, 0.0, MAX_LATENCY_MS / 1000, fallback=0.0),
         work_per_request_s=_within(load.work_per_request_s, 0.0, MAX_LATENCY_MS / 1000,
                                    fallback=0.0),
-        slots=min(int(load.slots), MAX_SAMPLES),
-        samples_since_change=min(int(load.samples_since_change), MAX_SAMPLES),
-        late_since_change=min(int(load.late_since_change), int(load.samples_since_change),
-                              MAX_SAMPLES),
-        speed_curve=speed_curve_from_pb(load.speed_curve),
+        slots=min(load.slots, MAX_SAMPLES),
+        samples_since_change=min(load.samples_since_change, MAX_SAMPLES),
+        late_since_change=min(load.late_since_change, load.samples_since_change, MAX_SAMPLES),
     )
 
 

@@ -1,5 +1,5 @@
 """The control contract as plain values: a worker's mode, the command the operator sends, the
-curves a report carries, and their protobuf conversions.
+load signals and curves a report carries, and their protobuf conversions.
 
 Both ends build and read `dynasparse.v1` messages through these, so a field means the same thing
 on either side. Conversions here are literal (proto3's zero stays zero, meaning "not given"):
@@ -78,6 +78,38 @@ def command_from_pb(message: control_pb2.ControlMessage) -> Command:
         report_interval_s=message.report_interval_s, drain_grace_s=message.drain_grace_s,
         ttft_p95_ms=message.slo.ttft_p95_ms, sent_at_unix_ms=int(message.sent_at_unix_ms),
     )
+
+
+@dataclass(frozen=True)
+class LoadSignals:
+    """A Report's LoadSignals as plain data: what a worker sees of its offered load."""
+
+    arrival_rate_short: float = 0.0  # requests/s over the short window (dynasparse_proto.load)
+    arrival_rate_long: float = 0.0  # requests/s over the long window
+    oldest_waiting_s: float = 0.0
+    work_per_request_s: float = 0.0  # dense decode slot-seconds per request; 0: not measured yet
+    slots: int = 0  # decode slots; 0: unknown
+    samples_since_change: int = 0  # first tokens since the budget last changed, plus late waiting
+    late_since_change: int = 0  # of them past the TTFT SLO
+    speed_curve: tuple[tuple[float, float], ...] = ()  # (budget, speed-up over dense)
+
+
+def load_signals_to_pb(load: LoadSignals) -> control_pb2.LoadSignals:
+    return control_pb2.LoadSignals(
+        arrival_rate_short=load.arrival_rate_short, arrival_rate_long=load.arrival_rate_long,
+        oldest_waiting_s=load.oldest_waiting_s, work_per_request_s=load.work_per_request_s,
+        slots=load.slots, samples_since_change=load.samples_since_change,
+        late_since_change=load.late_since_change, speed_curve=speed_curve_to_pb(load.speed_curve))
+
+
+def load_signals_from_pb(load: control_pb2.LoadSignals) -> LoadSignals:
+    """Literal but for the speed curve, whose invalid points are dropped."""
+    return LoadSignals(
+        arrival_rate_short=load.arrival_rate_short, arrival_rate_long=load.arrival_rate_long,
+        oldest_waiting_s=load.oldest_waiting_s, work_per_request_s=load.work_per_request_s,
+        slots=int(load.slots), samples_since_change=int(load.samples_since_change),
+        late_since_change=int(load.late_since_change),
+        speed_curve=speed_curve_from_pb(load.speed_curve))
 
 
 def quality_curve_to_pb(curve: Iterable[tuple[float, float]]) -> list[control_pb2.QualityPoint]:

@@ -8,7 +8,8 @@ import math
 from hypothesis import given, settings, strategies as st
 
 from dynasparse_proto import control_pb2
-from dynasparse_proto.contract import (Command, Mode, command_from_pb, command_to_pb, mode_from_pb,
+from dynasparse_proto.contract import (Command, LoadSignals, Mode, command_from_pb, command_to_pb,
+                                       load_signals_from_pb, load_signals_to_pb, mode_from_pb,
                                        mode_to_pb, quality_curve_from_pb, quality_curve_to_pb,
                                        speed_curve_from_pb, speed_curve_to_pb)
 
@@ -66,3 +67,11 @@ def test_curves_survive_the_wire_and_invalid_points_are_dropped_on_reading():
     report = control_pb2.Report.FromString(report.SerializeToString())
     assert quality_curve_from_pb(report.quality_curve) == quality
     assert speed_curve_from_pb(report.load.speed_curve) == speed
+
+
+def test_load_signals_read_back_exactly_as_the_worker_measured_them():
+    load = LoadSignals(arrival_rate_short=12.5, arrival_rate_long=10.25, oldest_waiting_s=0.75,
+                       work_per_request_s=4.5, slots=32, samples_since_change=40,
+                       late_since_change=3, speed_curve=((0.3, 2.0), (1.0, 1.0)))
+    wire = control_pb2.LoadSignals.FromString(load_signals_to_pb(load).SerializeToString())
+    assert load_signals_from_pb(wire) == load

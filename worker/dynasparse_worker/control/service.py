@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dynasparse_proto import control_pb2, control_pb2_grpc
-from dynasparse_proto.contract import (command_from_pb, mode_to_pb, quality_curve_to_pb,
-                                       speed_curve_to_pb)
+from dynasparse_proto.contract import (command_from_pb, load_signals_to_pb, mode_to_pb,
+                                       quality_curve_to_pb)
 from dynasparse_worker.control.pki import pair_matches
 from dynasparse_worker.control.supervisor import Snapshot, Supervisor
 from dynasparse_worker.errors import UserError
@@ -115,15 +115,7 @@ def report_from_snapshot(s: Snapshot, with_quality_curve: bool = True) -> contro
         applied_sequence=s.control.sequence, min_budget=s.min_budget,
         requests_total=s.requests_total, requests_failed=s.requests_failed,
         warnings=s.warnings,
-        load=control_pb2.LoadSignals(
-            arrival_rate_short=s.load.arrival_rate_short,
-            arrival_rate_long=s.load.arrival_rate_long,
-            oldest_waiting_s=s.load.oldest_waiting_s,
-            work_per_request_s=s.load.work_per_request_s, slots=s.load.slots,
-            samples_since_change=s.load.samples_since_change,
-            late_since_change=s.load.late_since_change,
-            speed_curve=speed_curve_to_pb(s.speed_curve),
-        ),
+        load=load_signals_to_pb(s.load),
     )
     if with_quality_curve:
         report.quality_curve.extend(quality_curve_to_pb(s.quality_curve))
