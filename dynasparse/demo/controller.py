@@ -1,9 +1,9 @@
 """The demo's local controller: the operator's control law, over the real mTLS gRPC stream.
 
 It does what the operator's per-model daemon does for one pod, without Kubernetes: keep a Session
-open to the worker (dynasparse_operator.grpc_client), turn each Report into the law's PodReport
-(dynasparse_operator.wire), run dynasparse_operator.control_law.decide every interval and at once
-on an SLO-violating report, and send the resulting ControlMessage. With `fixed_budget` it pins the
+open to the worker (dynasparse_operator.grpc_client) and drive the daemon's own per-model law
+(dynasparse_operator.law_loop.ModelLaw): every report goes through it, it decides every interval
+and at once when a report warrants it, and its rule says which commands to (re)send. With `fixed_budget` it pins the
 budget instead (floor = ceiling = target), which is the demo's baseline. Called by demo/run.py.
 
 A run starts clean: the worker's p95 is over a sliding 30 s window, which after the capacity probe
@@ -19,11 +19,13 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from dynasparse_operator import control_law, wire
+from dynasparse_operator import wire
 from dynasparse_operator.grpc_client import ClientTls, StreamPool
+from dynasparse_operator.law_loop import ModelLaw
 from dynasparse_operator.law_types import Decision, LawParams, LawState, PodCommand, PodFacts, PodReport
 from dynasparse_operator.settings import GrpcSettings
 from dynasparse_proto import control_pb2
+from dynasparse_proto.contract import Mode
 
 POD = "demo-worker"
 
@@ -49,10 +51,9 @@ class LocalController:
         self._fixed_budget = fixed_budget
         self._pool = StreamPool(tls, "localhost", control_port, self._on_report, GrpcSettings())
         self._wake = asyncio.Event()
-        self._state = LawState(budget=fixed_budget if fixed_budget is not None else 1.0)
+        self._law = ModelLaw(LawState(budget=fixed_budget if fixed_budget is not None else 1.0))
         self._epoch = int(time.time() * 1000)
         self._sequence = itertools.count(1)
-        self._last_sent: tuple[tuple, float] | None = None
         self._run_started = False  # the law runs only on reports measured during the run
         self.view = ControllerView()
 
@@ -89,8 +90,9 @@ class LocalController:
 
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
         self.view.report = report
-        self.view.law_report = wire.report_from_pb(report, time.monotonic(), pod)
-        if self._fixed_budget is None and self._run_started and control_law.violates_slo(self.view.law_report, self._params):
+        wake = self._law.on_report(pod, report, time.monotonic(), self._params)
+        self.view.law_report = self._law.reports[pod]
+        if wake and self._fixed_budget is None and self._run_started:
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,22 +112,19 @@ class LocalController:
     def _step(self) -> None:
         if self._fixed_budget is not None:
             budget = self._fixed_budget
-            command = PodCommand(POD, budget, budget, budget, "normal", f"fixed budget {budget:.2f}")
+            command = PodCommand(POD, budget, budget, budget, Mode.NORMAL, f"fixed budget {budget:.2f}")
             self.view.reason = command.reason
             self._send(command)
             return
         if not self._run_started:
             # Dense until the run's own latencies arrive; floor = ceiling, so the worker's fast loop
             # does not move it either.
-            command = PodCommand(POD, 1.0, 1.0, 1.0, "normal",
+            command = PodCommand(POD, 1.0, 1.0, 1.0, Mode.NORMAL,
                                  "budget 1.00 until the run starts (latency window not yet clean)")
             self.view.reason = command.reason
             self._send(command)
             return
-        reports = {POD: self.view.law_report} if self.view.law_report else {}
-        decision = control_law.decide(reports, [PodFacts(POD)], self._params, self._state,
-                                      time.monotonic())
-        self._state = decision.state
+        decision = self._law.decide([PodFacts(POD)], self._params, time.monotonic())
         self.view.last_decision = decision
         self.view.reason = decision.reason
         if decision.changed:
@@ -135,12 +134,10 @@ class LocalController:
             self._send(command)
 
     def _send(self, command: PodCommand) -> None:
-        """Sends when the command changed, else refreshes every 5 intervals (as the operator does)."""
-        key = (round(command.target_budget, 4), command.floor, command.ceiling, command.mode)
+        """Sends when the law's resend rule says so (changed, or due for a refresh)."""
         now = time.monotonic()
-        if self._last_sent and self._last_sent[0] == key and now - self._last_sent[1] < 5 * self._params.interval_s:
-            return
-        if self._pool.send(POD, wire.command_to_pb(command, self._params, epoch=self._epoch,
-                                                   sequence=next(self._sequence),
-                                                   sender="dynasparse-demo")):
-            self._last_sent = (key, now)
+        for due in self._law.due([command], self._params, now):
+            if self._pool.send(POD, wire.command_to_pb(due, self._params, epoch=self._epoch,
+                                                       sequence=next(self._sequence),
+                                                       sender="dynasparse-demo")):
+                self._law.sent(due, now)

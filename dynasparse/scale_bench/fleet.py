@@ -24,6 +24,7 @@ import grpc
 
 from dynasparse.scale_bench.plan import Plan
 from dynasparse_proto import control_pb2, control_pb2_grpc
+from dynasparse_proto.contract import Mode, mode_to_pb, quality_curve_to_pb
 from dynasparse_proto.limits import REPORT_INTERVAL_RANGE_S
 from dynasparse_worker.control.service import TlsFiles
 
@@ -77,9 +78,11 @@ class SimWorker(control_pb2_grpc.ControlServicer):
 
     async def Session(self, request_iterator, context):
         reader = asyncio.ensure_future(self._read(request_iterator))
+        first = True
         try:
             while not reader.done():
-                report = self._report()
+                report = self._report(with_quality_curve=first)  # the curve: once per stream
+                first = False
                 episode = self.violation
                 if episode is not None and episode.started is None:
                     episode.started = time.monotonic()
@@ -118,7 +121,7 @@ class SimWorker(control_pb2_grpc.ControlServicer):
             self.fleet.lowered(self, now, msg.sent_at_unix_ms)
         self.wake.set()  # report at once after an applied update, as workers do
 
-    def _report(self) -> control_pb2.Report:
+    def _report(self, with_quality_curve: bool = True) -> control_pb2.Report:
         slo = self.fleet.plan.ttft_slo_ms
         violating = self.violation is not None
         ratio = self.violation.ratio if violating else HEALTHY_RATIO
@@ -129,12 +132,12 @@ class SimWorker(control_pb2_grpc.ControlServicer):
             inter_token=control_pb2.LatencySummary(p50_ms=20.0, p95_ms=30.0, count=16 * count),
             queue_depth=8 if violating else 0, running_sequences=4, tokens_per_s=400.0 / self.budget,
             applied_budget=self.budget, expected_quality_loss=1.0 - self.budget,
-            floor=self.floor, ceiling=self.ceiling, mode=control_pb2.MODE_NORMAL, ready=True,
+            floor=self.floor, ceiling=self.ceiling, mode=mode_to_pb(Mode.NORMAL), ready=True,
             memory_source="fallback:process-rss", kv_usage=0.3,
             applied_epoch=self.applied[0], applied_sequence=self.applied[1],
             min_budget=self.fleet.plan.min_budget, requests_total=100 * self.reports)
-        report.quality_curve.extend(control_pb2.QualityPoint(budget=b, expected_loss=loss)
-                                    for b, loss in QUALITY_CURVE)
+        if with_quality_curve:
+            report.quality_curve.extend(quality_curve_to_pb(QUALITY_CURVE))
         return report
 
 

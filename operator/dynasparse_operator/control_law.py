@@ -32,10 +32,11 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from dynasparse_operator import feed_forward, miss_trim
-from dynasparse_operator.law_types import (MODE_DRAIN, MODE_NORMAL, Decision, LawParams, LawState,
-                                           PodCommand, PodFacts, PodReport)
+from dynasparse_operator.law_types import (Decision, LawParams, LawState, PodCommand, PodFacts,
+                                           PodReport)
 from dynasparse_operator.p95_feedback import (Feedback, cut_ratio, feedback, observation, slo_ratio,
                                               worst_report)
+from dynasparse_proto.contract import Mode
 from dynasparse_proto.quality import budget_for_loss, valid_curve
 
 
@@ -224,7 +225,7 @@ def _commands(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], budget
         budget_here = max(budget, floor)
         if pod.disruption:
             commands[pod.name] = PodCommand(
-                pod.name, floor, floor, max(floor, min(budget_here, params.max_budget)), MODE_DRAIN,
+                pod.name, floor, floor, max(floor, min(budget_here, params.max_budget)), Mode.DRAIN,
                 f"node {pod.node or '?'} has {pod.disruption[0]}: draining")
             continue
         ceiling = max(params.max_budget, floor)
@@ -237,7 +238,7 @@ def _commands(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], budget
             events.append(pod_reason + f" for pod {pod.name}")
             ceiling = lowered
         commands[pod.name] = PodCommand(pod.name, min(budget_here, ceiling), floor, ceiling,
-                                        MODE_NORMAL, pod_reason)
+                                        Mode.NORMAL, pod_reason)
     return commands, events
 
 

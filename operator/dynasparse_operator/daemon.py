@@ -16,9 +16,10 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
-from dynasparse_operator import control_law, epochs, signals, status as status_mod, wire
+from dynasparse_operator import epochs, signals, status as status_mod, wire
 from dynasparse_operator.grpc_client import StreamPool, TlsSource
-from dynasparse_operator.law_types import Decision, LawParams, PodCommand, PodReport
+from dynasparse_operator.law_loop import ModelLaw
+from dynasparse_operator.law_types import Decision, LawParams, LawState, PodReport
 from dynasparse_operator.manifests import selector_string, worker_dns_names, Owner
 from dynasparse_operator.metrics import OperatorMetrics
 from dynasparse_operator.replacement import Replacement, decide_replacement
@@ -96,12 +97,10 @@ class ControlLoop:
         self.body = body  # kopf keeps a daemon's body up to date
         self.runtime = runtime
         self.deps = deps
-        self.reports: dict[str, PodReport] = {}
         self.connected: dict[str, bool] = {}
         # Resume from status, and count the restart as a change: no relaxing for two intervals.
-        self.state = dataclasses.replace(status_mod.resume_state(body.get("status")),
-                                         last_change_at=deps.clock())
-        self.last_sent: dict[str, tuple] = {}
+        self.law = ModelLaw(dataclasses.replace(status_mod.resume_state(body.get("status")),
+                                                last_change_at=deps.clock()))
         # Never below an epoch sent before (persisted in status), whatever the wall clock says;
         # nothing is sent until this loop's epoch is persisted too.
         self.epoch = epochs.starting_epoch(body.get("status"), deps.epoch)
@@ -111,7 +110,6 @@ class ControlLoop:
         self.last_status_at = -1e9
         self.sequence_sent = 0
         self.surge = int((body.get("status") or {}).get("surgeReplicas") or 0)
-        self.decision: Decision | None = None
         self.replacement = Replacement(self.surge > 0, "")
         self._params: LawParams | None = None  # as of the last step (see `params`)
         self.last_events: set[str] = set()
@@ -120,15 +118,28 @@ class ControlLoop:
                                deps.settings.worker.control_port, self._on_report,
                                deps.settings.grpc, self._on_stream_state)
 
+    @property
+    def reports(self) -> dict[str, PodReport]:
+        return self.law.reports
+
+    @property
+    def state(self) -> LawState:
+        return self.law.state
+
+    @property
+    def last_sent(self) -> dict[str, tuple]:
+        return self.law.last_sent
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.law.decision
+
     # --- callbacks from streams --------------------------------------------------------------------
 
     def _on_report(self, pod: str, report: control_pb2.Report, at: float) -> None:
-        rep = wire.report_from_pb(report, at, pod)
         self._check_epoch(pod, int(report.applied_epoch))
         self._warnings(pod, report.warnings)
-        first = pod not in self.reports
-        self.reports[pod] = rep
-        if first or control_law.needs_decision(rep, self.params()):
+        if self.law.on_report(pod, report, at, self.params()):
             self.runtime.wake.set()  # a new pod's bounds, an SLO violation or a leading signal
 
     def _check_epoch(self, pod: str, applied: int) -> None:
@@ -210,16 +221,9 @@ class ControlLoop:
                                                     replace_disrupted_pods=self.replacement.on)
         addresses = {f.name: _ip(self.runtime.pods[f.name]) for f in facts}
         await self.pool.sync({name: ip for name, ip in addresses.items() if ip})
-        for name in list(self.last_sent):
-            if name not in self.pool.streams:  # a stream opened later gets its command at once
-                del self.last_sent[name]
-        for name in list(self.reports):
-            if name not in self.runtime.pods:
-                del self.reports[name]
+        self.law.forget(self.runtime.pods, self.pool.streams)
         now = self.deps.clock()
-        decision = control_law.decide(self.reports, facts, params, self.state, now)
-        self.state = decision.state
-        self.decision = decision
+        decision = self.law.decide(facts, params, now)
         if await self._persist_epoch():
             self._send(decision, params, spec)
         await self._surge(decision, spec)
@@ -261,11 +265,7 @@ class ControlLoop:
     def _send(self, decision: Decision, params: LawParams, spec: AdaptiveModelSpec) -> None:
         """Send each pod its command when it changed, or as a refresh every few intervals."""
         now = decision.at
-        for cmd in decision.commands.values():
-            key = _command_key(cmd)
-            last = self.last_sent.get(cmd.name)
-            if last and last[0] == key and now - last[1] < 5 * params.interval_s:
-                continue
+        for cmd in self.law.due(decision.commands.values(), params, now):
             stream = self.pool.streams.get(cmd.name)
             if stream is None:
                 continue
@@ -274,7 +274,7 @@ class ControlLoop:
                 cmd, params, epoch=self.epoch, sequence=self.sequence_sent,
                 sender=self.deps.sender, report_interval_s=self.deps.settings.control.report_interval_s,
                 drain_grace_s=float(spec.worker.drain_grace_s)))
-            self.last_sent[cmd.name] = (key, now)
+            self.law.sent(cmd, now)
 
     async def _surge(self, decision: Decision, spec: AdaptiveModelSpec) -> None:
         if self.deps.scale_workers is None or decision.surge_replicas == self.surge:
@@ -325,7 +325,3 @@ class ControlLoop:
 
 def _ip(pod: Mapping[str, Any]) -> str:
     return (pod.get("status") or {}).get("podIP") or ""
-
-
-def _command_key(cmd: PodCommand) -> tuple:
-    return (round(cmd.target_budget, 4), round(cmd.floor, 4), round(cmd.ceiling, 4), cmd.mode)

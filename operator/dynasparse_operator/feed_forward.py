@@ -23,7 +23,8 @@ import dataclasses
 import math
 from typing import Mapping, Sequence
 
-from dynasparse_operator.law_types import LawParams, LoadReport, PodFacts, PodReport
+from dynasparse_operator.law_types import LawParams, PodFacts, PodReport
+from dynasparse_proto.contract import LoadSignals
 from dynasparse_operator.queueing import speed_for_tail
 from dynasparse_proto.load import LONG_WINDOW_S, SHORT_WINDOW_S
 from dynasparse_proto.speed import largest_budget_for_speedup, speedup_at
@@ -44,7 +45,7 @@ class LoadView:
 
 
 def _fresh_loads(pods: Sequence[PodFacts], reports: Mapping[str, PodReport], params: LawParams,
-                 now: float) -> dict[str, LoadReport]:
+                 now: float) -> dict[str, LoadSignals]:
     loads = {}
     for pod in pods:
         report = reports.get(pod.name)

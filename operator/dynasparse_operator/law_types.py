@@ -11,8 +11,7 @@ import dataclasses
 import math
 from typing import Mapping
 
-MODE_NORMAL = "normal"
-MODE_DRAIN = "drain"
+from dynasparse_proto.contract import LoadSignals, Mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,22 +30,8 @@ class PodReport:
     expected_loss: float = 0.0
     min_budget: float = 0.0  # sparsest budget the worker's calibration offers
     quality_curve: tuple[tuple[float, float], ...] = ()  # (budget, expected loss)
-    mode: str = MODE_NORMAL
-    load: "LoadReport | None" = None  # None: the worker reports no load signals
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadReport:
-    """A worker's offered load (its LoadSignals), checked by wire.py."""
-
-    arrival_rate_short: float = 0.0  # requests/s over a few seconds
-    arrival_rate_long: float = 0.0  # requests/s over the latency window
-    oldest_waiting_s: float = 0.0
-    work_per_request_s: float = 0.0  # dense decode slot-seconds per request; 0: not measured yet
-    slots: int = 0  # decode slots; 0: unknown
-    samples_since_change: int = 0  # first tokens since the budget last changed, plus late waiting
-    late_since_change: int = 0  # of them past the TTFT SLO
-    speed_curve: tuple[tuple[float, float], ...] = ()  # (budget, speed-up over dense)
+    mode: Mode = Mode.NORMAL
+    load: LoadSignals | None = None  # None: the worker reports no load signals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +139,7 @@ class PodCommand:
     target_budget: float
     floor: float
     ceiling: float
-    mode: str
+    mode: Mode
     reason: str
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from dynasparse_operator.law_types import Decision
+from dynasparse_proto.contract import Mode
 
 
 class OperatorMetrics:
@@ -43,7 +44,7 @@ class OperatorMetrics:
         self.budget.labels(namespace, model).set(decision.to_budget)
         self.floor.labels(namespace, model).set(decision.floor)
         for cmd in decision.commands.values():
-            self.pod_budget.labels(namespace, model, cmd.name, cmd.mode).set(cmd.target_budget)
+            self.pod_budget.labels(namespace, model, cmd.name, cmd.mode.value).set(cmd.target_budget)
         self.decisions.labels(namespace, model, decision.kind, str(decision.changed).lower()).inc()
         if decision.worst_ratio is not None:
             self.worst_ratio.labels(namespace, model).set(decision.worst_ratio)
@@ -51,8 +52,8 @@ class OperatorMetrics:
         self.streams.labels(namespace, model).set(open_streams)
 
     def forget_pod(self, namespace: str, model: str, pod: str) -> None:
-        for mode in ("normal", "drain"):
+        for mode in Mode:
             try:
-                self.pod_budget.remove(namespace, model, pod, mode)
+                self.pod_budget.remove(namespace, model, pod, mode.value)
             except KeyError:
                 pass

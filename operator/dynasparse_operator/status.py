@@ -11,7 +11,8 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
-from dynasparse_operator.law_types import MODE_DRAIN, Decision, LawState, PodFacts, PodReport
+from dynasparse_operator.law_types import Decision, LawState, PodFacts, PodReport
+from dynasparse_proto.contract import Mode
 
 CONDITION_TYPES = ("Ready", "SLOMet", "Degraded", "Disrupted")
 
@@ -107,7 +108,7 @@ def _pod_entry(pod: PodFacts, inp: StatusInput) -> dict[str, Any]:
     if cmd:
         entry.update(targetBudget=round(cmd.target_budget, 4), floor=round(cmd.floor, 4),
                      ceiling=round(cmd.ceiling, 4), mode=cmd.mode, reason=cmd.reason)
-    if pod.disruption or (cmd and cmd.mode == MODE_DRAIN):
+    if pod.disruption or (cmd and cmd.mode is Mode.DRAIN):
         entry["state"] = "Draining"
     elif inp.connected.get(pod.name):
         entry["state"] = "Steered"

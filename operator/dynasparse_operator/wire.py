@@ -1,7 +1,8 @@
 """Protobuf <-> control-law types: Report -> PodReport, PodCommand -> ControlMessage.
 
-Pure; the only place the operator reads or builds `dynasparse.v1` messages field by field.
-Called by daemon.py (and by tests that play a worker).
+Pure; the operator's side of the shared contract (dynasparse_proto.contract builds the command
+message and converts modes and curves for both ends). Called by law_loop.py (and by tests that
+play a worker).
 
 Reports are untrusted input (any worker, any bug): `report_from_pb` is the boundary where every
 field is checked, so the control law only ever sees finite, in-range numbers. A latency that is not
@@ -12,15 +13,14 @@ are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
 
-from dynasparse_operator.law_types import (MODE_DRAIN, LawParams, LoadReport, PodCommand,
-                                           PodReport)
+from dynasparse_operator.law_types import LawParams, PodCommand, PodReport
 from dynasparse_proto import control_pb2
-from dynasparse_proto.quality import valid_curve
-from dynasparse_proto.speed import valid_speed_curve
+from dynasparse_proto.contract import (Command, LoadSignals, command_to_pb as contract_command_to_pb,
+                                       load_signals_from_pb, mode_from_pb, quality_curve_from_pb)
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 2**31 - 1
@@ -45,8 +45,8 @@ def report_from_pb(report: control_pb2.Report, received_at: float, pod: str = ""
         applied_budget=_within(report.applied_budget, 0.0, 1.0, fallback=1.0),
         expected_loss=_within(report.expected_quality_loss, 0.0, 1e6, fallback=0.0),
         min_budget=_within(report.min_budget, 0.0, 1.0, fallback=0.0),
-        quality_curve=valid_curve((p.budget, p.expected_loss) for p in report.quality_curve),
-        mode=MODE_DRAIN if report.mode == control_pb2.MODE_DRAIN else "normal",
+        quality_curve=quality_curve_from_pb(report.quality_curve),
+        mode=mode_from_pb(report.mode),
         load=_load(report.load) if report.HasField("load") else None,
     )
 
@@ -55,41 +55,32 @@ MAX_RATE = 1e6
 """Requests/s beyond this are a broken counter, not a load."""
 
 
-def _load(load: control_pb2.LoadSignals) -> LoadReport:
+def _load(message: control_pb2.LoadSignals) -> LoadSignals:
     """The load signals with every number clamped into a range the feed-forward can trust."""
-    return LoadReport(
+    load = load_signals_from_pb(message)
+    return dataclasses.replace(
+        load,
         arrival_rate_short=_within(load.arrival_rate_short, 0.0, MAX_RATE, fallback=0.0),
         arrival_rate_long=_within(load.arrival_rate_long, 0.0, MAX_RATE, fallback=0.0),
         oldest_waiting_s=_within(load.oldest_waiting_s, 0.0, MAX_LATENCY_MS / 1000, fallback=0.0),
         work_per_request_s=_within(load.work_per_request_s, 0.0, MAX_LATENCY_MS / 1000,
                                    fallback=0.0),
-        slots=min(int(load.slots), MAX_SAMPLES),
-        samples_since_change=min(int(load.samples_since_change), MAX_SAMPLES),
-        late_since_change=min(int(load.late_since_change), int(load.samples_since_change),
-                              MAX_SAMPLES),
-        speed_curve=valid_speed_curve((p.budget, p.speedup) for p in load.speed_curve),
+        slots=min(load.slots, MAX_SAMPLES),
+        samples_since_change=min(load.samples_since_change, MAX_SAMPLES),
+        late_since_change=min(load.late_since_change, load.samples_since_change, MAX_SAMPLES),
     )
 
 
 def command_to_pb(command: PodCommand, params: LawParams, *, epoch: int, sequence: int,
                   sender: str, report_interval_s: float = 0.0, drain_grace_s: float = 0.0
                   ) -> control_pb2.ControlMessage:
-    """One pod's ControlMessage with (epoch, sequence) and the SLO targets."""
-    return control_pb2.ControlMessage(
-        epoch=epoch,
-        sequence=sequence,
-        target_budget=command.target_budget,
-        floor=command.floor,
-        ceiling=command.ceiling,
-        mode=control_pb2.MODE_DRAIN if command.mode == MODE_DRAIN else control_pb2.MODE_NORMAL,
-        slo=control_pb2.SloTargets(ttft_p95_ms=params.ttft_slo_ms,
-                                   inter_token_p95_ms=params.inter_token_slo_ms),
-        reason=command.reason,
-        sender=sender,
-        report_interval_s=report_interval_s,
-        drain_grace_s=drain_grace_s,
-        sent_at_unix_ms=int(time.time() * 1000),
-    )
+    """One pod's ControlMessage with (epoch, sequence) and the TTFT SLO the worker counts its
+    misses against."""
+    return contract_command_to_pb(Command(
+        epoch=epoch, sequence=sequence, target_budget=command.target_budget, floor=command.floor,
+        ceiling=command.ceiling, mode=command.mode, reason=command.reason, sender=sender,
+        report_interval_s=report_interval_s, drain_grace_s=drain_grace_s,
+        ttft_p95_ms=params.ttft_slo_ms))
 
 
 def _latency(pod: str, axis: str, summary: control_pb2.LatencySummary) -> tuple[float, int]:

@@ -71,3 +71,34 @@ def test_window_is_clean_only_when_a_report_under_our_epoch_holds_no_sample():
 
     assert asyncio.run(wait(samples=4)) is False
     assert asyncio.run(wait(samples=0)) is True
+
+
+def test_an_aging_queue_wakes_the_demo_at_once_as_it_wakes_the_operator():
+    controller, _ = make_controller()
+    controller.start_run()
+    controller._wake.clear()
+    calm = report(controller, ttft_p95_ms=100.0, samples=20)
+    controller._on_report(POD, calm, 0.0)  # the first report: a new pod, as the daemon sees it
+    controller._wake.clear()
+    controller._on_report(POD, calm, 0.0)
+    assert not controller._wake.is_set()
+    aging = report(controller, ttft_p95_ms=100.0, samples=20)
+    aging.load.oldest_waiting_s = 0.9 * SLO_MS / 1000  # no p95 over the SLO yet, but a request waits
+    controller._on_report(POD, aging, 0.0)
+    assert controller._wake.is_set()
+
+
+def test_the_demo_keeps_the_workers_quality_curve_from_the_first_report_of_its_stream():
+    params = LawParams(ttft_slo_ms=SLO_MS, interval_s=1.0, max_loss=0.2, min_samples=3)
+    controller = LocalController("127.0.0.1", 1, ClientTls(b"", b"", b""), params)
+    controller._pool = pool = RecordingPool()
+    controller.start_run()
+    first = report(controller, ttft_p95_ms=100.0, samples=20)
+    first.quality_curve.add(budget=0.4, expected_loss=0.5)
+    first.quality_curve.add(budget=0.6, expected_loss=0.2)
+    first.quality_curve.add(budget=1.0, expected_loss=0.0)
+    controller._on_report(POD, first, 0.0)
+    controller._on_report(POD, report(controller, ttft_p95_ms=3 * SLO_MS, samples=20), 0.0)
+    controller._step()
+    assert controller.view.last_decision.floor == 0.6
+    assert pool.sent[-1].floor == 0.6 and pool.sent[-1].target_budget >= 0.6

@@ -10,7 +10,8 @@ import pytest
 
 from dynasparse_operator import wire
 from dynasparse_operator.control_law import decide, needs_decision, violates_slo
-from dynasparse_operator.law_types import LawParams, LawState, LoadReport, PodFacts, PodReport
+from dynasparse_operator.law_types import LawParams, LawState, PodFacts, PodReport
+from dynasparse_proto.contract import LoadSignals
 from dynasparse_operator.miss_trim import wilson
 from dynasparse_operator.queueing import erlang_c, speed_for_tail, wait_tail
 from dynasparse_operator.status import StatusInput, status_patch
@@ -23,9 +24,9 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def load(rate, short=None, *, work=4.1, slots=32, oldest=0.0, samples=0, late=0, curve=CURVE):
-    return LoadReport(arrival_rate_short=rate if short is None else short, arrival_rate_long=rate,
-                      oldest_waiting_s=oldest, work_per_request_s=work, slots=slots,
-                      samples_since_change=samples, late_since_change=late, speed_curve=curve)
+    return LoadSignals(arrival_rate_short=rate if short is None else short, arrival_rate_long=rate,
+                       oldest_waiting_s=oldest, work_per_request_s=work, slots=slots,
+                       samples_since_change=samples, late_since_change=late, speed_curve=curve)
 
 
 def reports(at, per_pod_rate, *, queued=0, **kw):

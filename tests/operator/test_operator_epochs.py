@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dynasparse_operator import epochs, pki
-from dynasparse_worker.control.bounds import OperatorUpdate
+from dynasparse_proto.contract import Command
 from test_operator_control_stream import make_loop, start_worker, wait_for
 
 HOUR_MS = 3_600_000
@@ -50,7 +50,7 @@ async def test_a_restart_with_the_clock_an_hour_back_still_reaches_the_worker(tm
     sup, server, port = await start_worker(tmp_path, ca)
     try:
         earlier = now_ms() + HOUR_MS  # the previous process ran with a clock an hour ahead
-        assert sup.apply_update(OperatorUpdate(earlier, 7, target_budget=0.8))
+        assert sup.apply_update(Command(earlier, 7, target_budget=0.8))
         statuses = []
         loop = make_loop(port, ca, statuses, [])
         loop.body["status"]["epoch"] = earlier
@@ -67,7 +67,7 @@ async def test_a_worker_ahead_of_the_persisted_epoch_is_overtaken_from_its_repor
     sup, server, port = await start_worker(tmp_path, ca)
     try:
         ahead = now_ms() + 2 * HOUR_MS  # applied, but the status write recording it was lost
-        assert sup.apply_update(OperatorUpdate(ahead, 3, target_budget=0.8))
+        assert sup.apply_update(Command(ahead, 3, target_budget=0.8))
         statuses = []
         loop = make_loop(port, ca, statuses, [])
         await run_loop(loop, sup, lambda: ahead + 1)
@@ -81,7 +81,7 @@ async def test_a_refused_control_message_becomes_a_warning_event(tmp_path):
     ca = pki.make_ca()
     sup, server, port = await start_worker(tmp_path, ca)
     try:
-        assert not sup.apply_update(OperatorUpdate(2**64 - 1, 1, target_budget=0.5, sender="rogue"))
+        assert not sup.apply_update(Command(2**64 - 1, 1, target_budget=0.5, sender="rogue"))
         events = []
         loop = make_loop(port, ca, [], events)
         refused_seen = lambda: any(e[1] == "ControlMessageRefused" for e in events)  # noqa: E731

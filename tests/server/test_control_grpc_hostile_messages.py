@@ -17,7 +17,8 @@ import pytest
 
 from dynasparse_proto import control_pb2, control_pb2_grpc
 from dynasparse_proto import limits
-from dynasparse_worker.control.bounds import OperatorUpdate, apply_update, initial_state, rejection
+from dynasparse_proto.contract import Command
+from dynasparse_worker.control.bounds import apply_update, initial_state, rejection
 from dynasparse_worker.control.pki import make_dev_bundle, write_bundle
 from dynasparse_worker.control.service import TlsFiles, build_control_server
 from dynasparse_worker.control.supervisor import Supervisor
@@ -140,16 +141,16 @@ async def test_a_sequence_near_2_to_the_64_is_refused_and_the_next_epoch_still_a
     (1e-9, 0.1), (0.0, 0.0), (-5.0, 0.0), (math.nan, 0.0), (math.inf, 0.0), (1e9, 60.0), (0.5, 0.5),
 ])
 def test_report_interval_is_clamped_into_its_range_and_non_finite_counts_as_unset(value, expected):
-    state, applied = apply_update(initial_state(0.3), OperatorUpdate(1, 1, report_interval_s=value),
+    state, applied = apply_update(initial_state(0.3), Command(1, 1, report_interval_s=value),
                                   0.3, now_ms())
     assert applied and state.report_interval_s == expected
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
 def test_non_finite_or_negative_budgets_leave_the_bounds_as_they_were(bad):
-    state, _ = apply_update(initial_state(0.3), OperatorUpdate(1, 1, target_budget=0.7, floor=0.5,
+    state, _ = apply_update(initial_state(0.3), Command(1, 1, target_budget=0.7, floor=0.5,
                                                                ceiling=0.8), 0.3)
-    state, applied = apply_update(state, OperatorUpdate(1, 2, target_budget=bad, floor=bad,
+    state, applied = apply_update(state, Command(1, 2, target_budget=bad, floor=bad,
                                                         ceiling=bad, drain_grace_s=bad,
                                                         ttft_p95_ms=bad), 0.3, now_ms())
     assert applied
@@ -160,8 +161,8 @@ def test_non_finite_or_negative_budgets_leave_the_bounds_as_they_were(bad):
 def test_an_epoch_within_a_day_of_the_workers_clock_is_accepted():
     now = now_ms()
     for epoch in (1, now - 10**9, now + 3_600_000):
-        assert rejection(OperatorUpdate(epoch, 1), now) == ""
-    assert rejection(OperatorUpdate(now + 2 * 86_400_000, 1), now) != ""
+        assert rejection(Command(epoch, 1), now) == ""
+    assert rejection(Command(now + 2 * 86_400_000, 1), now) != ""
 
 
 def random_message(rng: random.Random, now: int) -> control_pb2.ControlMessage:
@@ -171,8 +172,7 @@ def random_message(rng: random.Random, now: int) -> control_pb2.ControlMessage:
     return control_pb2.ControlMessage(
         epoch=rng.choice(ints), sequence=rng.choice(ints), target_budget=rng.choice(floats),
         floor=rng.choice(floats), ceiling=rng.choice(floats), mode=rng.choice([0, 1, 2, 7, 2**20]),
-        slo=control_pb2.SloTargets(ttft_p95_ms=rng.choice(floats),
-                                   inter_token_p95_ms=rng.choice(floats)),
+        slo=control_pb2.SloTargets(ttft_p95_ms=rng.choice(floats)),
         reason=rng.choice(["", "x" * 100_000, "\udc80".encode("utf-8", "surrogatepass")
                            .decode("utf-8", "replace"), "ok"]),
         sender=rng.choice(["", "op", "\x00" * 10]), report_interval_s=rng.choice(floats),

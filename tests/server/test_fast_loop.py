@@ -1,7 +1,8 @@
 """The fast loop as a pure function: tighten at once under pressure, relax with hysteresis, keep the
 last bounds when the operator is gone, never leave the bounds."""
 
-from dynasparse_worker.control.bounds import ControlState, Mode
+from dynasparse_proto.contract import Mode
+from dynasparse_worker.control.bounds import ControlState
 from dynasparse_worker.control.fast_loop import FastLoopConfig, LoopState, Signals, decide
 
 CFG = FastLoopConfig(queue_high=8, queue_low=2, relax_hold_s=2.0, relax_step=0.05,

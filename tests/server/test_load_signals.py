@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynasparse_worker.control.bounds import OperatorUpdate
+from dynasparse_proto.contract import Command
 from dynasparse_worker.control.load import LoadTracker
 from dynasparse_worker.control.service import report_from_snapshot
 from dynasparse_worker.control.supervisor import Supervisor
@@ -96,7 +96,7 @@ class _Actuator:
 def test_the_supervisor_reports_its_load_and_speed_curve_and_counts_misses_against_the_sent_slo():
     clock = [100.0]
     sup = Supervisor(_Actuator(), pod_name="w0", model_name="m", slots=8, clock=lambda: clock[0])
-    sup.apply_update(OperatorUpdate(epoch=1, sequence=1, target_budget=0.5, floor=0.2,
+    sup.apply_update(Command(epoch=1, sequence=1, target_budget=0.5, floor=0.2,
                                     ceiling=1.0, ttft_p95_ms=500.0))
     clock[0] = 101.0
     sup.on_step(EngineStats(queue_depth=2, running=3))

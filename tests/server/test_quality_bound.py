@@ -10,9 +10,9 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from dynasparse_proto.contract import Command, Mode
 from dynasparse_proto.quality import budget_for_loss
 from dynasparse_worker.commands import serve
-from dynasparse_worker.control.bounds import Mode, OperatorUpdate
 from dynasparse_worker.control.memory import MemoryReading
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_worker.engine.types import EngineStats
@@ -97,7 +97,7 @@ def test_the_applied_budget_never_goes_below_the_quality_bound(min_budget, max_l
         if event[0] == "update":
             sequence += 1
             _, target, floor, ceiling, drain = event
-            sup.apply_update(OperatorUpdate(1, sequence, target_budget=target, floor=floor,
+            sup.apply_update(Command(1, sequence, target_budget=target, floor=floor,
                                             ceiling=ceiling,
                                             mode=Mode.DRAIN if drain else Mode.NORMAL))
         elif event[0] == "pressure":

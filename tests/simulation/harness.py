@@ -1,10 +1,11 @@
 """A request-level simulation of worker pods closed by the production control pieces.
 
-What is real: the operator's `control_law.decide` (with the daemon's timing: a decision every
-control interval and at once on a report that `needs_decision`, commands re-sent only when they
-change or every five intervals), the wire conversions both ways (`wire.command_to_pb`,
-`service.update_from_pb`, `service.report_from_snapshot`, `wire.report_from_pb`), and each worker's
-`Supervisor` (bounds, fast loop, 30 s latency window) on an injected clock.
+What is real: the daemon's per-model law (`law_loop.ModelLaw`: `control_law.decide` with the
+daemon's timing, a decision every control interval and at once on a report that warrants it,
+commands re-sent only when they change or every five intervals), the wire conversions both ways
+(`wire.command_to_pb`, `contract.command_from_pb`, `service.report_from_snapshot` with the quality
+curve once per stream, `wire.report_from_pb`), and each worker's `Supervisor` (bounds, fast loop,
+30 s latency window) on an injected clock.
 
 What is modelled: each pod is a continuous-batching server with `slots` decode slots. A request
 waits for a slot, its prefill takes `prefill_s / speedup(budget)` and its decode needs an
@@ -22,11 +23,13 @@ import random
 from collections import deque
 from typing import Callable
 
-from dynasparse_operator import control_law, wire
-from dynasparse_operator.law_types import MODE_DRAIN, Decision, LawParams, LawState, PodFacts
+from dynasparse_operator import wire
+from dynasparse_operator.law_loop import ModelLaw
+from dynasparse_operator.law_types import Decision, LawParams, LawState, PodFacts
+from dynasparse_proto.contract import command_from_pb
 from dynasparse_worker.control.fast_loop import FastLoopConfig
 from dynasparse_worker.control.memory import MemoryReading
-from dynasparse_worker.control.service import report_from_snapshot, update_from_pb
+from dynasparse_worker.control.service import report_from_snapshot
 from dynasparse_worker.control.supervisor import Supervisor
 from dynasparse_proto.speed import speedup_at
 from dynasparse_worker.engine.types import EngineStats
@@ -189,9 +192,8 @@ class Simulation:
 
     # --- the operator, as the daemon drives the law -----------------------------------------------
     def _restart_operator(self, epoch: int, state: LawState) -> None:
-        self.epoch, self.sequence, self.state = epoch, 0, state
-        self.reports: dict = {}
-        self.last_sent: dict[str, tuple] = {}
+        self.epoch, self.sequence = epoch, 0
+        self.law = ModelLaw(state)  # a new operator: new streams, nothing remembered
         self.next_decide = self.now
         self.operator_up = True
 
@@ -200,24 +202,18 @@ class Simulation:
         facts = [PodFacts(p.name, f"n{p.name}", (), p.disruption) for p in live]
         busy = sum(len(p.running) + len(p.waiting) for p in live if not p.disruption)
         past_slo = any(p.oldest_wait() * 1000 > self.params.ttft_slo_ms for p in live)
-        decision = control_law.decide(self.reports, facts, self.params, self.state, self.now)
+        decision = self.law.decide(facts, self.params, self.now)
         if decision.changed and decision.to_budget > decision.from_budget:
             self.idle_relaxes_with_requests += int("idle" in decision.reason and busy > 0)
             self.relaxes_past_slo += int(past_slo)
-        self.state = decision.state
         self.decisions.append(decision)
-        for cmd in decision.commands.values():
-            key = (round(cmd.target_budget, 4), round(cmd.floor, 4), round(cmd.ceiling, 4),
-                   cmd.mode)
-            last = self.last_sent.get(cmd.name)
-            if last and last[0] == key and self.now - last[1] < 5 * self.params.interval_s:
-                continue
+        for cmd in self.law.due(decision.commands.values(), self.params, self.now):
             self.sequence += 1
             msg = wire.command_to_pb(cmd, self.params, epoch=self.epoch, sequence=self.sequence,
                                      sender="sim-operator", report_interval_s=self.report_interval_s,
                                      drain_grace_s=30.0)
             self.in_flight.append((self.now + self.network_delay_s, cmd.name, msg))
-            self.last_sent[cmd.name] = (key, self.now)
+            self.law.sent(cmd, self.now)
         self.next_decide = self.now + self.params.interval_s
 
     # --- one tick ---------------------------------------------------------------------------------
@@ -230,7 +226,7 @@ class Simulation:
         if sc.restart_at is not None and sc.restart_at <= self.now < sc.restart_at + sc.restart_gap_s:
             self.operator_up = False
         elif not self.operator_up:  # back: state from status (the budget), a newer epoch
-            self._restart_operator(self.epoch + 1, LawState(budget=self.state.budget,
+            self._restart_operator(self.epoch + 1, LawState(budget=self.law.state.budget,
                                                             last_change_at=self.now))
         self._deliver()
         self._arrivals()
@@ -254,7 +250,7 @@ class Simulation:
         for _, name, msg in due:
             pod = next((p for p in self.pods if p.name == name and not p.gone), None)
             if pod is not None:
-                pod.sup.apply_update(update_from_pb(msg))
+                pod.sup.apply_update(command_from_pb(msg))
 
     def _arrivals(self) -> None:
         count = _poisson(self.rng, self.sc.load(self.now) * self.dt)
@@ -271,13 +267,11 @@ class Simulation:
             pod.next_report += self.report_interval_s
             if not self.operator_up:
                 continue
-            report = wire.report_from_pb(report_from_snapshot(pod.sup.snapshot()), self.now,
-                                         pod.name)
-            first = pod.name not in self.reports
-            self.reports[pod.name] = report
-            wake |= first or control_law.needs_decision(report, self.params)
-        for name in [n for n in self.reports if all(p.name != n or p.gone for p in self.pods)]:
-            del self.reports[name]
+            stream_new = pod.name not in self.law.reports  # the curve rides once per stream
+            report = report_from_snapshot(pod.sup.snapshot(), with_quality_curve=stream_new)
+            wake |= self.law.on_report(pod.name, report, self.now, self.params)
+        live = {p.name for p in self.pods if not p.gone}
+        self.law.forget(live, live)
         return wake
 
     # --- the run and its figures ------------------------------------------------------------------

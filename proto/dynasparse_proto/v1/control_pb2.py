@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10v1/control.proto\x12\rdynasparse.v1\"=\n\nSloTargets\x12\x13\n\x0bttft_p95_ms\x18\x01 \x01(\x01\x12\x1a\n\x12inter_token_p95_ms\x18\x02 \x01(\x01\"\x9e\x02\n\x0e\x43ontrolMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x15\n\rtarget_budget\x18\x03 \x01(\x01\x12\r\n\x05\x66loor\x18\x04 \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x05 \x01(\x01\x12!\n\x04mode\x18\x06 \x01(\x0e\x32\x13.dynasparse.v1.Mode\x12&\n\x03slo\x18\x07 \x01(\x0b\x32\x19.dynasparse.v1.SloTargets\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06sender\x18\t \x01(\t\x12\x19\n\x11report_interval_s\x18\n \x01(\x01\x12\x15\n\rdrain_grace_s\x18\x0b \x01(\x01\x12\x17\n\x0fsent_at_unix_ms\x18\x0c \x01(\x03\"\x0f\n\rStatusRequest\"?\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"k\n\rLocalDecision\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x66rom_budget\x18\x02 \x01(\x01\x12\x11\n\tto_budget\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"-\n\nSpeedPoint\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x01\x12\x0f\n\x07speedup\x18\x02 \x01(\x01\"\xf2\x01\n\x0bLoadSignals\x12\x1a\n\x12\x61rrival_rate_short\x18\x01 \x01(\x01\x12\x19\n\x11\x61rrival_rate_long\x18\x02 \x01(\x01\x12\x18\n\x10oldest_waiting_s\x18\x03 \x01(\x01\x12\x1a\n\x12work_per_request_s\x18\x04 \x01(\x01\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x1c\n\x14samples_since_change\x18\x06 \x01(\r\x12\x19\n\x11late_since_change\x18\x07 \x01(\r\x12.\n\x0bspeed_curve\x18\x08 \x03(\x0b\x32\x19.dynasparse.v1.SpeedPoint\"5\n\x0cQualityPoint\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x01\x12\x15\n\rexpected_loss\x18\x02 \x01(\x01\"\xf5\x05\n\x06Report\x12\x10\n\x08pod_name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x03 \x01(\x03\x12+\n\x04ttft\x18\x04 \x01(\x0b\x32\x1d.dynasparse.v1.LatencySummary\x12\x32\n\x0binter_token\x18\x05 \x01(\x0b\x32\x1d.dynasparse.v1.LatencySummary\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x19\n\x11running_sequences\x18\x07 \x01(\r\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x16\n\x0e\x61pplied_budget\x18\t \x01(\x01\x12\x1d\n\x15\x65xpected_quality_loss\x18\n \x01(\x01\x12\r\n\x05\x66loor\x18\x0b \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x0c \x01(\x01\x12!\n\x04mode\x18\r \x01(\x0e\x32\x13.dynasparse.v1.Mode\x12\r\n\x05ready\x18\x0e \x01(\x08\x12\x1d\n\x15gpu_memory_used_bytes\x18\x0f \x01(\x04\x12\x1e\n\x16gpu_memory_total_bytes\x18\x10 \x01(\x04\x12\x15\n\rmemory_source\x18\x11 \x01(\t\x12\x10\n\x08kv_usage\x18\x12 \x01(\x01\x12\x33\n\rlast_decision\x18\x13 \x01(\x0b\x32\x1c.dynasparse.v1.LocalDecision\x12\x15\n\rapplied_epoch\x18\x14 \x01(\x04\x12\x18\n\x10\x61pplied_sequence\x18\x15 \x01(\x04\x12\x12\n\nmin_budget\x18\x16 \x01(\x01\x12\x32\n\rquality_curve\x18\x17 \x03(\x0b\x32\x1b.dynasparse.v1.QualityPoint\x12\x16\n\x0erequests_total\x18\x18 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x19 \x01(\x04\x12\x10\n\x08warnings\x18\x1a \x03(\t\x12(\n\x04load\x18\x1b \x01(\x0b\x32\x1a.dynasparse.v1.LoadSignals*=\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_NORMAL\x10\x01\x12\x0e\n\nMODE_DRAIN\x10\x02\x32\x90\x01\n\x07\x43ontrol\x12\x43\n\x07Session\x12\x1d.dynasparse.v1.ControlMessage\x1a\x15.dynasparse.v1.Report(\x01\x30\x01\x12@\n\tGetStatus\x12\x1c.dynasparse.v1.StatusRequest\x1a\x15.dynasparse.v1.Reportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10v1/control.proto\x12\rdynasparse.v1\";\n\nSloTargets\x12\x13\n\x0bttft_p95_ms\x18\x01 \x01(\x01J\x04\x08\x02\x10\x03R\x12inter_token_p95_ms\"\x9e\x02\n\x0e\x43ontrolMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x15\n\rtarget_budget\x18\x03 \x01(\x01\x12\r\n\x05\x66loor\x18\x04 \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x05 \x01(\x01\x12!\n\x04mode\x18\x06 \x01(\x0e\x32\x13.dynasparse.v1.Mode\x12&\n\x03slo\x18\x07 \x01(\x0b\x32\x19.dynasparse.v1.SloTargets\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06sender\x18\t \x01(\t\x12\x19\n\x11report_interval_s\x18\n \x01(\x01\x12\x15\n\rdrain_grace_s\x18\x0b \x01(\x01\x12\x17\n\x0fsent_at_unix_ms\x18\x0c \x01(\x03\"\x0f\n\rStatusRequest\"?\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"k\n\rLocalDecision\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x66rom_budget\x18\x02 \x01(\x01\x12\x11\n\tto_budget\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"-\n\nSpeedPoint\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x01\x12\x0f\n\x07speedup\x18\x02 \x01(\x01\"\xf2\x01\n\x0bLoadSignals\x12\x1a\n\x12\x61rrival_rate_short\x18\x01 \x01(\x01\x12\x19\n\x11\x61rrival_rate_long\x18\x02 \x01(\x01\x12\x18\n\x10oldest_waiting_s\x18\x03 \x01(\x01\x12\x1a\n\x12work_per_request_s\x18\x04 \x01(\x01\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x1c\n\x14samples_since_change\x18\x06 \x01(\r\x12\x19\n\x11late_since_change\x18\x07 \x01(\r\x12.\n\x0bspeed_curve\x18\x08 \x03(\x0b\x32\x19.dynasparse.v1.SpeedPoint\"5\n\x0cQualityPoint\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x01\x12\x15\n\rexpected_loss\x18\x02 \x01(\x01\"\xf5\x05\n\x06Report\x12\x10\n\x08pod_name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x03 \x01(\x03\x12+\n\x04ttft\x18\x04 \x01(\x0b\x32\x1d.dynasparse.v1.LatencySummary\x12\x32\n\x0binter_token\x18\x05 \x01(\x0b\x32\x1d.dynasparse.v1.LatencySummary\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x19\n\x11running_sequences\x18\x07 \x01(\r\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x16\n\x0e\x61pplied_budget\x18\t \x01(\x01\x12\x1d\n\x15\x65xpected_quality_loss\x18\n \x01(\x01\x12\r\n\x05\x66loor\x18\x0b \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x0c \x01(\x01\x12!\n\x04mode\x18\r \x01(\x0e\x32\x13.dynasparse.v1.Mode\x12\r\n\x05ready\x18\x0e \x01(\x08\x12\x1d\n\x15gpu_memory_used_bytes\x18\x0f \x01(\x04\x12\x1e\n\x16gpu_memory_total_bytes\x18\x10 \x01(\x04\x12\x15\n\rmemory_source\x18\x11 \x01(\t\x12\x10\n\x08kv_usage\x18\x12 \x01(\x01\x12\x33\n\rlast_decision\x18\x13 \x01(\x0b\x32\x1c.dynasparse.v1.LocalDecision\x12\x15\n\rapplied_epoch\x18\x14 \x01(\x04\x12\x18\n\x10\x61pplied_sequence\x18\x15 \x01(\x04\x12\x12\n\nmin_budget\x18\x16 \x01(\x01\x12\x32\n\rquality_curve\x18\x17 \x03(\x0b\x32\x1b.dynasparse.v1.QualityPoint\x12\x16\n\x0erequests_total\x18\x18 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x19 \x01(\x04\x12\x10\n\x08warnings\x18\x1a \x03(\t\x12(\n\x04load\x18\x1b \x01(\x0b\x32\x1a.dynasparse.v1.LoadSignals*=\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_NORMAL\x10\x01\x12\x0e\n\nMODE_DRAIN\x10\x02\x32\x90\x01\n\x07\x43ontrol\x12\x43\n\x07Session\x12\x1d.dynasparse.v1.ControlMessage\x1a\x15.dynasparse.v1.Report(\x01\x30\x01\x12@\n\tGetStatus\x12\x1c.dynasparse.v1.StatusRequest\x1a\x15.dynasparse.v1.Reportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1685
-  _globals['_MODE']._serialized_end=1746
+  _globals['_MODE']._serialized_start=1683
+  _globals['_MODE']._serialized_end=1744
   _globals['_SLOTARGETS']._serialized_start=35
-  _globals['_SLOTARGETS']._serialized_end=96
-  _globals['_CONTROLMESSAGE']._serialized_start=99
-  _globals['_CONTROLMESSAGE']._serialized_end=385
-  _globals['_STATUSREQUEST']._serialized_start=387
-  _globals['_STATUSREQUEST']._serialized_end=402
-  _globals['_LATENCYSUMMARY']._serialized_start=404
-  _globals['_LATENCYSUMMARY']._serialized_end=467
-  _globals['_LOCALDECISION']._serialized_start=469
-  _globals['_LOCALDECISION']._serialized_end=576
-  _globals['_SPEEDPOINT']._serialized_start=578
-  _globals['_SPEEDPOINT']._serialized_end=623
-  _globals['_LOADSIGNALS']._serialized_start=626
-  _globals['_LOADSIGNALS']._serialized_end=868
-  _globals['_QUALITYPOINT']._serialized_start=870
-  _globals['_QUALITYPOINT']._serialized_end=923
-  _globals['_REPORT']._serialized_start=926
-  _globals['_REPORT']._serialized_end=1683
-  _globals['_CONTROL']._serialized_start=1749
-  _globals['_CONTROL']._serialized_end=1893
+  _globals['_SLOTARGETS']._serialized_end=94
+  _globals['_CONTROLMESSAGE']._serialized_start=97
+  _globals['_CONTROLMESSAGE']._serialized_end=383
+  _globals['_STATUSREQUEST']._serialized_start=385
+  _globals['_STATUSREQUEST']._serialized_end=400
+  _globals['_LATENCYSUMMARY']._serialized_start=402
+  _globals['_LATENCYSUMMARY']._serialized_end=465
+  _globals['_LOCALDECISION']._serialized_start=467
+  _globals['_LOCALDECISION']._serialized_end=574
+  _globals['_SPEEDPOINT']._serialized_start=576
+  _globals['_SPEEDPOINT']._serialized_end=621
+  _globals['_LOADSIGNALS']._serialized_start=624
+  _globals['_LOADSIGNALS']._serialized_end=866
+  _globals['_QUALITYPOINT']._serialized_start=868
+  _globals['_QUALITYPOINT']._serialized_end=921
+  _globals['_REPORT']._serialized_start=924
+  _globals['_REPORT']._serialized_end=1681
+  _globals['_CONTROL']._serialized_start=1747
+  _globals['_CONTROL']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

@@ -17,12 +17,10 @@ MODE_NORMAL: Mode
 MODE_DRAIN: Mode
 
 class SloTargets(_message.Message):
-    __slots__ = ("ttft_p95_ms", "inter_token_p95_ms")
+    __slots__ = ("ttft_p95_ms",)
     TTFT_P95_MS_FIELD_NUMBER: _ClassVar[int]
-    INTER_TOKEN_P95_MS_FIELD_NUMBER: _ClassVar[int]
     ttft_p95_ms: float
-    inter_token_p95_ms: float
-    def __init__(self, ttft_p95_ms: _Optional[float] = ..., inter_token_p95_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, ttft_p95_ms: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("epoch", "sequence", "target_budget", "floor", "ceiling", "mode", "slo", "reason", "sender", "report_interval_s", "drain_grace_s", "sent_at_unix_ms")

@@ -17,34 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import Enum
 
+from dynasparse_proto.contract import Command, Mode
 from dynasparse_proto.limits import (
     MAX_DRAIN_GRACE_S, MAX_SEQUENCE, REPORT_INTERVAL_RANGE_S, clipped, epoch_too_far_ahead,
 )
 
-
-class Mode(str, Enum):
-    NORMAL = "normal"
-    DRAIN = "drain"
-
-
-@dataclass(frozen=True)
-class OperatorUpdate:
-    """One ControlMessage, as plain data. Zero means "not given" for every number (proto3)."""
-
-    epoch: int
-    sequence: int
-    target_budget: float = 0.0
-    floor: float = 0.0
-    ceiling: float = 0.0
-    mode: Mode = Mode.NORMAL
-    reason: str = ""
-    sender: str = ""
-    report_interval_s: float = 0.0
-    drain_grace_s: float = 0.0
-    ttft_p95_ms: float = 0.0
-    inter_token_p95_ms: float = 0.0
+__all__ = ["ControlState", "apply_update", "initial_state", "is_newer",
+           "rejection", "start_drain"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +41,7 @@ class ControlState:
     sender: str = ""
     report_interval_s: float = 0.0  # 0: the worker's configured default
     drain_grace_s: float = 0.0  # 0: the worker's configured default
-    ttft_p95_ms: float = 0.0
-    inter_token_p95_ms: float = 0.0
+    ttft_p95_ms: float = 0.0  # the TTFT SLO late first tokens are counted against; 0: none
 
     def clamp(self, budget: float) -> float:
         """`budget` moved into [floor, ceiling]."""
@@ -76,12 +55,12 @@ def initial_state(min_budget: float, budget: float = 1.0) -> ControlState:
     return replace(state, target=state.clamp(_valid_budget(budget, 1.0)))
 
 
-def is_newer(update: OperatorUpdate, state: ControlState) -> bool:
+def is_newer(update: Command, state: ControlState) -> bool:
     """True iff the update's (epoch, sequence) is greater than the last applied pair."""
     return (update.epoch, update.sequence) > (state.epoch, state.sequence)
 
 
-def rejection(update: OperatorUpdate, now_unix_ms: int) -> str:
+def rejection(update: Command, now_unix_ms: int) -> str:
     """Why `update` must not be applied at all ("" when it may): an (epoch, sequence) pair that
     would make every honest operator's later updates look stale."""
     if epoch_too_far_ahead(update.epoch, now_unix_ms):
@@ -92,7 +71,7 @@ def rejection(update: OperatorUpdate, now_unix_ms: int) -> str:
     return ""
 
 
-def apply_update(state: ControlState, update: OperatorUpdate, min_budget: float,
+def apply_update(state: ControlState, update: Command, min_budget: float,
                  now_unix_ms: int | None = None) -> tuple[ControlState, bool]:
     """Return (next state, applied). Stale or duplicate updates leave the state as it was, and so
     does one `rejection` refuses when `now_unix_ms` (this worker's wall clock) is given."""
@@ -119,7 +98,6 @@ def apply_update(state: ControlState, update: OperatorUpdate, min_budget: float,
         drain_grace_s=_clamped(update.drain_grace_s, 0.0, MAX_DRAIN_GRACE_S,
                                unset=state.drain_grace_s),
         ttft_p95_ms=_clamped(update.ttft_p95_ms, 0.0, math.inf, unset=0.0),
-        inter_token_p95_ms=_clamped(update.inter_token_p95_ms, 0.0, math.inf, unset=0.0),
     )
     return nxt, True
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dynasparse_worker.control.bounds import ControlState, Mode
+from dynasparse_proto.contract import Mode
+from dynasparse_worker.control.bounds import ControlState
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,10 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from dynasparse_proto.contract import LoadSignals
 from dynasparse_proto.load import LONG_WINDOW_S, SHORT_WINDOW_S
 
 BUCKET_S = 0.25
-
-
-@dataclass(frozen=True)
-class LoadSummary:
-    arrival_rate_short: float = 0.0  # requests/s over the short window
-    arrival_rate_long: float = 0.0  # requests/s over the long window
-    oldest_waiting_s: float = 0.0
-    work_per_request_s: float = 0.0  # dense slot-seconds per request; 0: not measured yet
-    slots: int = 0  # decode slots; 0: unknown
-    samples_since_change: int = 0
-    late_since_change: int = 0
 
 
 @dataclass
@@ -108,7 +98,7 @@ class LoadTracker:
         self._changed_at = now
 
     # ---- output ----------------------------------------------------------------------------------
-    def summary(self, now: float, slo_s: float) -> LoadSummary:
+    def summary(self, now: float, slo_s: float) -> LoadSignals:
         self._expire(now)
         self._decay(now)
         if self._finished_sum >= self.min_finished and now - self._started >= 10.0:
@@ -120,7 +110,7 @@ class LoadTracker:
         fresh = [late for t, late in self._first_tokens if t >= since]
         late_waiting = sum(1 for t in self._waiting_since
                            if t >= since and slo_s > 0 and now - t > slo_s)
-        return LoadSummary(
+        return LoadSignals(
             arrival_rate_short=self._rate(now, self.short_s),
             arrival_rate_long=self._rate(now, self.long_s),
             oldest_waiting_s=oldest,

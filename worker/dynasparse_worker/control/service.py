@@ -19,7 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dynasparse_proto import control_pb2, control_pb2_grpc
-from dynasparse_worker.control.bounds import Mode, OperatorUpdate
+from dynasparse_proto.contract import (command_from_pb, load_signals_to_pb, mode_to_pb,
+                                       quality_curve_to_pb)
 from dynasparse_worker.control.pki import pair_matches
 from dynasparse_worker.control.supervisor import Snapshot, Supervisor
 from dynasparse_worker.errors import UserError
@@ -27,7 +28,6 @@ from dynasparse_worker.errors import UserError
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "dynasparse.v1.Control"
-_MODE_TO_PB = {Mode.NORMAL: control_pb2.MODE_NORMAL, Mode.DRAIN: control_pb2.MODE_DRAIN}
 
 
 @dataclass(frozen=True)
@@ -97,18 +97,8 @@ class CertificateReloader:
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
 
 
-def update_from_pb(msg: control_pb2.ControlMessage) -> OperatorUpdate:
-    return OperatorUpdate(
-        epoch=msg.epoch, sequence=msg.sequence, target_budget=msg.target_budget,
-        floor=msg.floor, ceiling=msg.ceiling,
-        mode=Mode.DRAIN if msg.mode == control_pb2.MODE_DRAIN else Mode.NORMAL,
-        reason=msg.reason, sender=msg.sender, report_interval_s=msg.report_interval_s,
-        drain_grace_s=msg.drain_grace_s, ttft_p95_ms=msg.slo.ttft_p95_ms,
-        inter_token_p95_ms=msg.slo.inter_token_p95_ms,
-    )
-
-
-def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
+def report_from_snapshot(s: Snapshot, with_quality_curve: bool = True) -> control_pb2.Report:
+    """The Report for `s`; the quality curve only when asked (a Session sends it once)."""
     report = control_pb2.Report(
         pod_name=s.pod_name, model=s.model, sent_at_unix_ms=s.sent_at_unix_ms,
         ttft=control_pb2.LatencySummary(p50_ms=s.ttft.p50_ms, p95_ms=s.ttft.p95_ms,
@@ -118,26 +108,17 @@ def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
                                                count=s.inter_token.count),
         queue_depth=s.queue_depth, running_sequences=s.running, tokens_per_s=s.tokens_per_s,
         applied_budget=s.applied_budget, expected_quality_loss=s.expected_loss,
-        floor=s.control.floor, ceiling=s.control.ceiling, mode=_MODE_TO_PB[s.control.mode],
+        floor=s.control.floor, ceiling=s.control.ceiling, mode=mode_to_pb(s.control.mode),
         ready=s.ready, gpu_memory_used_bytes=s.memory.used_bytes,
         gpu_memory_total_bytes=s.memory.total_bytes, memory_source=s.memory.source,
         kv_usage=s.kv_usage, applied_epoch=s.control.epoch,
         applied_sequence=s.control.sequence, min_budget=s.min_budget,
         requests_total=s.requests_total, requests_failed=s.requests_failed,
         warnings=s.warnings,
-        load=control_pb2.LoadSignals(
-            arrival_rate_short=s.load.arrival_rate_short,
-            arrival_rate_long=s.load.arrival_rate_long,
-            oldest_waiting_s=s.load.oldest_waiting_s,
-            work_per_request_s=s.load.work_per_request_s, slots=s.load.slots,
-            samples_since_change=s.load.samples_since_change,
-            late_since_change=s.load.late_since_change,
-            speed_curve=[control_pb2.SpeedPoint(budget=b, speedup=x) for b, x in s.speed_curve],
-        ),
+        load=load_signals_to_pb(s.load),
     )
-    report.quality_curve.extend(
-        control_pb2.QualityPoint(budget=b, expected_loss=loss) for b, loss in s.quality_curve
-    )
+    if with_quality_curve:
+        report.quality_curve.extend(quality_curve_to_pb(s.quality_curve))
     if s.last_decision is not None:
         d = s.last_decision.decision
         report.last_decision.CopyFrom(control_pb2.LocalDecision(
@@ -149,7 +130,9 @@ def report_from_snapshot(s: Snapshot) -> control_pb2.Report:
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Session: apply updates as they arrive; send a Report every report interval (and after each
-    applied update, so the ack reaches the operator without waiting a whole interval)."""
+    applied update, so the ack reaches the operator without waiting a whole interval). The quality
+    curve rides in the session's first report and again only when it changes (the model's
+    calibration replaces the placeholder's once loading ends)."""
 
     def __init__(self, supervisor: Supervisor):
         self.supervisor = supervisor
@@ -163,16 +146,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
         async def read_updates() -> None:
             async for msg in request_iterator:
-                if sup.apply_update(update_from_pb(msg)):
+                if sup.apply_update(command_from_pb(msg)):
                     await asyncio.to_thread(sup.wait_applied, 1.0)  # ack what the model runs
                     log.info("applied update %d/%d from %s: %s", msg.epoch, msg.sequence,
                              msg.sender or peer, msg.reason)
                     wake.set()
 
         reader = asyncio.create_task(read_updates())
+        curve_sent = None
         try:
             while not context.done():
-                yield report_from_snapshot(sup.snapshot())
+                snapshot = sup.snapshot()
+                new_curve = snapshot.quality_curve != curve_sent
+                yield report_from_snapshot(snapshot, with_quality_curve=new_curve)
+                curve_sent = snapshot.quality_curve
                 if reader.done() and not reader.cancelled():
                     reader.result()  # a failed reader ends the session; a half-close does not
                 wake.clear()

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from dynasparse_proto.contract import Command, LoadSignals, Mode
 from dynasparse_proto.limits import MAX_WARNINGS, REPORT_INTERVAL_RANGE_S, clipped
 from dynasparse_proto.quality import budget_for_loss, valid_curve
 from dynasparse_proto.speed import speedup_at, valid_speed_curve
@@ -26,7 +27,7 @@ from dynasparse_worker.control import bounds as B
 from dynasparse_worker.control.fast_loop import (
     Decision, FastLoopConfig, LoopState, Signals, decide, follow_operator,
 )
-from dynasparse_worker.control.load import LoadSummary, LoadTracker
+from dynasparse_worker.control.load import LoadTracker
 from dynasparse_worker.control.memory import MemoryProbe, MemoryReading
 from dynasparse_worker.control.window import LatencyWindows, Summary
 from dynasparse_worker.engine.types import EngineStats
@@ -83,8 +84,7 @@ class Snapshot:
     requests_total: int = 0
     requests_failed: int = 0
     warnings: tuple[str, ...] = ()
-    load: LoadSummary = field(default_factory=LoadSummary)
-    speed_curve: tuple[tuple[float, float], ...] = ()
+    load: LoadSignals = field(default_factory=LoadSignals)  # with the measured speed curve
 
 
 def _measured_speed(actuator: BudgetActuator) -> tuple[tuple[float, float], ...]:
@@ -164,7 +164,7 @@ class Supervisor:
 
     @property
     def draining(self) -> bool:
-        return self._control.mode is B.Mode.DRAIN
+        return self._control.mode is Mode.DRAIN
 
     @property
     def admitting(self) -> bool:
@@ -227,7 +227,7 @@ class Supervisor:
         return self._applied.wait(timeout)
 
     # ---- operator side ---------------------------------------------------------------------------
-    def apply_update(self, update: B.OperatorUpdate) -> bool:
+    def apply_update(self, update: Command) -> bool:
         """Apply an operator update if newer than the last; a drain update starts the drain. An
         update `bounds.rejection` refuses is logged and named in the next reports' warnings."""
         now_ms = int(time.time() * 1000)
@@ -338,8 +338,8 @@ class Supervisor:
                 quality_curve=list(self.actuator.quality_curve()),
                 requests_total=self.requests_total, requests_failed=self.requests_failed,
                 warnings=tuple(w for at, w in self._warnings if now - at < WARNING_TTL_S),
-                load=self.load.summary(now, self._control.ttft_p95_ms / 1000.0),
-                speed_curve=self._speed,
+                load=replace(self.load.summary(now, self._control.ttft_p95_ms / 1000.0),
+                             speed_curve=self._speed),
             )
 
     # ---- internals -------------------------------------------------------------------------------
