@@ -16,7 +16,8 @@ from dynasparse_operator.control_law import decide
 from dynasparse_operator.daemon import ControlLoop, LoopDeps, ModelRuntime
 from dynasparse_operator.grpc_client import ClientTls
 from dynasparse_operator.errors import UserError
-from dynasparse_operator.law_types import LawParams, LawState, LoadReport, PodFacts, PodReport
+from dynasparse_operator.law_types import LawParams, LawState, PodFacts, PodReport
+from dynasparse_proto.contract import LoadSignals
 from dynasparse_operator.replacement import decide_replacement, load_seconds, start_seconds
 from dynasparse_operator.settings import OperatorSettings, load_settings
 from dynasparse_operator.spec import parse_spec
@@ -133,7 +134,7 @@ CURVE = ((0.3, 2.08), (0.5, 1.56), (0.75, 1.18), (1.0, 1.0))
 
 
 def _loaded(name: str, rate: float, at: float) -> PodReport:
-    return PodReport(name, received_at=at, ttft_p95_ms=100.0, samples=50, load=LoadReport(
+    return PodReport(name, received_at=at, ttft_p95_ms=100.0, samples=50, load=LoadSignals(
         arrival_rate_short=rate, arrival_rate_long=rate, work_per_request_s=4.1, slots=32,
         speed_curve=CURVE))
 
