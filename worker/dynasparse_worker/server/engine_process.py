@@ -44,7 +44,7 @@ import time
 import traceback
 from typing import Any
 
-from dynasparse_worker.engine.types import SamplingParams, TokenEvent, stop_ids_for
+from dynasparse_worker.engine.types import EngineStats, SamplingParams, TokenEvent, stop_ids_for
 from dynasparse_worker.errors import UserError
 from dynasparse_worker.server.actuators import GatedActuator, RemoteActuator
 from dynasparse_worker.server.engine_build import EngineInfo, build_engine, engine_info, resolve_device
@@ -162,12 +162,11 @@ class ProcessStage:
 
     def _read(self, host: EngineLoop) -> None:
         profile = StepProfile(host.host_cpu, engine_cpu=lambda: self._child_cpu)
-        stats = None
+        stats = EngineStats()
         try:
             while True:
                 if not self._conn.poll(self.idle_tick_s):
-                    if stats is not None:
-                        host.on_step(stats)  # the fast loop and pending budgets while idle
+                    host.on_step(stats)  # the fast loop ticks on while the engine is idle
                     continue
                 message = self._conn.recv()
                 if message[0] == "step":
@@ -200,8 +199,13 @@ def child_main(settings: Any, conn: Any) -> None:
         actuator = GatedActuator(engine) if gated is not None else None
         info = engine_info(engine, loaded, actuator)
     except BaseException as exc:  # noqa: BLE001 - reported to the HTTP process, which exits
-        text = str(exc) if isinstance(exc, UserError) else "".join(
-            traceback.format_exception_only(type(exc), exc)).strip()
+        if isinstance(exc, UserError):
+            text = str(exc)
+        else:  # a bug or the machine: the traceback goes to the shared stderr
+            traceback.print_exc()
+            text = ("".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    + " (traceback above; --engine-process off loads the model in the server's "
+                    "own process instead)")
         conn.send(("failed", text))
         return
     conn.send(("ready", info, time.thread_time()))
