@@ -101,7 +101,7 @@ def create_app(ctx: WorkerContext) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> Response:
         if ctx.engine_loop is not None and not ctx.engine_loop.alive:
-            return JSONResponse({"status": "the engine thread stopped"}, 503)
+            return JSONResponse({"status": "the engine stopped"}, 503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
