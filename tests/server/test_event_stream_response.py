@@ -8,6 +8,7 @@ import json
 
 from dynasparse_worker.engine.types import TokenEvent
 from dynasparse_worker.server.engine_loop import EventQueue, RequestHandle
+from dynasparse_worker.server.limits import BODY_SEND
 from dynasparse_worker.server.responses import Shape, SseChunks
 from dynasparse_worker.server.sse_response import EventStreamResponse
 
@@ -124,3 +125,18 @@ def test_a_chat_stream_opens_with_the_role_chunk_before_any_token():
     (opening,) = asyncio.run(scenario())
     delta = json.loads(opening[6:])["choices"][0]["delta"]
     assert delta == {"role": "assistant", "content": ""}
+
+
+def test_the_start_passes_every_middleware_and_the_body_goes_straight_to_the_connection():
+    async def scenario():
+        handle, response, _ = stream()
+        through_middlewares, connection = Client(), Client()
+        handle.events.put_nowait(token(" a", 1))
+        handle.events.put_nowait(last(" b", 2))
+        scope = {"type": "http", BODY_SEND: connection.send}
+        await asyncio.wait_for(response(scope, connection.receive, through_middlewares.send), 5)
+        return through_middlewares, connection
+
+    through_middlewares, connection = asyncio.run(scenario())
+    assert [m["type"] for m in through_middlewares.sent] == ["http.response.start"]
+    assert texts(b"".join(connection.bodies)) == [" a b"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -121,3 +123,20 @@ def test_a_keep_alive_connection_serves_requests_sent_within_the_deadline(port):
             while not answer.endswith(b"ok"):
                 answer += conn.recv(4096)
             assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_without_uvloop_and_httptools_the_worker_serves_with_asyncio_and_h11():
+    probe = ("import sys\n"
+             "for name in ('uvloop', 'httptools'):\n"
+             "    sys.modules[name] = None  # importing it now raises ImportError\n"
+             "import asyncio\n"
+             "from dynasparse_worker.server import event_loop\n"
+             "from dynasparse_worker.server.http_protocol import http_protocol_class\n"
+             "async def loop_type():\n"
+             "    return type(asyncio.get_running_loop()).__module__\n"
+             "print(http_protocol_class().__name__, event_loop.loop_name(),\n"
+             "      event_loop.run(loop_type()).split('.')[0])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["HeadDeadlineH11Protocol", "asyncio", "asyncio"]

@@ -70,6 +70,13 @@ async def send_error(send: Send, status: int, message: str, param: str | None = 
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+# Where RequestLimits leaves, in the scope, the send it was given. The layers inside it (its own
+# start tracking, the framework's exception handlers) look only at a response's start message; a
+# streamed response sends its start through them and its body chunks here, skipping a chain of
+# wrapper coroutines per chunk on the event loop's hottest path.
+BODY_SEND = "dynasparse.body_send"
+
+
 class RequestLimits:
     def __init__(self, app: Any, limits: HttpLimits | None = None):
         self.app = app
@@ -94,6 +101,7 @@ class RequestLimits:
                 started = True
             await send(message)
 
+        scope[BODY_SEND] = send
         try:
             await self.app(scope, _replaying(body, receive), tracked_send)
         except Exception:  # noqa: BLE001 - the last line of defence; logged with its traceback

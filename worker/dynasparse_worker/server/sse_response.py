@@ -3,7 +3,8 @@
 This is the hottest path of the event loop (every step wakes every stream), so it does the least
 per step: it awaits the request's event queue (which merges whatever piled up since the last wake)
 and writes all of it as one body chunk, with `send` called directly rather than through a chain of
-async generators and a task group per response. A client that goes away (the server's receive says
+async generators and a task group per response, and past the middlewares that only watch a
+response's start (server/limits.py `BODY_SEND`). A client that goes away (the server's receive says
 `http.disconnect`) has its sequence cancelled at once, freeing its KV slot, and the stream stops.
 """
 
@@ -16,6 +17,7 @@ from starlette.responses import Response
 
 from dynasparse_worker.engine.types import TokenEvent
 from dynasparse_worker.server.engine_loop import RequestHandle
+from dynasparse_worker.server.limits import BODY_SEND
 from dynasparse_worker.server.responses import SseChunks
 
 Message = dict[str, Any]
@@ -48,6 +50,7 @@ class EventStreamResponse(Response):
             self.release(handle)  # cancel the sequence now, not at its next token
             events.put_nowait(TokenEvent(handle.request_id, [], "", True, "cancelled"))  # wake up
 
+        send_body = scope.get(BODY_SEND, send)  # the start goes through every layer, the body not
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         watcher.add_done_callback(on_disconnect)
         try:
@@ -55,15 +58,15 @@ class EventStreamResponse(Response):
                         "headers": self.raw_headers})
             opening = self.chunks.opening()
             if opening:
-                await send({"type": "http.response.body", "body": opening, "more_body": True})
+                await send_body({"type": "http.response.body", "body": opening, "more_body": True})
             while True:
                 ev = await events.get()
                 if gone:
                     return
                 body = self.chunks.event(ev)
                 if body or ev.finished:
-                    await send({"type": "http.response.body", "body": body,
-                                "more_body": not ev.finished})
+                    await send_body({"type": "http.response.body", "body": body,
+                                     "more_body": not ev.finished})
                 if ev.finished:
                     return
         finally:
