@@ -1,5 +1,5 @@
 """A worker serving a gated model: an operator budget reaches the `SparsityState` device tensors,
-reports carry the calibrated floor, expected loss and quality curve, and generation keeps working.
+reports carry the calibrated floor and expected loss, the status its quality curve, and generation keeps working.
 
 The plan table here is a small hand-made one (two levels), so the test needs no calibration run;
 the gated model is a copy of the session's model, which stays ungated for the other tests."""
@@ -13,6 +13,7 @@ import httpx
 import pytest
 import torch
 
+from dynasparse_proto import control_pb2
 from dynasparse_worker.gating import install_gates
 from dynasparse_worker.gating.planner import PlanTable
 
@@ -49,7 +50,9 @@ def test_operator_budget_reaches_the_gated_models_device_tensors(loaded_model, s
         assert report.applied_budget == pytest.approx(0.6)
         assert float(gated.state.budget) == pytest.approx(0.6)
         assert report.expected_quality_loss == pytest.approx(0.32, abs=1e-4)  # 0.8 of the way to 0.4
-        curve = [(p.budget, p.expected_loss) for p in report.quality_curve]
+        # The quality curve rides in a stream's first report only; GetStatus always carries it.
+        status = w.stub().GetStatus(control_pb2.StatusRequest(), timeout=10)
+        curve = [(p.budget, p.expected_loss) for p in status.quality_curve]
         assert curve[0] == pytest.approx((0.5, 0.4)) and curve[-1] == pytest.approx((1.0, 0.0))
         r = httpx.post(f"{w.url}/v1/completions", timeout=60,
                        json={"prompt": "The capital of France is", "max_tokens": 4,
